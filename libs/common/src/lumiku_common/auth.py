@@ -1,0 +1,140 @@
+"""Authentication: user JWTs (HS256, `JWT_SECRET`) and service tokens for `/internal/` routes.
+
+The algorithm is pinned, so `alg: none` and algorithm-confusion tokens are refused. User and service tokens
+are signed with different secrets, so neither can stand in for the other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import jwt
+from fastapi import Depends, Request
+
+from lumiku_common.errors import Forbidden, Unauthorized
+from lumiku_common.settings import ServiceSettings
+
+ALGORITHM = "HS256"
+SERVICE_AUDIENCE = "lumiku-internal"
+SERVICE_TOKEN_HEADER = "X-Service-Token"
+SERVICE_TOKEN_TTL = 300
+
+Role = Literal["user", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str | None
+    role: Role = "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class InvalidToken(Unauthorized):
+    message = "Invalid token"
+
+
+def decode_user_token(token: str, secret: str) -> User:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp"], "verify_aud": False}
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken() from exc
+    user_id = claims.get("userId") or claims.get("sub")
+    role = claims.get("role", "user")
+    if not isinstance(user_id, str) or not user_id or role not in ("user", "admin"):
+        raise InvalidToken()
+    email = claims.get("email")
+    return User(id=user_id, email=email if isinstance(email, str) else None, role=role)
+
+
+def mint_user_token(
+    secret: str,
+    user_id: str,
+    email: str | None = None,
+    role: Role = "user",
+    ttl: timedelta = timedelta(days=7),
+) -> str:
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {"userId": user_id, "sub": user_id, "role": role, "iat": now, "exp": now + ttl}
+    if email:
+        claims["email"] = email
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def settings_of(request: Request) -> ServiceSettings:
+    settings: ServiceSettings = request.app.state.settings
+    return settings
+
+
+def current_user(request: Request) -> User:
+    user = decode_user_token(bearer_token(request), settings_of(request).jwt_secret)
+    request.state.user = user
+    return user
+
+
+def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
+    if not user.is_admin:
+        raise Forbidden("Admin access required")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(current_admin)]
+
+
+# --- service-to-service -----------------------------------------------------------------------------
+
+
+class ServiceTokens:
+    """Mints (and caches) this service's token for calls to other services' `/internal/` routes."""
+
+    def __init__(self, secret: str, issuer: str):
+        self._secret, self._issuer = secret, issuer
+        self._token, self._expires = "", 0.0
+
+    def token(self) -> str:
+        if time.time() > self._expires - 60:
+            now = int(time.time())
+            self._token = jwt.encode(
+                {"iss": self._issuer, "aud": SERVICE_AUDIENCE, "iat": now, "exp": now + SERVICE_TOKEN_TTL},
+                self._secret,
+                algorithm=ALGORITHM,
+            )
+            self._expires = now + SERVICE_TOKEN_TTL
+        return self._token
+
+
+def service_caller(request: Request) -> str:
+    token = request.headers.get(SERVICE_TOKEN_HEADER)
+    if not token:
+        raise Unauthorized()
+    try:
+        claims = jwt.decode(
+            token,
+            settings_of(request).service_token_secret,
+            algorithms=[ALGORITHM],
+            audience=SERVICE_AUDIENCE,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken() from exc
+    return str(claims["iss"])
+
+
+ServiceCaller = Annotated[str, Depends(service_caller)]

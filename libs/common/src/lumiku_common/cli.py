@@ -1,0 +1,102 @@
+"""`lumiku` — operator and developer commands.
+
+lumiku token --user U [--email E] [--admin] [--days N]   mint a user JWT signed with JWT_SECRET
+lumiku migrate SERVICE                                   migrate a service's database to head
+lumiku revision SERVICE -m MESSAGE                       autogenerate a migration for a service
+lumiku credits grant --user U --amount N [...]           grant credits (runs in the credits service code)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from lumiku_common.auth import mint_user_token
+from lumiku_common.settings import ServiceSettings
+
+
+def _service_settings(service: str) -> tuple[ServiceSettings, Path]:
+    package = importlib.import_module(f"lumiku_{service}")
+    settings_module = importlib.import_module(f"lumiku_{service}.settings")
+    settings_cls = next(
+        v
+        for v in vars(settings_module).values()
+        if isinstance(v, type) and issubclass(v, ServiceSettings) and v is not ServiceSettings
+    )
+    return settings_cls(), Path(package.__file__).parent / "migrations"  # type: ignore[arg-type]
+
+
+def _token(args: argparse.Namespace) -> None:
+    settings = ServiceSettings()
+    role = "admin" if args.admin else "user"
+    print(mint_user_token(settings.jwt_secret, args.user, args.email, role, timedelta(days=args.days)))
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    from lumiku_common.migrations import upgrade
+
+    settings, path = _service_settings(args.service)
+    asyncio.run(upgrade(path, settings.database_url))
+    print(f"{args.service}: migrated {settings.database_url.rsplit('/', 1)[-1]} to head")
+
+
+def _revision(args: argparse.Namespace) -> None:
+    from alembic import command
+
+    from lumiku_common.db import ensure_database
+    from lumiku_common.migrations import alembic_config, upgrade
+
+    settings, path = _service_settings(args.service)
+    asyncio.run(ensure_database(settings.database_url))
+    asyncio.run(upgrade(path, settings.database_url))
+    command.revision(alembic_config(path, settings.database_url), message=args.message, autogenerate=True)
+
+
+def _credits(args: argparse.Namespace) -> None:
+    try:
+        from lumiku_credits.cli import run  # type: ignore[import-not-found]
+    except ImportError:
+        sys.exit("the credits service is not installed in this environment")
+    run(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lumiku")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="mint a development user JWT")
+    token.add_argument("--user", required=True)
+    token.add_argument("--email")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--days", type=int, default=7)
+    token.set_defaults(func=_token)
+
+    migrate = sub.add_parser("migrate", help="migrate a service's database")
+    migrate.add_argument("service")
+    migrate.set_defaults(func=_migrate)
+
+    revision = sub.add_parser("revision", help="autogenerate a migration")
+    revision.add_argument("service")
+    revision.add_argument("-m", "--message", required=True)
+    revision.set_defaults(func=_revision)
+
+    credits = sub.add_parser("credits", help="credits operations")
+    credits_sub = credits.add_subparsers(dest="credits_command", required=True)
+    grant = credits_sub.add_parser("grant", help="grant credits to a user")
+    grant.add_argument("--user", required=True)
+    grant.add_argument("--amount", type=int, required=True)
+    grant.add_argument("--type", default="adjustment", choices=["purchase", "bonus", "adjustment"])
+    grant.add_argument("--description", default="Operator grant")
+    grant.add_argument("--idempotency-key")
+    grant.set_defaults(func=_credits)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""One mapping from exceptions to the spec's error bodies: `{"error": "..."}` plus optional fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lumiku_common.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+    message = "Bad request"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any):
+        self.message = message or self.message
+        self.headers = headers
+        self.extra = extra
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, **self.extra}
+
+
+class BadRequest(AppError):
+    status_code = 400
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    message = "Unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    message = "Forbidden"
+
+
+class NotFound(AppError):
+    status_code = 404
+    message = "Not found"
+
+
+class Conflict(AppError):
+    status_code = 409
+    message = "Conflict"
+
+
+class Gone(AppError):
+    status_code = 410
+    message = "Gone"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    message = "Payload too large"
+
+
+class InsufficientCredits(AppError):
+    status_code = 402
+    message = "Insufficient credits"
+
+    def __init__(self, required: int, current: int):
+        super().__init__(required=required, current=current)
+
+
+class RateLimited(AppError):
+    status_code = 429
+    message = "Too many requests"
+
+    def __init__(self, retry_after: int):
+        super().__init__(headers={"Retry-After": str(retry_after)}, retryAfter=retry_after)
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    message = "Service unavailable"
+
+
+def error_response(
+    status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+# --- validation errors in the zod-like shape the spec shows -------------------------------------------
+
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+_EXPECTED = {
+    "string_type": "string",
+    "int_type": "integer",
+    "int_parsing": "integer",
+    "int_from_float": "integer",
+    "float_type": "number",
+    "float_parsing": "number",
+    "bool_type": "boolean",
+    "bool_parsing": "boolean",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "list_type": "array",
+    "datetime_type": "date",
+    "datetime_parsing": "date",
+    "datetime_from_date_parsing": "date",
+}
+
+
+def _received(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float) and not value.is_integer():
+        return "float"
+    return _JSON_TYPES.get(type(value), "unknown")
+
+
+def _path(loc: tuple[Any, ...]) -> list[Any]:
+    return list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header", "form") else list(loc)
+
+
+def _issue(err: dict[str, Any]) -> dict[str, Any] | None:
+    kind, ctx, value, path = err["type"], err.get("ctx") or {}, err.get("input"), _path(err["loc"])
+    if kind == "missing":
+        return {
+            "code": "invalid_type",
+            "expected": "string",
+            "received": "undefined",
+            "path": path,
+            "message": "Required",
+        }
+    if kind == "string_too_short":
+        n = ctx.get("min_length")
+        return {
+            "code": "too_small",
+            "minimum": n,
+            "type": "string",
+            "inclusive": True,
+            "exact": False,
+            "path": path,
+            "message": f"String must contain at least {n} character(s)",
+        }
+    if kind == "string_too_long":
+        n = ctx.get("max_length")
+        return {
+            "code": "too_big",
+            "maximum": n,
+            "type": "string",
+            "inclusive": True,
+            "exact": False,
+            "path": path,
+            "message": f"String must contain at most {n} character(s)",
+        }
+    if kind in ("greater_than_equal", "greater_than"):
+        inclusive = kind == "greater_than_equal"
+        n = ctx.get("ge", ctx.get("gt"))
+        words = "greater than or equal to" if inclusive else "greater than"
+        return {
+            "code": "too_small",
+            "minimum": n,
+            "type": "number",
+            "inclusive": inclusive,
+            "exact": False,
+            "path": path,
+            "message": f"Number must be {words} {n}",
+        }
+    if kind in ("less_than_equal", "less_than"):
+        inclusive = kind == "less_than_equal"
+        n = ctx.get("le", ctx.get("lt"))
+        words = "less than or equal to" if inclusive else "less than"
+        return {
+            "code": "too_big",
+            "maximum": n,
+            "type": "number",
+            "inclusive": inclusive,
+            "exact": False,
+            "path": path,
+            "message": f"Number must be {words} {n}",
+        }
+    if kind in ("literal_error", "enum"):
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        listed = " | ".join(f"'{o}'" for o in options)
+        return {
+            "code": "invalid_enum_value",
+            "received": value,
+            "options": options,
+            "path": path,
+            "message": f"Invalid enum value. Expected {listed}, received '{value}'",
+        }
+    if kind in _EXPECTED:
+        expected, received = _EXPECTED[kind], _received(value)
+        if kind == "int_from_float":
+            received = "float"
+        return {
+            "code": "invalid_type",
+            "expected": expected,
+            "received": received,
+            "path": path,
+            "message": f"Expected {expected}, received {received}",
+        }
+    if kind == "extra_forbidden":
+        return None  # folded into one unrecognized_keys issue per object below
+    message = str(ctx.get("error") or err.get("msg", "Invalid input"))
+    return {"code": "custom", "path": path, "message": message.removeprefix("Value error, ")}
+
+
+def zod_issues(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    issues = [issue for err in errors if (issue := _issue(err)) is not None]
+    unknown: dict[tuple[Any, ...], list[str]] = {}
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            path = tuple(_path(err["loc"]))
+            unknown.setdefault(path[:-1], []).append(str(path[-1]))
+    for parent, keys in unknown.items():
+        listed = ", ".join(f"'{k}'" for k in keys)
+        issues.append(
+            {
+                "code": "unrecognized_keys",
+                "keys": keys,
+                "path": list(parent),
+                "message": f"Unrecognized key(s) in object: {listed}",
+            }
+        )
+    return issues
+
+
+def validation_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    if any(err["type"] == "json_invalid" for err in errors):
+        return error_response(400, {"error": "Invalid JSON body"})
+    return error_response(400, {"error": "Validation error", "details": zod_issues(errors)})
+
+
+def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
+    # Inputs may hold bytes or other non-JSON values; keep only what the body can carry.
+    return json.loads(json.dumps(list(errors), default=str))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return error_response(exc.status_code, exc.body(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(_jsonable(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "Error"
+        return error_response(exc.status_code, {"error": detail}, getattr(exc, "headers", None))

@@ -1,0 +1,47 @@
+"""Calls to other services' `/internal/` routes: service token, correlation ids, pooled connections."""
+
+from __future__ import annotations
+
+import httpx
+
+from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
+from lumiku_common.context import correlation_id_var, request_id_var, traceparent_var
+from lumiku_common.errors import ServiceUnavailable
+
+
+class InternalClient:
+    def __init__(
+        self,
+        base_url: str,
+        tokens: ServiceTokens,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        self.tokens = tokens
+
+    def _headers(self) -> dict[str, str]:
+        headers = {SERVICE_TOKEN_HEADER: self.tokens.token()}
+        for name, var in (
+            ("x-request-id", request_id_var),
+            ("x-correlation-id", correlation_id_var),
+            ("traceparent", traceparent_var),
+        ):
+            value = var.get()
+            if value:
+                headers[name] = value
+        return headers
+
+    async def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        try:
+            return await self.http.request(method, path, headers=self._headers(), **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable() from exc
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

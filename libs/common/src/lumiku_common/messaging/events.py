@@ -1,0 +1,223 @@
+"""The single definition of every integration event and command, and the envelope that carries them.
+
+Each event is a versioned pydantic model; its `type` is also its routing key on `lumiku.events`.
+A breaking change to an event's data gets a new `version` and a new model; consumers accept both for a while.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from lumiku_common.ids import new_id
+from lumiku_common.schemas import CamelModel, UtcDatetime
+
+
+class Event(CamelModel):
+    type: ClassVar[str]
+    version: ClassVar[int] = 1
+
+
+class Envelope(CamelModel):
+    id: str = Field(default_factory=new_id)
+    type: str
+    version: int = 1
+    source: str
+    time: UtcDatetime
+    subject: str | None = None
+    user_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    data: dict[str, Any]
+
+    def parse(self) -> Event:
+        model = EVENT_TYPES.get((self.type, self.version))
+        if model is None:
+            raise UnknownEvent(f"no model for {self.type} v{self.version}")
+        return model.model_validate(self.data)
+
+
+class UnknownEvent(ValueError):
+    pass
+
+
+# --- projects -----------------------------------------------------------------------------------------
+
+
+class ProjectCreated(Event):
+    type = "project.created"
+    project_id: str
+    name: str
+    description: str | None = None
+
+
+class ProjectUpdated(Event):
+    type = "project.updated"
+    project_id: str
+    name: str
+    description: str | None = None
+
+
+class ProjectDeleted(Event):
+    type = "project.deleted"
+    project_id: str
+
+
+# --- avatars ------------------------------------------------------------------------------------------
+
+
+SourceType = Literal["upload", "ai_generated"]
+
+
+class AvatarCreated(Event):
+    type = "avatar.created"
+    avatar_id: str
+    project_id: str
+    name: str
+    source_type: SourceType
+
+
+class AvatarUpdated(Event):
+    type = "avatar.updated"
+    avatar_id: str
+    project_id: str
+    name: str
+
+
+class AvatarDeleted(Event):
+    type = "avatar.deleted"
+    avatar_id: str
+    project_id: str
+
+
+# --- usage (sibling apps publish avatar.used straight to the broker) ------------------------------------
+
+
+class AvatarUsed(Event):
+    type = "avatar.used"
+    avatar_id: str
+    app_id: str
+    app_name: str | None = None
+    action: str
+    reference_id: str | None = None
+    reference_type: str | None = None
+    metadata: dict[str, Any] | None = None
+    used_at: UtcDatetime | None = None
+
+
+class UsageRecorded(Event):
+    type = "usage.recorded"
+    usage_id: str
+    avatar_id: str
+    app_id: str
+    action: str
+    used_at: UtcDatetime
+
+
+# --- credits: events ------------------------------------------------------------------------------------
+
+
+class CreditsReserved(Event):
+    type = "credits.reserved"
+    hold_id: str
+    amount: int
+    reference_id: str
+    reference_type: str
+    expires_at: UtcDatetime
+
+
+class CreditsCaptured(Event):
+    type = "credits.captured"
+    hold_id: str
+    amount: int
+    released: int
+    reference_id: str
+    reference_type: str
+    balance: int
+
+
+class CreditsReleased(Event):
+    type = "credits.released"
+    hold_id: str
+    amount: int
+    reference_id: str
+    reference_type: str
+    reason: str
+
+
+class CreditsGranted(Event):
+    type = "credits.granted"
+    entry_id: str
+    amount: int
+    entry_type: str
+    balance: int
+
+
+class CreditsBalanceLow(Event):
+    type = "credits.balance_low"
+    available: int
+    threshold: int
+
+
+# --- credits: commands (sent through the caller's outbox, so a finished piece of work is always paid) ----
+
+
+class CaptureCredits(Event):
+    type = "credits.capture"
+    hold_id: str
+    amount: int | None = None  # None: capture the whole hold
+    idempotency_key: str
+
+
+class ReleaseCredits(Event):
+    type = "credits.release"
+    hold_id: str
+    reason: str
+    idempotency_key: str
+
+
+EVENT_TYPES: dict[tuple[str, int], type[Event]] = {
+    (cls.type, cls.version): cls
+    for cls in (
+        ProjectCreated,
+        ProjectUpdated,
+        ProjectDeleted,
+        AvatarCreated,
+        AvatarUpdated,
+        AvatarDeleted,
+        AvatarUsed,
+        UsageRecorded,
+        CreditsReserved,
+        CreditsCaptured,
+        CreditsReleased,
+        CreditsGranted,
+        CreditsBalanceLow,
+        CaptureCredits,
+        ReleaseCredits,
+    )
+}
+
+
+def envelope_for(
+    event: Event,
+    *,
+    source: str,
+    time: datetime,
+    user_id: str | None,
+    subject: str | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+) -> Envelope:
+    return Envelope(
+        type=event.type,
+        version=event.version,
+        source=source,
+        time=time,
+        subject=subject,
+        user_id=user_id,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        data=event.model_dump(mode="json"),
+    )

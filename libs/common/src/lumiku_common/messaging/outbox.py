@@ -1,0 +1,131 @@
+"""Transactional outbox: events are rows written with the change; a relay publishes them with confirms.
+
+Several relays may run (one per replica): `FOR UPDATE SKIP LOCKED` hands each pending row to exactly one.
+While the broker is down rows stay pending and the relay retries with backoff; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import suppress
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_common.context import causation_id_var, child_traceparent, correlation_id_var, traceparent_var
+from lumiku_common.db import Database, utcnow
+from lumiku_common.logs import get_logger
+from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.events import Envelope, Event, envelope_for
+from lumiku_common.messaging.tables import outbox
+
+log = get_logger(__name__)
+
+
+async def add_event(
+    session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
+) -> Envelope:
+    """Stage `event` in the current unit of work; it is published only if the transaction commits."""
+    envelope = envelope_for(
+        event,
+        source=session.info.get("source", "unknown"),
+        time=utcnow(),
+        user_id=user_id,
+        subject=subject,
+        correlation_id=correlation_id_var.get(),
+        causation_id=causation_id_var.get(),
+    )
+    headers = {
+        "x-correlation-id": envelope.correlation_id or envelope.id,
+        "traceparent": child_traceparent(traceparent_var.get()),
+    }
+    await session.execute(
+        insert(outbox).values(
+            event_id=envelope.id,
+            routing_key=envelope.type,
+            body=envelope.model_dump(mode="json"),
+            headers=headers,
+        )
+    )
+    session.info["outbox_written"] = True
+    return envelope
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        db: Database,
+        broker: Broker,
+        batch_size: int = 100,
+        poll_seconds: float = 0.5,
+        max_backoff: float = 5.0,
+    ):
+        self.db, self.broker = db, broker
+        self.batch_size, self.poll_seconds, self.max_backoff = batch_size, poll_seconds, max_backoff
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                published = await self.publish_pending()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox_publish_failed", error=repr(exc), retryIn=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if published < self.batch_size:
+                await self._wait_for_work()
+
+    async def _wait_for_work(self) -> None:
+        signal = self.db.outbox_signal
+        with suppress(TimeoutError):
+            await asyncio.wait_for(signal.wait(), timeout=self.poll_seconds)
+        signal.clear()
+
+    async def publish_pending(self) -> int:
+        """Publishes one batch; returns how many rows it published. Raises if any publish failed.
+
+        Confirmed rows are marked even when others in the batch fail, so a broker outage mid-batch
+        re-sends only what the broker never confirmed.
+        """
+        async with self.db.sessions() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(
+                        outbox.c.id, outbox.c.event_id, outbox.c.routing_key, outbox.c.body, outbox.c.headers
+                    )
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+            done = [row.id for row, result in zip(rows, results, strict=True) if result is None]
+            failed = [row.id for row, result in zip(rows, results, strict=True) if result is not None]
+            if done:
+                await session.execute(
+                    update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow())
+                )
+            error = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed:
+                await session.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(failed))
+                    .values(attempts=outbox.c.attempts + 1, last_error=repr(error)[:1000])
+                )
+        if error is not None:
+            raise error
+        return len(done)
+
+    async def _publish(self, row: Any) -> None:
+        await self.broker.publish(
+            json.dumps(row.body, separators=(",", ":")).encode(), row.routing_key, row.event_id, row.headers
+        )

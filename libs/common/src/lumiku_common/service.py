@@ -1,0 +1,160 @@
+"""Every service is built here, from one set of defaults: settings, JSON logs, request context, error
+mapping, health/readiness, database, broker, outbox relay and consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from lumiku_common.db import Database
+from lumiku_common.errors import install_error_handlers
+from lumiku_common.logs import configure_logging, get_logger
+from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.consumer import Consumer, EventHandlers
+from lumiku_common.messaging.outbox import OutboxRelay
+from lumiku_common.middleware import RequestContextMiddleware
+from lumiku_common.migrations import upgrade
+from lumiku_common.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    """What makes one service different from the others; everything else is shared."""
+
+    settings: ServiceSettings
+    routers: Sequence[APIRouter]
+    migrations: Path | None = None
+    consumers: dict[str, EventHandlers] = field(default_factory=dict)  # queue purpose -> handlers
+    on_startup: Sequence[Hook] = ()
+    on_shutdown: Sequence[Hook] = ()
+    background: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()  # long-running worker loops
+    title: str = ""
+
+
+class Workers:
+    """The outbox relay, consumers and background loops of a service, resilient to a broker that is down."""
+
+    def __init__(self, app: FastAPI, spec: ServiceSpec):
+        self.app, self.spec = app, spec
+        s = spec.settings
+        db: Database = app.state.db
+        broker: Broker = app.state.broker
+        self.relay = OutboxRelay(db, broker, s.outbox_batch_size, s.outbox_poll_seconds)
+        self.consumers = [
+            Consumer(
+                name,
+                db,
+                broker,
+                handlers,
+                queue_prefix=s.queue_prefix,
+                prefetch=s.consumer_prefetch,
+                delivery_limit=s.consumer_delivery_limit,
+            )
+            for name, handlers in spec.consumers.items()
+        ]
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
+        self.tasks += [asyncio.create_task(loop(self.app)) for loop in self.spec.background]
+
+    async def _start_consumers(self) -> None:
+        delay = 0.5
+        pending = list(self.consumers)
+        while pending:
+            try:
+                await pending[0].start()
+                pending.pop(0)
+            except Exception as exc:
+                log.warning("consumer_start_failed", error=repr(exc), retryIn=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        for consumer in self.consumers:
+            with suppress(Exception):
+                await consumer.stop()
+
+
+def create_service(spec: ServiceSpec) -> FastAPI:
+    settings = spec.settings
+    configure_logging(settings.service_name, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if spec.migrations is not None:
+            await upgrade(spec.migrations, settings.database_url)
+        app.state.db = Database(settings.database_url, settings.service_name, settings.db_pool_size)
+        app.state.broker = Broker(settings.amqp_url, settings.events_exchange)
+        for hook in spec.on_startup:
+            await hook(app)
+        workers = Workers(app, spec)
+        app.state.workers = workers
+        if settings.run_workers:
+            workers.start()
+        log.info("service_started", environment=settings.environment)
+        try:
+            yield
+        finally:
+            await workers.stop()
+            for hook in spec.on_shutdown:
+                await hook(app)
+            await app.state.broker.close()
+            await app.state.db.dispose()
+
+    app = FastAPI(
+        title=spec.title or f"Lumiku {settings.service_name}", version=settings.version, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(health_router(settings))
+    for router in spec.routers:
+        app.include_router(router)
+    return app
+
+
+def health_router(settings: ServiceSettings) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": settings.service_name, "version": settings.version}
+
+    @router.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            await asyncio.wait_for(request.app.state.db.ping(), timeout=2)
+        except Exception:
+            checks["database"] = "unavailable"
+        broker: Broker = request.app.state.broker
+        if not broker.is_connected:
+            with suppress(Exception):
+                await asyncio.wait_for(broker.connect(), timeout=2)
+        if not broker.is_connected:
+            checks["broker"] = "unavailable"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "service": settings.service_name, "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    return router

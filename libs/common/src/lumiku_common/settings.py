@@ -1,0 +1,78 @@
+"""Settings shared by every service; each service subclasses `ServiceSettings`.
+
+Secrets have development defaults so `make dev` works from a fresh clone, and the settings refuse to load
+with those defaults anywhere but `ENVIRONMENT=development`/`test`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"
+DEV_SERVICE_SECRET = "dev-only-service-secret-change-me-0123456789"
+DEV_MEDIA_SECRET = "dev-only-media-secret-change-me-0123456789"
+_DEV_SECRETS = {DEV_JWT_SECRET, DEV_SERVICE_SECRET, DEV_MEDIA_SECRET}
+MIN_SECRET_LENGTH = 32
+
+Environment = Literal["development", "test", "staging", "production"]
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    service_name: str = "service"
+    environment: Environment = "development"
+    version: str = "1.0.0"
+    log_level: str = "INFO"
+
+    jwt_secret: str = DEV_JWT_SECRET
+    service_token_secret: str = DEV_SERVICE_SECRET
+
+    # One database per service: `database_name` is appended to `postgres_url`'s server.
+    postgres_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+    database_name: str = ""
+    db_pool_size: int = 10
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    events_exchange: str = "lumiku.events"
+    # Prefixes queue names so that test runs never share queues with `make dev`.
+    queue_prefix: str = ""
+    consumer_prefetch: int = 16
+    consumer_delivery_limit: int = 5
+    outbox_poll_seconds: float = 0.5
+    outbox_batch_size: int = 100
+    # The API process also runs the outbox relay and consumers unless a separate worker does.
+    run_workers: bool = True
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    service_urls: dict[str, str] = Field(
+        default_factory=lambda: {
+            "projects": "http://127.0.0.1:8101",
+            "avatars": "http://127.0.0.1:8102",
+            "credits": "http://127.0.0.1:8104",
+        }
+    )
+
+    @property
+    def database_url(self) -> str:
+        return f"{self.postgres_url.rstrip('/')}/{self.database_name or self.service_name}"
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment in ("development", "test")
+
+    @model_validator(mode="after")
+    def _refuse_insecure_secrets(self) -> ServiceSettings:
+        if self.is_development:
+            return self
+        for name in ("jwt_secret", "service_token_secret"):
+            value = getattr(self, name)
+            if value in _DEV_SECRETS or len(value) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"{name.upper()} must be set to a secret of at least {MIN_SECRET_LENGTH} characters "
+                    f"outside development (ENVIRONMENT={self.environment})"
+                )
+        return self

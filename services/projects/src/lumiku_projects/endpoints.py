@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from lumiku_common.auth import CurrentUser, ServiceCaller
+from lumiku_common.db import DbSession
+from lumiku_common.schemas import PageParams, Pagination
+
+from lumiku_projects import service
+from lumiku_projects.schemas import (
+    DeletedResponse,
+    ProjectCreate,
+    ProjectListResponse,
+    ProjectOut,
+    ProjectResponse,
+    ProjectUpdate,
+)
+
+router = APIRouter(prefix="/api/apps/avatar-creator/projects", tags=["projects"])
+internal = APIRouter(prefix="/internal/projects", tags=["internal"], include_in_schema=False)
+
+
+@router.get("", response_model=ProjectListResponse)
+async def list_projects(
+    user: CurrentUser, session: DbSession, page: Annotated[PageParams, Query()]
+) -> ProjectListResponse:
+    projects, total = await service.list_projects(session, user.id, page.offset, page.limit)
+    return ProjectListResponse(
+        projects=[ProjectOut.model_validate(p) for p in projects],
+        pagination=Pagination.of(page.page, page.limit, total),
+    )
+
+
+@router.post("", response_model=ProjectResponse, status_code=201)
+async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> ProjectResponse:
+    project = await service.create_project(session, user.id, body)
+    return ProjectResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
+
+
+@router.get("/{project_id}", response_model=ProjectResponse, response_model_exclude_none=True)
+async def get_project(user: CurrentUser, session: DbSession, project_id: str) -> ProjectResponse:
+    project = await service.get_project(session, user.id, project_id)
+    return ProjectResponse(project=ProjectOut.model_validate(project))
+
+
+@router.put("/{project_id}", response_model=ProjectResponse)
+async def update_project(
+    user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate
+) -> ProjectResponse:
+    project = await service.update_project(session, user.id, project_id, body)
+    return ProjectResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
+
+
+@router.delete("/{project_id}", response_model=DeletedResponse)
+async def delete_project(user: CurrentUser, session: DbSession, project_id: str) -> DeletedResponse:
+    await service.delete_project(session, user.id, project_id)
+    return DeletedResponse(message="Project deleted successfully")
+
+
+@internal.get("/{project_id}", response_model=ProjectOut)
+async def get_project_internal(
+    _: ServiceCaller, session: DbSession, project_id: str, user_id: Annotated[str, Query(alias="userId")]
+) -> ProjectOut:
+    """Ownership check for other services: 404 unless the project exists and belongs to `userId`."""
+    return ProjectOut.model_validate(await service.get_project(session, user_id, project_id))

@@ -1,0 +1,70 @@
+"""Project use cases. No commits here: the request's unit of work commits the change and its events."""
+
+from __future__ import annotations
+
+from lumiku_common.errors import NotFound
+from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
+from lumiku_common.messaging.outbox import add_event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_projects.models import Project
+from lumiku_projects.repository import ProjectRepository
+from lumiku_projects.schemas import ProjectCreate, ProjectUpdate
+
+
+class ProjectNotFound(NotFound):
+    message = "Project not found"
+
+
+async def get_project(session: AsyncSession, user_id: str, project_id: str) -> Project:
+    project = await ProjectRepository(session).get(user_id, project_id)
+    if project is None:
+        raise ProjectNotFound()
+    return project
+
+
+async def list_projects(
+    session: AsyncSession, user_id: str, offset: int, limit: int
+) -> tuple[list[Project], int]:
+    return await ProjectRepository(session).list(user_id, offset, limit)
+
+
+async def create_project(session: AsyncSession, user_id: str, data: ProjectCreate) -> Project:
+    project = await ProjectRepository(session).add(
+        Project(user_id=user_id, name=data.name, description=data.description or None)
+    )
+    await add_event(
+        session,
+        ProjectCreated(project_id=project.id, name=project.name, description=project.description),
+        user_id=user_id,
+        subject=project.id,
+    )
+    return project
+
+
+async def update_project(
+    session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate
+) -> Project:
+    project = await get_project(session, user_id, project_id)
+    changes = data.model_dump(exclude_none=True)
+    if "description" in changes:
+        changes["description"] = changes["description"] or None  # "" clears the description
+    if all(getattr(project, key) == value for key, value in changes.items()):
+        return project
+    for key, value in changes.items():
+        setattr(project, key, value)
+    await session.flush()
+    await add_event(
+        session,
+        ProjectUpdated(project_id=project.id, name=project.name, description=project.description),
+        user_id=user_id,
+        subject=project.id,
+    )
+    return project
+
+
+async def delete_project(session: AsyncSession, user_id: str, project_id: str) -> None:
+    """Deletes the project; `project.deleted` tells the avatars service to cascade."""
+    project = await get_project(session, user_id, project_id)
+    await ProjectRepository(session).delete(project)
+    await add_event(session, ProjectDeleted(project_id=project.id), user_id=user_id, subject=project.id)
