@@ -64,9 +64,17 @@ def _credits(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _dev(_: argparse.Namespace) -> None:
+    from lumiku_common.dev import run
+
+    run()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lumiku")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("dev", help="run the whole suite locally").set_defaults(func=_dev)
 
     token = sub.add_parser("token", help="mint a development user JWT")
     token.add_argument("--user", required=True)

@@ -85,9 +85,7 @@ class ServiceUnavailable(AppError):
     message = "Service unavailable"
 
 
-def error_response(
-    status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> JSONResponse:
+def error_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 

@@ -40,6 +40,9 @@ class ServiceSpec:
     on_shutdown: Sequence[Hook] = ()
     background: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()  # long-running worker loops
     title: str = ""
+    own_docs: bool = True  # the gateway serves the suite's merged docs instead
+    stateless: bool = False  # no database, broker or workers (the gateway)
+    readiness: Callable[[FastAPI], Awaitable[dict[str, str]]] | None = None  # replaces db+broker checks
 
 
 class Workers:
@@ -99,6 +102,15 @@ def create_service(spec: ServiceSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if spec.stateless:
+            for hook in spec.on_startup:
+                await hook(app)
+            try:
+                yield
+            finally:
+                for hook in spec.on_shutdown:
+                    await hook(app)
+            return
         if spec.migrations is not None:
             await upgrade(spec.migrations, settings.database_url)
         app.state.db = Database(settings.database_url, settings.service_name, settings.db_pool_size)
@@ -119,19 +131,32 @@ def create_service(spec: ServiceSpec) -> FastAPI:
             await app.state.broker.close()
             await app.state.db.dispose()
 
-    app = FastAPI(
-        title=spec.title or f"Lumiku {settings.service_name}", version=settings.version, lifespan=lifespan
-    )
+    app = FastAPI(title=spec.title or f"Lumiku {settings.service_name}", version=settings.version, lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    app.include_router(health_router(settings))
+    app.include_router(health_router(settings, spec.readiness or infrastructure_checks))
     for router in spec.routers:
         app.include_router(router)
     return app
 
 
-def health_router(settings: ServiceSettings) -> APIRouter:
+async def infrastructure_checks(app: FastAPI) -> dict[str, str]:
+    checks = {"database": "ok", "broker": "ok"}
+    try:
+        await asyncio.wait_for(app.state.db.ping(), timeout=2)
+    except Exception:
+        checks["database"] = "unavailable"
+    broker: Broker = app.state.broker
+    if not broker.is_connected:
+        with suppress(Exception):
+            await asyncio.wait_for(broker.connect(), timeout=2)
+    if not broker.is_connected:
+        checks["broker"] = "unavailable"
+    return checks
+
+
+def health_router(settings: ServiceSettings, readiness: Callable[[FastAPI], Awaitable[dict[str, str]]]) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/health")
@@ -140,17 +165,7 @@ def health_router(settings: ServiceSettings) -> APIRouter:
 
     @router.get("/ready")
     async def ready(request: Request) -> JSONResponse:
-        checks = {"database": "ok", "broker": "ok"}
-        try:
-            await asyncio.wait_for(request.app.state.db.ping(), timeout=2)
-        except Exception:
-            checks["database"] = "unavailable"
-        broker: Broker = request.app.state.broker
-        if not broker.is_connected:
-            with suppress(Exception):
-                await asyncio.wait_for(broker.connect(), timeout=2)
-        if not broker.is_connected:
-            checks["broker"] = "unavailable"
+        checks = await readiness(request.app)
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "service": settings.service_name, "checks": checks},

@@ -11,9 +11,7 @@ class ProjectRepository:
         self.session = session
 
     async def get(self, user_id: str, project_id: str) -> Project | None:
-        result = await self.session.execute(
-            select(Project).where(Project.id == project_id, Project.user_id == user_id)
-        )
+        result = await self.session.execute(select(Project).where(Project.id == project_id, Project.user_id == user_id))
         return result.scalar_one_or_none()
 
     async def list(self, user_id: str, offset: int, limit: int) -> tuple[list[Project], int]:

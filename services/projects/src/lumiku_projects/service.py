@@ -23,9 +23,7 @@ async def get_project(session: AsyncSession, user_id: str, project_id: str) -> P
     return project
 
 
-async def list_projects(
-    session: AsyncSession, user_id: str, offset: int, limit: int
-) -> tuple[list[Project], int]:
+async def list_projects(session: AsyncSession, user_id: str, offset: int, limit: int) -> tuple[list[Project], int]:
     return await ProjectRepository(session).list(user_id, offset, limit)
 
 
@@ -42,9 +40,7 @@ async def create_project(session: AsyncSession, user_id: str, data: ProjectCreat
     return project
 
 
-async def update_project(
-    session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate
-) -> Project:
+async def update_project(session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate) -> Project:
     project = await get_project(session, user_id, project_id)
     changes = data.model_dump(exclude_none=True)
     if "description" in changes:

@@ -40,9 +40,7 @@ class EventHandlers:
     def __init__(self) -> None:
         self.by_type: dict[str, Handler] = {}
 
-    def on(
-        self, event: type[E]
-    ) -> Callable[[Callable[[AsyncSession, E, Envelope], Awaitable[None]]], Handler]:
+    def on(self, event: type[E]) -> Callable[[Callable[[AsyncSession, E, Envelope], Awaitable[None]]], Handler]:
         def register(fn: Callable[[AsyncSession, E, Envelope], Awaitable[None]]) -> Handler:
             self.by_type[event.type] = fn
             return fn
@@ -89,9 +87,7 @@ class Consumer:
         dlx = await channel.declare_exchange(DLX_NAME, aio_pika.ExchangeType.DIRECT, durable=True)
         dlq = await channel.declare_queue(self.dlq_name, durable=True, arguments={"x-queue-type": "quorum"})
         await dlq.bind(dlx, routing_key=self.name)
-        exchange = await channel.declare_exchange(
-            self.broker.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = await channel.declare_exchange(self.broker.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
         # The broker's delivery limit is the backstop for consumers that crash mid-message; the handler
         # path below dead-letters with the reason before that limit is reached.
         queue = await channel.declare_queue(
@@ -124,9 +120,7 @@ class Consumer:
         try:
             await self._handle(message)
         finally:
-            for var, token in zip(
-                (correlation_id_var, causation_id_var, traceparent_var), tokens, strict=True
-            ):
+            for var, token in zip((correlation_id_var, causation_id_var, traceparent_var), tokens, strict=True):
                 var.reset(token)  # type: ignore[attr-defined]
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
@@ -177,9 +171,7 @@ class Consumer:
             "x-dead-letter-reason": reason[:1000],
             "x-original-queue": self.name,
         }
-        await self.broker.publish(
-            message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME
-        )
+        await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
         await message.ack()
 
 

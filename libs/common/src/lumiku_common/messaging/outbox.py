@@ -96,9 +96,7 @@ class OutboxRelay:
         async with self.db.sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(
-                        outbox.c.id, outbox.c.event_id, outbox.c.routing_key, outbox.c.body, outbox.c.headers
-                    )
+                    select(outbox.c.id, outbox.c.event_id, outbox.c.routing_key, outbox.c.body, outbox.c.headers)
                     .where(outbox.c.published_at.is_(None))
                     .order_by(outbox.c.id)
                     .limit(self.batch_size)
@@ -111,9 +109,7 @@ class OutboxRelay:
             done = [row.id for row, result in zip(rows, results, strict=True) if result is None]
             failed = [row.id for row, result in zip(rows, results, strict=True) if result is not None]
             if done:
-                await session.execute(
-                    update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow())
-                )
+                await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow()))
             error = next((r for r in results if isinstance(r, BaseException)), None)
             if failed:
                 await session.execute(

@@ -1,0 +1,20 @@
+"""The services of the suite and where they listen in development; `lumiku dev` runs them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    port: int
+    factory: str  # "module:function" returning the ASGI app
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+SERVICES: tuple[ServiceEntry, ...] = (ServiceEntry("projects", 8101, "lumiku_projects.main:create_app"),)
+GATEWAY = ServiceEntry("gateway", 8080, "lumiku_gateway.main:create_app")

@@ -1,0 +1,224 @@
+"""Test support shared by every service's tests: isolated databases and broker names on the real local
+PostgreSQL and RabbitMQ, in-process service clients, tokens, an event spy and a cuttable TCP proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aio_pika
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from lumiku_common.auth import Role, mint_user_token
+from lumiku_common.migrations import upgrade
+from lumiku_common.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+# One id per test run (and xdist worker): queue and exchange names never collide with `make dev` or other runs.
+RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
+# Databases are per xdist worker; TEST_DB_TAG separates concurrent runs on one machine (e.g. two developers).
+WORKER = os.environ.get("TEST_DB_TAG", "") + os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+
+
+def settings_for_tests(cls: type[S], **overrides: Any) -> S:
+    base = cls()
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database_name": f"{base.database_name or base.service_name}_test_{WORKER}",
+        "queue_prefix": f"test.{RUN_ID}.",
+        "events_exchange": f"lumiku.events.test.{RUN_ID}",
+        "outbox_poll_seconds": 0.05,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return cls(**values)
+
+
+async def prepare_database(settings: ServiceSettings, migrations: Path) -> None:
+    """Migrates the test database to head and empties every table (but alembic's)."""
+    await upgrade(migrations, settings.database_url)
+    await truncate_all(settings.database_url)
+
+
+async def truncate_all(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            tables = (
+                await conn.execute(
+                    text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                    )
+                )
+            ).scalars()
+            names = ", ".join(f'"{t}"' for t in tables)
+            if names:
+                await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI, base_url: str = "http://test") -> AsyncIterator[httpx.AsyncClient]:
+    """Runs the app's lifespan (workers included) and yields an HTTP client wired to it in-process."""
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=30) as client:
+            yield client
+
+
+def token_for(settings: ServiceSettings, user_id: str, role: Role = "user", email: str | None = None) -> str:
+    return mint_user_token(settings.jwt_secret, user_id, email or f"{user_id}@example.com", role)
+
+
+def auth(settings: ServiceSettings, user_id: str, role: Role = "user") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(settings, user_id, role)}"}
+
+
+async def delete_queues(settings: ServiceSettings, *names: str) -> None:
+    """Removes the queues (and their .dlq) a test run declared, and the run's exchange."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            for queue in (f"{settings.queue_prefix}{name}", f"{settings.queue_prefix}{name}.dlq"):
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(queue)
+                    channel = await connection.channel()
+        with contextlib.suppress(Exception):
+            await channel.exchange_delete(settings.events_exchange)
+
+
+class EventSpy:
+    """Binds a private, auto-deleted queue to the events exchange and records every envelope."""
+
+    def __init__(self, amqp_url: str, exchange: str, pattern: str = "#"):
+        self.amqp_url, self.exchange, self.pattern = amqp_url, exchange, pattern
+        self.events: list[dict[str, Any]] = []
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._arrived = asyncio.Condition()
+
+    async def __aenter__(self) -> EventSpy:
+        self._connection = await aio_pika.connect(self.amqp_url)
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, self.pattern)
+        await queue.consume(self._on_message, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with self._arrived:
+            self.events.append(json.loads(message.body))
+            self._arrived.notify_all()
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+    async def wait_for(self, event_type: str, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
+        async def enough() -> None:
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self.of_type(event_type)) >= count)
+
+        await asyncio.wait_for(enough(), timeout)
+        return self.of_type(event_type)
+
+
+async def read_dlq(amqp_url: str, queue: str, timeout: float = 15) -> aio_pika.abc.AbstractIncomingMessage:
+    """Waits for one message on `queue` (a .dlq) and returns it, acked."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            message = await q.get(fail=False)
+            if message is not None:
+                await message.ack()
+                return message
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"nothing arrived on {queue}")
+            await asyncio.sleep(0.1)
+
+
+async def publish_raw(settings: ServiceSettings, routing_key: str, body: bytes, message_id: str = "") -> None:
+    """Publishes bytes as-is, the way a sibling app (or a broken one) would."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        await exchange.publish(aio_pika.Message(body, message_id=message_id or None), routing_key)
+
+
+class TcpProxy:
+    """A TCP proxy in front of a real server whose link the test can cut and restore (a broker outage
+    as the service sees it, without stopping the machine's shared RabbitMQ)."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target_host, self.target_port = target_host, target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self.accepting = True
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def url_for(self, amqp_url: str) -> str:
+        return amqp_url.replace(f"{self.target_host}:{self.target_port}", f"127.0.0.1:{self.port}")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.accepting:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._links.discard(writer)
+            writer.close()
+
+    def cut(self) -> None:
+        """Drops every open link and refuses new ones."""
+        self.accepting = False
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    def restore(self) -> None:
+        self.accepting = True
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,96 @@
+"""The API gateway: verifies JWTs, routes every public path to its service, aggregates health and docs."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from lumiku_common.auth import bearer_token, decode_user_token
+from lumiku_common.errors import NotFound
+from lumiku_common.schemas import iso_utc
+from lumiku_common.service import ServiceSpec, create_service
+from starlette.responses import Response
+
+from lumiku_gateway.openapi import SuiteOpenAPI
+from lumiku_gateway.proxy import forward
+from lumiku_gateway.routes import match
+from lumiku_gateway.settings import GatewaySettings
+from lumiku_gateway.upstreams import Upstreams
+
+
+def _router(settings: GatewaySettings) -> APIRouter:
+    router = APIRouter()
+    started = time.monotonic()
+
+    @router.get("/api/health", tags=["health"])
+    async def suite_health(request: Request) -> JSONResponse:
+        services = await request.app.state.upstreams.readiness()
+        healthy = all(v == "ok" for v in services.values())
+        body = {
+            "status": "healthy" if healthy else "degraded",
+            "version": settings.version,
+            "uptime": int(time.monotonic() - started),
+            # Each service reports its own database in its readiness; all ready means all connected.
+            "database": "connected" if healthy else "degraded",
+            "timestamp": iso_utc(datetime.now(UTC)),
+            "services": services,
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> dict[str, Any]:
+        doc: dict[str, Any] = await request.app.state.openapi.document()
+        return doc
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Lumiku Avatar Creator API")
+
+    @router.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def proxy(request: Request) -> Response:
+        route = match(request.url.path)
+        client: httpx.AsyncClient | None = request.app.state.upstreams.get(route.service) if route else None
+        if route is None or client is None:
+            raise NotFound()
+        if route.authenticated:
+            # Verified here so bad tokens never reach a service; services verify again (defence in depth).
+            decode_user_token(bearer_token(request), settings.jwt_secret)
+        return await forward(client, request, route.service)
+
+    return router
+
+
+def create_app(
+    settings: GatewaySettings | None = None, transports: dict[str, httpx.AsyncBaseTransport] | None = None
+) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    async def startup(app: FastAPI) -> None:
+        app.state.upstreams = Upstreams(settings, transports)
+        app.state.openapi = SuiteOpenAPI(app.state.upstreams, "Lumiku Avatar Creator", settings.version)
+
+    async def shutdown(app: FastAPI) -> None:
+        await app.state.upstreams.aclose()
+
+    async def readiness(app: FastAPI) -> dict[str, str]:
+        result: dict[str, str] = await app.state.upstreams.readiness()
+        return result
+
+    app = create_service(
+        ServiceSpec(
+            settings=settings,
+            routers=[_router(settings)],
+            stateless=True,
+            readiness=readiness,
+            on_startup=[startup],
+            on_shutdown=[shutdown],
+            title="Lumiku gateway",
+            own_docs=False,
+        )
+    )
+    return app

@@ -1,0 +1,75 @@
+"""Forwarding: streams request and response bodies, pooled connections, upstream failures as 502/503/504."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import Request
+from lumiku_common.context import correlation_id_var, request_id_var, traceparent_var
+from lumiku_common.errors import error_response
+from lumiku_common.logs import get_logger
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+log = get_logger(__name__)
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never forwarded.
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+}
+_CONTEXT_HEADERS = {"x-request-id", "x-correlation-id", "traceparent"}
+
+
+def _request_headers(request: Request) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS]
+    for name, var in (
+        ("x-request-id", request_id_var),
+        ("x-correlation-id", correlation_id_var),
+        ("traceparent", traceparent_var),
+    ):
+        value = var.get()
+        if value:
+            headers.append((name, value))
+    if request.client:
+        headers.append(("x-forwarded-for", request.client.host))
+    return headers
+
+
+def _response_headers(response: httpx.Response) -> dict[str, str]:
+    # The gateway's own middleware sets the id headers; the upstream's would duplicate them.
+    return {k: v for k, v in response.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS}
+
+
+async def forward(client: httpx.AsyncClient, request: Request, service: str) -> Response:
+    has_body = request.method not in ("GET", "HEAD", "DELETE", "OPTIONS")
+    upstream = client.build_request(
+        request.method,
+        request.url.path,
+        params=request.url.query,
+        headers=_request_headers(request),
+        content=request.stream() if has_body else None,
+    )
+    try:
+        response = await client.send(upstream, stream=True)
+    except httpx.TimeoutException:
+        log.warning("upstream_timeout", service=service, path=request.url.path)
+        return error_response(504, {"error": "Upstream service timed out", "service": service})
+    except httpx.ConnectError:
+        log.warning("upstream_unavailable", service=service, path=request.url.path)
+        return error_response(503, {"error": "Service unavailable", "service": service})
+    except httpx.TransportError as exc:
+        log.warning("upstream_failed", service=service, path=request.url.path, error=repr(exc))
+        return error_response(502, {"error": "Bad gateway", "service": service})
+    return StreamingResponse(
+        response.aiter_raw(),
+        status_code=response.status_code,
+        headers=_response_headers(response),
+        background=BackgroundTask(response.aclose),
+    )

@@ -1,0 +1,27 @@
+"""Test support: the gateway in front of in-process services, as the suite's clients see it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from lumiku_common.testing import running, settings_for_tests
+
+from lumiku_gateway.main import create_app
+from lumiku_gateway.settings import GatewaySettings
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(services: dict[str, FastAPI]) -> AsyncIterator[httpx.AsyncClient]:
+    """Starts each service (lifespan and workers included) and yields a client of a gateway routing to them."""
+    async with contextlib.AsyncExitStack() as stack:
+        transports: dict[str, httpx.AsyncBaseTransport] = {}
+        for name, app in services.items():
+            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
+            transports[name] = httpx.ASGITransport(app=manager.app)
+        settings = settings_for_tests(GatewaySettings, service_urls={n: f"http://{n}" for n in services})
+        async with running(create_app(settings, transports)) as client:
+            yield client
