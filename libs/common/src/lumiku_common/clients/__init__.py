@@ -1,0 +1,1 @@
+"""Typed clients of other services' `/internal/` routes, shared by every service that calls them."""
