@@ -239,6 +239,10 @@ def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
     return json.loads(json.dumps(list(errors), default=str))
 
 
+# Starlette's phrases are Title Case; ours read like the spec's ("Project not found").
+_SENTENCE_CASE = {"Not Found": "Not found", "Method Not Allowed": "Method not allowed"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -251,4 +255,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "Error"
+        detail = _SENTENCE_CASE.get(detail, detail)
         return error_response(exc.status_code, {"error": detail}, getattr(exc, "headers", None))

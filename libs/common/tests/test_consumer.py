@@ -1,0 +1,182 @@
+"""Consumers against real PostgreSQL and RabbitMQ: inbox dedup, bounded retries into the .dlq with the
+reason, poison messages, and surviving a dropped broker connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from lumiku_common.db import Database, utcnow
+from lumiku_common.messaging import consumer as consumer_module
+from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.consumer import Consumer, EventHandlers
+from lumiku_common.messaging.events import Envelope, ProjectDeleted
+from lumiku_common.testing import TcpProxy, delete_queues, publish_raw, read_dlq
+from sqlalchemy import func, insert, select
+
+from .conftest import effects
+
+
+def envelope(project_id: str = "p1", event_id: str | None = None) -> bytes:
+    env = Envelope(type="project.deleted", source="test", time=utcnow(), user_id="u", data={"projectId": project_id})
+    if event_id:
+        env.id = event_id
+    return env.model_dump_json(by_alias=True).encode()
+
+
+def recording_handlers(fail_times: int = 0) -> tuple[EventHandlers, list[str]]:
+    handlers, calls = EventHandlers(), []
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, event: ProjectDeleted, env: Envelope) -> None:
+        calls.append(env.id)
+        await session.execute(insert(effects).values(event_id=env.id))
+        if len(calls) <= fail_times:
+            raise RuntimeError("transient failure")
+
+    return handlers, calls
+
+
+async def effect_count(db: Database) -> int:
+    async with db.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(effects)) or 0)
+
+
+async def eventually(check, timeout: float = 15) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def make_consumer(db, settings) -> AsyncIterator:
+    made: list[Consumer] = []
+
+    async def make(handlers: EventHandlers, broker: Broker, **kw) -> Consumer:
+        name = f"common.test-{len(made)}"
+        consumer = Consumer(name, db, broker, handlers, queue_prefix=settings.queue_prefix, retry_delay=0.01, **kw)
+        await consumer.start()
+        made.append(consumer)
+        return consumer
+
+    yield make
+    for c in made:
+        await c.stop()
+    await delete_queues(settings, *(c.name.removeprefix(settings.queue_prefix) for c in made))
+
+
+async def test_redelivered_event_has_one_effect(db, broker, settings, make_consumer):
+    handlers, calls = recording_handlers()
+    await make_consumer(handlers, broker)
+    body = envelope(event_id="same-event-id")
+    for _ in range(3):
+        await publish_raw(settings, "project.deleted", body)
+    await eventually(lambda: effect_count_is(db, 1))
+    await asyncio.sleep(0.5)
+    assert await effect_count(db) == 1
+    assert calls == ["same-event-id"]  # the duplicates were skipped by the inbox before the handler
+
+
+async def test_transient_failure_is_retried_and_effect_lands_once(db, broker, settings, make_consumer):
+    handlers, calls = recording_handlers(fail_times=2)
+    await make_consumer(handlers, broker, delivery_limit=5)
+    await publish_raw(settings, "project.deleted", envelope())
+    await eventually(lambda: effect_count_is(db, 1))
+    assert len(calls) == 3  # two rolled-back attempts, one that committed
+
+
+async def effect_count_is(db: Database, n: int) -> bool:
+    return await effect_count(db) == n
+
+
+async def test_handler_that_always_fails_goes_to_dlq_with_reason(db, broker, settings, make_consumer):
+    handlers, calls = recording_handlers(fail_times=10**6)
+    consumer = await make_consumer(handlers, broker, delivery_limit=3)
+    await publish_raw(settings, "project.deleted", envelope("doomed"))
+    dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
+    assert json.loads(dead.body)["data"] == {"projectId": "doomed"}
+    assert "failed 3 times" in dead.headers["x-dead-letter-reason"]
+    assert "transient failure" in dead.headers["x-dead-letter-reason"]
+    assert len(calls) == 3 and await effect_count(db) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"{}", b'{"type":"project.deleted"}', envelope().replace(b'"projectId"', b'"wrongField"')],
+)
+async def test_poison_goes_straight_to_dlq_and_queue_keeps_flowing(db, broker, settings, make_consumer, body):
+    handlers, calls = recording_handlers()
+    consumer = await make_consumer(handlers, broker, delivery_limit=5)
+    await publish_raw(settings, "project.deleted", body)
+    dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
+    assert dead.body == body and dead.headers["x-dead-letter-reason"].startswith("poison:")
+    assert calls == []
+    await publish_raw(settings, "project.deleted", envelope("next"))
+    await eventually(lambda: effect_count_is(db, 1))
+
+
+async def test_consumer_resumes_after_connection_drop(db, settings, make_consumer):
+    proxy = await TcpProxy("127.0.0.1", 5672).start()
+    broker = Broker(proxy.url_for(settings.amqp_url), settings.events_exchange, connect_timeout=1)
+    handlers, _ = recording_handlers()
+    await make_consumer(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope("before"))
+    await eventually(lambda: effect_count_is(db, 1))
+    proxy.cut()
+    await publish_raw(settings, "project.deleted", envelope("during"))  # waits in the durable queue
+    await asyncio.sleep(1.0)
+    proxy.restore()
+    await publish_raw(settings, "project.deleted", envelope("after"))
+    await eventually(lambda: effect_count_is(db, 3), timeout=30)
+    await broker.close()
+    await proxy.stop()
+
+
+async def test_crash_between_commit_and_ack_is_harmless(db, settings, make_consumer, monkeypatch):
+    """The connection dies right after the handler's transaction committed, before the ack: the broker
+    redelivers, and the inbox turns the redelivery into a no-op."""
+    proxy = await TcpProxy("127.0.0.1", 5672).start()
+    broker = Broker(proxy.url_for(settings.amqp_url), settings.events_exchange, connect_timeout=1)
+    handlers, calls = recording_handlers()
+    original = Consumer._apply
+    crashed = asyncio.Event()
+
+    async def apply_then_crash(self, env, event):
+        handled = await original(self, env, event)
+        if not crashed.is_set():
+            crashed.set()
+            proxy.cut()
+            asyncio.get_running_loop().call_later(0.5, proxy.restore)
+        return handled
+
+    claims: list[bool] = []
+    original_claim = consumer_module.claim
+
+    async def counting_claim(*args):
+        claims.append(await original_claim(*args))
+        return claims[-1]
+
+    monkeypatch.setattr(Consumer, "_apply", apply_then_crash)
+    monkeypatch.setattr(consumer_module, "claim", counting_claim)
+    consumer = await make_consumer(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope("once"))
+    await crashed.wait()
+    await eventually(lambda: queue_empty(settings, consumer.name), timeout=30)
+    assert await effect_count(db) == 1
+    assert len(calls) == 1  # the handler itself ran once
+    assert claims == [True, False]  # the redelivery happened and stopped at the inbox
+    await broker.close()
+    await proxy.stop()
+
+
+async def queue_empty(settings, name: str) -> bool:
+    import aio_pika
+
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        result = queue.declaration_result
+        return result.message_count == 0 and result.consumer_count >= 1

@@ -1,0 +1,185 @@
+"""The gateway on its own: routing table, auth before forwarding, upstream failures, health and docs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from lumiku_common.testing import auth, running, settings_for_tests
+from lumiku_gateway.main import create_app
+from lumiku_gateway.routes import match
+from lumiku_gateway.settings import GatewaySettings
+
+APP = "/api/apps/avatar-creator"
+
+
+@pytest.mark.parametrize(
+    ("path", "service"),
+    [
+        (f"{APP}/projects", "projects"),
+        (f"{APP}/projects/p1", "projects"),
+        (f"{APP}/projects/p1/avatars", "avatars"),
+        (f"{APP}/projects/p1/avatars/save-preview", "avatars"),
+        (f"{APP}/projects/p1/avatars/generate", "generation"),
+        (f"{APP}/projects/p1/avatars/generate-preview", "generation"),
+        (f"{APP}/avatars", "avatars"),
+        (f"{APP}/avatars/a1", "avatars"),
+        (f"{APP}/avatars/a1/usage-history", "usage"),
+        (f"{APP}/track-usage", "usage"),
+        (f"{APP}/stats", "avatars"),
+        ("/api/credits/balance", "credits"),
+        (f"{APP}/projects/p1/avatars/x/y", None),
+        (f"{APP}/unknown", None),
+        ("/internal/projects/p1", None),
+    ],
+)
+def test_routing_table(path, service):
+    route = match(path)
+    assert (route.service if route else None) == service
+
+
+def echo_app() -> FastAPI:
+    """An upstream that shows what it received."""
+    app = FastAPI()
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    async def echo(request: Request, path: str) -> dict:
+        body = await request.body()
+        return {"path": "/" + path, "query": request.url.query, "headers": dict(request.headers), "size": len(body)}
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def gateway(service_urls: dict[str, str], transports=None, **overrides) -> AsyncIterator[httpx.AsyncClient]:
+    settings = settings_for_tests(GatewaySettings, service_urls=service_urls, **overrides)
+    async with running(create_app(settings, transports)) as client:
+        client.headers.update(auth(settings, "alice"))
+        yield client
+
+
+async def test_forwards_path_query_body_and_context_headers():
+    transports = {"projects": httpx.ASGITransport(app=echo_app())}
+    async with gateway({"projects": "http://projects"}, transports) as api:
+        response = await api.post(
+            f"{APP}/projects", params={"page": "2"}, content=b"x" * 100_000, headers={"x-request-id": "req-1"}
+        )
+    seen = response.json()
+    assert seen["path"] == f"{APP}/projects" and seen["query"] == "page=2" and seen["size"] == 100_000
+    assert seen["headers"]["x-request-id"] == "req-1"
+    assert seen["headers"]["authorization"].startswith("Bearer ")
+    assert seen["headers"]["traceparent"].startswith("00-")
+    assert response.headers["x-request-id"] == "req-1"
+
+
+async def test_bad_tokens_never_reach_the_service():
+    calls = []
+    app = echo_app()
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        calls.append(request.url.path)
+        return await call_next(request)
+
+    async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
+        missing = await api.get(f"{APP}/projects", headers={"Authorization": ""})
+        invalid = await api.get(f"{APP}/projects", headers={"Authorization": "Bearer nope"})
+    assert (missing.status_code, missing.json()) == (401, {"error": "Unauthorized"})
+    assert (invalid.status_code, invalid.json()) == (401, {"error": "Invalid token"})
+    assert calls == []
+
+
+async def test_unknown_and_undeployed_paths_are_404():
+    async with gateway({"projects": "http://127.0.0.1:9"}) as api:
+        for path in (f"{APP}/nothing-here", "/api/credits/balance", "/internal/projects/x"):
+            response = await api.get(path)
+            assert (response.status_code, response.json()) == (404, {"error": "Not found"}), path
+
+
+async def test_upstream_down_is_503():
+    async with gateway({"projects": "http://127.0.0.1:9"}) as api:
+        response = await api.get(f"{APP}/projects")
+    assert response.status_code == 503
+    assert response.json() == {"error": "Service unavailable", "service": "projects"}
+
+
+@contextlib.asynccontextmanager
+async def raw_server(reply: bytes | None) -> AsyncIterator[int]:
+    """A TCP server that answers every connection with `reply` (or never answers)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        if reply is None:
+            await asyncio.sleep(30)
+        else:
+            writer.write(reply)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_upstream_timeout_is_504():
+    async with raw_server(None) as port, gateway({"projects": f"http://127.0.0.1:{port}"}, upstream_timeout=0.5) as api:
+        response = await api.get(f"{APP}/projects")
+    assert response.status_code == 504
+    assert response.json()["error"] == "Upstream service timed out"
+
+
+async def test_upstream_garbage_is_502():
+    async with raw_server(b"garbage\r\n\r\n") as port, gateway({"projects": f"http://127.0.0.1:{port}"}) as api:
+        response = await api.get(f"{APP}/projects")
+    assert (response.status_code, response.json()["error"]) == (502, "Bad gateway")
+
+
+async def test_suite_health_reports_each_service():
+    transports = {"projects": httpx.ASGITransport(app=_ready_app(200))}
+    async with gateway({"projects": "http://projects", "credits": "http://127.0.0.1:9"}, transports) as api:
+        response = await api.get("/api/health", headers={"Authorization": ""})
+    body = response.json()
+    assert response.status_code == 503
+    assert body["status"] == "degraded" and body["services"] == {"projects": "ok", "credits": "unavailable"}
+    assert set(body) == {"status", "version", "uptime", "database", "timestamp", "services"}
+
+
+async def test_suite_health_healthy_and_own_probes():
+    transports = {"projects": httpx.ASGITransport(app=_ready_app(200))}
+    async with gateway({"projects": "http://projects"}, transports) as api:
+        health = await api.get("/api/health")
+        assert (health.status_code, health.json()["status"], health.json()["database"]) == (200, "healthy", "connected")
+        assert (await api.get("/health")).json()["status"] == "ok"
+        assert (await api.get("/ready")).status_code == 200
+
+
+def _ready_app(status: int) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        if status != 200:
+            raise RuntimeError
+        return {"status": "ready"}
+
+    @app.get("/openapi.json")
+    async def spec() -> dict:
+        return {"paths": {f"{APP}/projects": {"get": {}}, "/internal/x": {"get": {}}}, "components": {}}
+
+    return app
+
+
+async def test_docs_merge_public_paths_only():
+    transports = {"projects": httpx.ASGITransport(app=_ready_app(200))}
+    async with gateway({"projects": "http://projects", "credits": "http://127.0.0.1:9"}, transports) as api:
+        doc = (await api.get("/openapi.json")).json()
+        page = await api.get("/docs")
+    assert list(doc["paths"]) == [f"{APP}/projects"]
+    assert "credits" in doc["info"]["description"]
+    assert page.status_code == 200 and "swagger" in page.text.lower()
