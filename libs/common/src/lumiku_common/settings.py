@@ -30,6 +30,9 @@ class ServiceSettings(BaseSettings):
 
     jwt_secret: str = DEV_JWT_SECRET
     service_token_secret: str = DEV_SERVICE_SECRET
+    # Signs the expiring image URLs the gateway serves (see lumiku_common.media).
+    media_url_secret: str = DEV_MEDIA_SECRET
+    media_url_ttl_seconds: int = 3600
 
     # One database per service: `database_name` is appended to `postgres_url`'s server.
     postgres_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432"
@@ -68,7 +71,7 @@ class ServiceSettings(BaseSettings):
     def _refuse_insecure_secrets(self) -> ServiceSettings:
         if self.is_development:
             return self
-        for name in ("jwt_secret", "service_token_secret"):
+        for name in ("jwt_secret", "service_token_secret", "media_url_secret"):
             value = getattr(self, name)
             if value in _DEV_SECRETS or len(value) < MIN_SECRET_LENGTH:
                 raise ValueError(
@@ -76,3 +79,18 @@ class ServiceSettings(BaseSettings):
                     f"outside development (ENVIRONMENT={self.environment})"
                 )
         return self
+
+
+class StorageSettings(BaseSettings):
+    """Where image objects live; mixed into the settings of every service that reads or writes them."""
+
+    storage_backend: Literal["filesystem", "s3"] = "filesystem"
+    storage_path: str = "./.data/objects"
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    # Set when browsers can reach S3 directly: media URLs are then presigned S3 URLs instead of gateway URLs.
+    s3_public_endpoint_url: str | None = None
+    s3_bucket: str = "lumiku-avatars"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_create_bucket: bool = False  # development and tests: create the bucket at start-up
