@@ -16,5 +16,8 @@ class ServiceEntry:
         return f"http://127.0.0.1:{self.port}"
 
 
-SERVICES: tuple[ServiceEntry, ...] = (ServiceEntry("projects", 8101, "lumiku_projects.main:create_app"),)
+SERVICES: tuple[ServiceEntry, ...] = (
+    ServiceEntry("projects", 8101, "lumiku_projects.main:create_app"),
+    ServiceEntry("credits", 8104, "lumiku_credits.main:create_app"),
+)
 GATEWAY = ServiceEntry("gateway", 8080, "lumiku_gateway.main:create_app")

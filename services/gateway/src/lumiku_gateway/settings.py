@@ -11,5 +11,6 @@ class GatewaySettings(ServiceSettings):
     service_urls: dict[str, str] = Field(
         default_factory=lambda: {
             "projects": "http://127.0.0.1:8101",
+            "credits": "http://127.0.0.1:8104",
         }
     )

@@ -1,0 +1,43 @@
+"""`lumiku credits grant --user U --amount N`: an operator's grant, through the same code as the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from lumiku_common.db import Database
+from lumiku_common.errors import AppError
+from lumiku_common.ids import new_id
+from pydantic import ValidationError
+
+from lumiku_credits import service
+from lumiku_credits.schemas import GrantRequest
+from lumiku_credits.settings import CreditsSettings
+
+
+async def grant(settings: CreditsSettings, args: argparse.Namespace) -> str:
+    body = GrantRequest(
+        user_id=args.user,
+        amount=args.amount,
+        type=args.type,
+        description=args.description,
+        idempotency_key=args.idempotency_key or f"cli:{new_id()}",
+    )
+    db = Database(settings.database_url, settings.service_name, pool_size=1)
+    try:
+        async with db.unit_of_work() as session:
+            outcome = await service.grant(session, settings, body, granted_by="operator:cli")
+    finally:
+        await db.dispose()
+    entry = outcome.body["transaction"]
+    verb = "already granted" if outcome.replayed else "granted"
+    return f"{verb} {entry['amount']} credits ({entry['type']}) to {args.user}; balance {outcome.body['balance']}"
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        print(asyncio.run(grant(CreditsSettings(), args)))
+    except ValidationError as exc:
+        raise SystemExit(f"invalid grant: {exc.errors(include_url=False)[0]['msg']}") from exc
+    except AppError as exc:
+        raise SystemExit(f"grant refused: {exc.message} {exc.extra or ''}".strip()) from exc
