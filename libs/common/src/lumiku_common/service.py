@@ -131,7 +131,14 @@ def create_service(spec: ServiceSpec) -> FastAPI:
             await app.state.broker.close()
             await app.state.db.dispose()
 
-    app = FastAPI(title=spec.title or f"Lumiku {settings.service_name}", version=settings.version, lifespan=lifespan)
+    app = FastAPI(
+        title=spec.title or f"Lumiku {settings.service_name}",
+        version=settings.version,
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if spec.own_docs else None,
+        docs_url="/docs" if spec.own_docs else None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
