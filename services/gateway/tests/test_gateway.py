@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from lumiku_common.testing import auth, running, settings_for_tests
+from lumiku_common.testing import RUN_ID, auth, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
@@ -56,6 +56,7 @@ def echo_app() -> FastAPI:
 
 @contextlib.asynccontextmanager
 async def gateway(service_urls: dict[str, str], transports=None, **overrides) -> AsyncIterator[httpx.AsyncClient]:
+    overrides.setdefault("rate_limit_enabled", False)
     settings = settings_for_tests(GatewaySettings, service_urls=service_urls, **overrides)
     async with running(create_app(settings, transports)) as client:
         client.headers.update(auth(settings, "alice"))
@@ -183,3 +184,33 @@ async def test_docs_merge_public_paths_only():
     assert list(doc["paths"]) == [f"{APP}/projects"]
     assert "credits" in doc["info"]["description"]
     assert page.status_code == 200 and "swagger" in page.text.lower()
+
+
+async def test_rate_limits_answer_429_with_retry_after_per_user():
+    transports = {"projects": httpx.ASGITransport(app=echo_app())}
+    limits = {"api": "1000/60", "create-project": "3/3600"}
+    user = f"limited-{RUN_ID}"
+    async with gateway({"projects": "http://projects"}, transports, rate_limit_enabled=True, rate_limits=limits) as api:
+        settings = settings_for_tests(GatewaySettings)
+        headers = auth(settings, user)
+        statuses = [(await api.post(f"{APP}/projects", json={}, headers=headers)).status_code for _ in range(5)]
+        limited = await api.post(f"{APP}/projects", json={}, headers=headers)
+        other_user = await api.post(f"{APP}/projects", json={}, headers=auth(settings, f"{user}-2"))
+        reads = await api.get(f"{APP}/projects", headers=headers)
+    assert statuses == [200, 200, 200, 429, 429]
+    assert limited.json()["error"] == "Too many requests"
+    assert 1 <= int(limited.headers["retry-after"]) <= 3600
+    assert other_user.status_code == 200 and reads.status_code == 200
+
+
+async def test_rate_limits_fail_open_without_redis():
+    transports = {"projects": httpx.ASGITransport(app=echo_app())}
+    async with gateway(
+        {"projects": "http://projects"},
+        transports,
+        rate_limit_enabled=True,
+        rate_limits={"api": "1/60"},
+        redis_url="redis://127.0.0.1:9/0",
+    ) as api:
+        statuses = [(await api.get(f"{APP}/projects")).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]

@@ -14,8 +14,10 @@ from lumiku_common.auth import bearer_token, decode_user_token
 from lumiku_common.errors import NotFound
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
+from redis.asyncio import Redis
 from starlette.responses import Response
 
+from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
 from lumiku_gateway.proxy import forward
 from lumiku_gateway.routes import match
@@ -59,7 +61,9 @@ def _router(settings: GatewaySettings) -> APIRouter:
             raise NotFound()
         if route.authenticated:
             # Verified here so bad tokens never reach a service; services verify again (defence in depth).
-            decode_user_token(bearer_token(request), settings.jwt_secret)
+            user = decode_user_token(bearer_token(request), settings.jwt_secret)
+            if request.app.state.limiter is not None:
+                await request.app.state.limiter.check(user.id, request.method, request.url.path)
         return await forward(client, request, route.service)
 
     return router
@@ -73,9 +77,12 @@ def create_app(
     async def startup(app: FastAPI) -> None:
         app.state.upstreams = Upstreams(settings, transports)
         app.state.openapi = SuiteOpenAPI(app.state.upstreams, "Lumiku Avatar Creator", settings.version)
+        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        app.state.limiter = RateLimiter(app.state.redis, settings.rate_limits) if settings.rate_limit_enabled else None
 
     async def shutdown(app: FastAPI) -> None:
         await app.state.upstreams.aclose()
+        await app.state.redis.aclose()
 
     async def readiness(app: FastAPI) -> dict[str, str]:
         result: dict[str, str] = await app.state.upstreams.readiness()

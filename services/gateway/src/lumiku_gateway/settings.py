@@ -14,3 +14,14 @@ class GatewaySettings(ServiceSettings):
             "credits": "http://127.0.0.1:8104",
         }
     )
+
+    # Per-user request limits (spec §13.4), counted in Redis so every gateway replica shares them.
+    rate_limit_enabled: bool = True
+    rate_limits: dict[str, str] = Field(
+        default_factory=lambda: {
+            "api": "100/60",  # any request, per minute
+            "create-project": "10/3600",
+            "upload-avatar": "50/3600",
+            "generate-avatar": "20/3600",
+        }
+    )

@@ -22,6 +22,9 @@ async def gateway_for(services: dict[str, FastAPI]) -> AsyncIterator[httpx.Async
         for name, app in services.items():
             manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
             transports[name] = httpx.ASGITransport(app=manager.app)
-        settings = settings_for_tests(GatewaySettings, service_urls={n: f"http://{n}" for n in services})
+        # Rate limits count per user across tests in the shared Redis; their own tests switch them on.
+        settings = settings_for_tests(
+            GatewaySettings, service_urls={n: f"http://{n}" for n in services}, rate_limit_enabled=False
+        )
         async with running(create_app(settings, transports)) as client:
             yield client
