@@ -10,13 +10,16 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from lumiku_common.auth import bearer_token, decode_user_token
+from lumiku_common.auth import ServiceTokens, bearer_token, decode_user_token
 from lumiku_common.errors import NotFound
+from lumiku_common.internal import InternalClient
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
 from redis.asyncio import Redis
 from starlette.responses import Response
 
+from lumiku_gateway import media
+from lumiku_gateway.composition import ProjectComposer
 from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
 from lumiku_gateway.proxy import forward
@@ -64,9 +67,23 @@ def _router(settings: GatewaySettings) -> APIRouter:
             user = decode_user_token(bearer_token(request), settings.jwt_secret)
             if request.app.state.limiter is not None:
                 await request.app.state.limiter.check(user.id, request.method, request.url.path)
+            composer: ProjectComposer | None = request.app.state.composer
+            if composer is not None and composer.applies(request):
+                return await composer.respond(client, request, user)
         return await forward(client, request, route.service)
 
     return router
+
+
+def _composer(
+    settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None
+) -> ProjectComposer | None:
+    url = settings.service_urls.get("avatars")
+    if url is None:
+        return None
+    tokens = ServiceTokens(settings.service_token_secret, "gateway")
+    client = InternalClient(url, tokens, transport=(transports or {}).get("avatars"))
+    return ProjectComposer(client, settings.avatars_per_project_in_list, settings.avatars_per_project_in_detail)
 
 
 def create_app(
@@ -77,12 +94,15 @@ def create_app(
     async def startup(app: FastAPI) -> None:
         app.state.upstreams = Upstreams(settings, transports)
         app.state.openapi = SuiteOpenAPI(app.state.upstreams, "Lumiku Avatar Creator", settings.version)
+        app.state.composer = _composer(settings, transports)
         app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         app.state.limiter = RateLimiter(app.state.redis, settings.rate_limits) if settings.rate_limit_enabled else None
 
     async def shutdown(app: FastAPI) -> None:
         await app.state.upstreams.aclose()
         await app.state.redis.aclose()
+        if app.state.composer is not None:
+            await app.state.composer.avatars.aclose()
 
     async def readiness(app: FastAPI) -> dict[str, str]:
         result: dict[str, str] = await app.state.upstreams.readiness()
@@ -91,7 +111,7 @@ def create_app(
     app = create_service(
         ServiceSpec(
             settings=settings,
-            routers=[_router(settings)],
+            routers=[_router(settings), media.router],
             stateless=True,
             readiness=readiness,
             on_startup=[startup],

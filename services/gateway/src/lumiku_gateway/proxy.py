@@ -27,7 +27,7 @@ _HOP_BY_HOP = {
 _CONTEXT_HEADERS = {"x-request-id", "x-correlation-id", "traceparent"}
 
 
-def _request_headers(request: Request) -> list[tuple[str, str]]:
+def request_headers(request: Request) -> list[tuple[str, str]]:
     headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS]
     for name, var in (
         ("x-request-id", request_id_var),
@@ -53,7 +53,7 @@ async def forward(client: httpx.AsyncClient, request: Request, service: str) -> 
         request.method,
         request.url.path,
         params=request.url.query,
-        headers=_request_headers(request),
+        headers=request_headers(request),
         content=request.stream() if has_body else None,
     )
     try:

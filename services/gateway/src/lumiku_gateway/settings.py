@@ -1,8 +1,8 @@
-from lumiku_common.settings import ServiceSettings
+from lumiku_common.settings import ServiceSettings, StorageSettings
 from pydantic import Field
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, StorageSettings):  # storage: the /media route streams images
     service_name: str = "gateway"
     gateway_port: int = 8080
     upstream_timeout: float = 120.0  # AI generation answers slowly
@@ -11,9 +11,14 @@ class GatewaySettings(ServiceSettings):
     service_urls: dict[str, str] = Field(
         default_factory=lambda: {
             "projects": "http://127.0.0.1:8101",
+            "avatars": "http://127.0.0.1:8102",
             "credits": "http://127.0.0.1:8104",
         }
     )
+
+    # Project responses embed their newest avatars (the spec's performance section limits the list view).
+    avatars_per_project_in_list: int = 10
+    avatars_per_project_in_detail: int = 100
 
     # Per-user request limits (spec §13.4), counted in Redis so every gateway replica shares them.
     rate_limit_enabled: bool = True

@@ -1,0 +1,101 @@
+"""Project responses composed with avatars: the real projects service, and an avatars service that
+answers the internal by-projects contract (the real one is tested end to end in the avatars suite)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import httpx
+import lumiku_projects
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI, Query
+from lumiku_common.auth import ServiceCaller
+from lumiku_common.testing import auth, prepare_database, running, settings_for_tests
+from lumiku_gateway.main import create_app
+from lumiku_gateway.settings import GatewaySettings
+from lumiku_projects.main import create_app as create_projects
+from lumiku_projects.settings import ProjectsSettings
+
+URL = "/api/apps/avatar-creator/projects"
+
+
+def avatars_app(calls: list[dict], broken: bool = False) -> FastAPI:
+    app = FastAPI()
+    app.state.settings = settings_for_tests(GatewaySettings)
+
+    @app.get("/internal/avatars/by-projects")
+    async def by_projects(
+        _: ServiceCaller,
+        user_id: str = Query(alias="userId"),
+        project_ids: str = Query(alias="projectIds"),
+        limit: int = Query(alias="limitPerProject"),
+    ) -> dict:
+        if broken:
+            raise RuntimeError("avatars is having a bad day")
+        calls.append({"userId": user_id, "projectIds": project_ids.split(","), "limit": limit})
+        return {"avatars": {pid: [{"id": f"{pid}-a{i}"} for i in range(2)] for pid in project_ids.split(",")}}
+
+    return app
+
+
+@pytest.fixture
+async def compose():
+    """Starts the real projects service and a gateway composing it with the given avatars app."""
+    settings = settings_for_tests(ProjectsSettings)
+    await prepare_database(settings, Path(lumiku_projects.__file__).parent / "migrations")
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(avatars: FastAPI) -> httpx.AsyncClient:
+            projects = await stack.enter_async_context(LifespanManager(create_projects(settings)))
+            gateway_settings = settings_for_tests(
+                GatewaySettings,
+                service_urls={"projects": "http://projects", "avatars": "http://avatars"},
+                rate_limit_enabled=False,
+            )
+            transports = {
+                "projects": httpx.ASGITransport(app=projects.app),
+                "avatars": httpx.ASGITransport(app=avatars, raise_app_exceptions=False),
+            }
+            client = await stack.enter_async_context(running(create_app(gateway_settings, transports)))
+            client.headers.update(auth(settings, "alice"))
+            return client
+
+        yield start
+
+
+async def test_list_and_detail_embed_avatars(compose):
+    calls: list[dict] = []
+    api = await compose(avatars_app(calls))
+    ids = [(await api.post(URL, json={"name": f"P{i}"})).json()["project"]["id"] for i in range(3)]
+    listed = (await api.get(URL)).json()["projects"]
+    assert [p["avatars"] for p in listed] == [[{"id": f"{pid}-a0"}, {"id": f"{pid}-a1"}] for pid in ids[::-1]]
+    assert calls[-1] == {"userId": "alice", "projectIds": ids[::-1], "limit": 10}
+
+    detail = await api.get(f"{URL}/{ids[0]}")
+    assert detail.json()["project"]["avatars"][0]["id"] == f"{ids[0]}-a0"
+    assert calls[-1]["limit"] == 100 and "x-composition-degraded" not in detail.headers
+
+
+async def test_missing_project_stays_404(compose):
+    api = await compose(avatars_app([]))
+    response = await api.get(f"{URL}/nope")
+    assert (response.status_code, response.json()) == (404, {"error": "Project not found"})
+
+
+async def test_avatars_outage_degrades_to_empty_avatars(compose):
+    api = await compose(avatars_app([], broken=True))
+    pid = (await api.post(URL, json={"name": "P"})).json()["project"]["id"]
+    listed = await api.get(URL)
+    detail = await api.get(f"{URL}/{pid}")
+    assert listed.status_code == 200 and listed.json()["projects"][0]["avatars"] == []
+    assert detail.status_code == 200 and detail.json()["project"]["avatars"] == []
+    assert listed.headers["x-composition-degraded"] == "avatars"
+
+
+async def test_empty_list_does_not_call_avatars(compose):
+    calls: list[dict] = []
+    api = await compose(avatars_app(calls))
+    assert (await api.get(URL)).json()["projects"] == []
+    assert calls == []
