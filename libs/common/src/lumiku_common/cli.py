@@ -15,7 +15,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from lumiku_common.auth import mint_user_token
+from lumiku_common.auth import Role, mint_user_token
 from lumiku_common.settings import ServiceSettings
 
 
@@ -32,7 +32,7 @@ def _service_settings(service: str) -> tuple[ServiceSettings, Path]:
 
 def _token(args: argparse.Namespace) -> None:
     settings = ServiceSettings()
-    role = "admin" if args.admin else "user"
+    role: Role = "admin" if args.admin else "user"
     print(mint_user_token(settings.jwt_secret, args.user, args.email, role, timedelta(days=args.days)))
 
 

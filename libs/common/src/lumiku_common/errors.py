@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -234,7 +235,7 @@ def validation_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
     return error_response(400, {"error": "Validation error", "details": zod_issues(errors)})
 
 
-def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
+def _jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
     # Inputs may hold bytes or other non-JSON values; keep only what the body can carry.
     return json.loads(json.dumps(list(errors), default=str))
 

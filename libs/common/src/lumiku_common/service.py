@@ -4,7 +4,7 @@ mapping, health/readiness, database, broker, outbox relay and consumers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ class ServiceSpec:
     consumers: dict[str, EventHandlers] = field(default_factory=dict)  # queue purpose -> handlers
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
-    background: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()  # long-running worker loops
+    background: Sequence[Callable[[FastAPI], Coroutine[Any, Any, None]]] = ()  # long-running worker loops
     title: str = ""
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
     stateless: bool = False  # no database, broker or workers (the gateway)

@@ -131,7 +131,7 @@ class Consumer:
             await self._dead_letter(message, f"poison: {exc}")
             return
         except Exception as exc:
-            attempt = int((message.headers or {}).get("x-delivery-count") or 0) + 1
+            attempt = _delivery_count(message) + 1
             if attempt >= self.delivery_limit:
                 await self._dead_letter(message, f"failed {attempt} times: {exc!r}")
                 return
@@ -173,6 +173,12 @@ class Consumer:
         }
         await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
         await message.ack()
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the broker delivered this message before (quorum queues count it for us)."""
+    value = (message.headers or {}).get("x-delivery-count")
+    return value if isinstance(value, int) else 0
 
 
 def _str(value: Any) -> str | None:
