@@ -37,7 +37,8 @@ DATABASE = "lumiku_projects_bench"
 EXCHANGE = "lumiku.events.bench"
 PROJECTS_PATH = "/api/apps/avatar-creator/projects"
 RATE_LIMIT_RULES = ("api", "create-project", "upload-avatar", "generate-avatar")
-SEEDED_PROJECTS = 20  # what the list benchmark pages through (one page of the default size)
+SEEDED_PROJECTS = 20
+WARMUP = 20  # what the list benchmark pages through (one page of the default size)
 
 
 def free_port() -> int:
@@ -90,6 +91,14 @@ class Process:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} was not ready within {timeout}s:\n{self.output()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (Linux /proc; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -219,20 +228,30 @@ async def run(requests: int, concurrency: int) -> Path:
                 return wrapped
 
             raw: list[Stats] = []
+            # CPU milliseconds each process spent per request: unlike latency, barely moved by a busy machine.
+            sides = ("direct", "gateway")
+            cpu: dict[str, dict[str, dict[str, list[float]]]] = {
+                op: {side: {"projects": [], "gateway": []} for side in sides} for op in ("list", "create")
+            }
             summary: dict[str, dict[str, Stats]] = {}
             for operation, make in (("list", list_op), ("create", create_op)):
                 runs: dict[str, list[Stats]] = {"direct": [], "gateway": []}
                 for round_ in (1, 2):
                     for side, base in (("direct", projects.url), ("gateway", gateway.url)):
+                        cpu_before = {p.name: p.cpu_seconds() for p in (projects, gateway)}
                         stats = await measure(
                             f"{operation} {side} #{round_}",
                             counted(make(base)),
                             concurrency=concurrency,
                             requests=requests,
+                            warmup=WARMUP,
                             progress=False,
                         )
                         print(stats.line(), file=sys.stderr, flush=True)
                         raw.append(stats)
+                        served = requests + WARMUP
+                        for p in (projects, gateway):
+                            cpu[operation][side][p.name].append((p.cpu_seconds() - cpu_before[p.name]) * 1000 / served)
                         runs[side].append(stats)
                 summary[operation] = {side: median_stats(f"{operation} {side} (median)", r) for side, r in runs.items()}
 
@@ -243,6 +262,11 @@ async def run(requests: int, concurrency: int) -> Path:
         ratios[f"{operation}_p95_ratio"] = round(via.p95_ms / direct.p95_ms, 3)
         ratios[f"{operation}_throughput_ratio"] = round(via.throughput / direct.throughput, 3)
         ratios[f"{operation}_added_p50_ms"] = round(via.p50_ms - direct.p50_ms, 2)
+        gateway_cpu = statistics.median(cpu[operation]["gateway"]["gateway"])
+        projects_cpu = statistics.median(cpu[operation]["direct"]["projects"])
+        ratios[f"{operation}_gateway_cpu_ms_per_request"] = round(gateway_cpu, 3)
+        ratios[f"{operation}_projects_cpu_ms_per_request"] = round(projects_cpu, 3)
+        ratios[f"{operation}_gateway_cpu_ratio"] = round(gateway_cpu / projects_cpu, 3)
     medians = [s for sides in summary.values() for s in sides.values()]
     return report(
         "gateway",
@@ -259,6 +283,14 @@ async def run(requests: int, concurrency: int) -> Path:
             "exchange": EXCHANGE,
             "wall_seconds": round(time.monotonic() - started, 1),
             "errors": dict(failures),
+            "cpu_ms_per_request": {
+                op: {
+                    side: {name: [round(v, 3) for v in values] for name, values in procs.items()}
+                    for side, procs in by.items()
+                }
+                for op, by in cpu.items()
+            },
+            "cpu_ratio": "gateway CPU per proxied request / projects CPU per direct request (the gateway's cost)",
         },
     )
 
