@@ -23,7 +23,7 @@ HOLDS = "/internal/credits/holds"
 
 @pytest.fixture(scope="session")
 async def settings() -> AsyncIterator[CreditsSettings]:
-    settings = settings_for_tests(CreditsSettings, credits_sweep_seconds=0.2)
+    settings = settings_for_tests(CreditsSettings, credits_sweep_seconds=3600)
     yield settings
     await delete_queues(settings, QUEUE)
 
