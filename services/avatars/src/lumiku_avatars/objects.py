@@ -1,0 +1,111 @@
+"""Image objects: their keys, their removal after the deleting transaction commits, and the orphan sweeper.
+
+An avatar's row and its objects cannot change in one transaction, so each side has a safety net:
+- deleting: the keys are recorded in `object_deletions` in the same transaction as the row's deletion, and
+  purged after commit (at once, or by the periodic purge after a crash);
+- creating: objects are stored before the row commits; if the process dies in between, the sweeper removes
+  objects that no row references once they are older than a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+from lumiku_common.db import Database
+from lumiku_common.logs import get_logger
+from lumiku_common.storage import Storage
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_avatars.repository import AvatarRepository, ObjectDeletionRepository
+from lumiku_avatars.settings import AvatarsSettings
+
+log = get_logger(__name__)
+
+PREFIX = "avatars/"
+_BATCH = 500
+
+
+def object_keys(user_id: str, avatar_id: str, original_ext: str, thumbnail_ext: str) -> tuple[str, str]:
+    """Server-made keys: a digest of the user id (ids may hold any character) and the avatar's own new id."""
+    owner = hashlib.sha256(user_id.encode()).hexdigest()[:24]
+    base = f"{PREFIX}{owner}/{avatar_id}"
+    return f"{base}/original{original_ext}", f"{base}/thumbnail{thumbnail_ext}"
+
+
+class ObjectJanitor:
+    def __init__(self, settings: AvatarsSettings):
+        self.settings = settings
+        self.db: Database | None = None
+        self.storage: Storage | None = None
+        self.wake = asyncio.Event()
+
+    def bind(self, db: Database, storage: Storage) -> None:
+        self.db, self.storage = db, storage
+
+    async def schedule(self, session: AsyncSession, keys: Sequence[str]) -> None:
+        """Records `keys` for removal in the caller's transaction; they are purged once it commits."""
+        await ObjectDeletionRepository(session).request(list(keys))
+        event.listen(session.sync_session, "after_commit", lambda _: self.wake.set(), once=True)
+
+    async def purge(self) -> int:
+        assert self.db is not None and self.storage is not None
+        removed = 0
+        while True:
+            async with self.db.unit_of_work() as session:
+                repo = ObjectDeletionRepository(session)
+                keys = await repo.claim(_BATCH)
+                if not keys:
+                    return removed
+                await self.storage.delete(keys)
+                await repo.done(keys)
+            removed += len(keys)
+
+    async def sweep_orphans(self, now: datetime | None = None) -> int:
+        """Removes objects older than the grace period that no avatar references."""
+        assert self.storage is not None
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.settings.orphan_grace_seconds)
+        removed, batch = 0, []
+        async for info in self.storage.list(PREFIX):
+            if info.modified < cutoff:
+                batch.append(info.key)
+            if len(batch) >= _BATCH:
+                removed += await self._remove_unreferenced(batch)
+                batch = []
+        if batch:
+            removed += await self._remove_unreferenced(batch)
+        if removed:
+            log.info("orphan_objects_removed", count=removed)
+        return removed
+
+    async def _remove_unreferenced(self, keys: list[str]) -> int:
+        assert self.db is not None and self.storage is not None
+        async with self.db.unit_of_work() as session:
+            referenced = await AvatarRepository(session).referenced_keys(keys)
+        orphans = [k for k in keys if k not in referenced]
+        await self.storage.delete(orphans)
+        return len(orphans)
+
+    async def run(self, _: FastAPI) -> None:
+        """Background loop: purge after each deleting commit (or every interval), sweep orphans hourly."""
+        next_sweep = time.monotonic() + min(60.0, self.settings.orphan_sweep_interval_seconds)
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.object_purge_interval_seconds)
+            self.wake.clear()
+            try:
+                await self.purge()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_seconds
+                    await self.sweep_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("object_cleanup_failed", error=repr(exc))
+                await asyncio.sleep(1)

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_avatars.models import Avatar, CountedUsage, ObjectDeletion
+from lumiku_avatars.schemas import AvatarFilters
+
+_NEWEST = (Avatar.created_at.desc(), Avatar.id.desc())
+
+
+def _like(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _conditions(user_id: str, filters: AvatarFilters) -> list[ColumnElement[bool]]:
+    conditions = [Avatar.user_id == user_id]
+    for column, value in (
+        (Avatar.project_id, filters.project_id),
+        (Avatar.gender, filters.gender),
+        (Avatar.age_range, filters.age_range),
+        (Avatar.style, filters.style),
+        (Avatar.source_type, filters.source_type),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if filters.search and filters.search.strip():
+        conditions.append(Avatar.name.ilike(_like(filters.search.strip()), escape="\\"))
+    return conditions
+
+
+class AvatarRepository:
+    def __init__(self, session: AsyncSession):
+        self.session = session
+
+    async def get(self, user_id: str, avatar_id: str) -> Avatar | None:
+        result = await self.session.execute(select(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id))
+        return result.scalar_one_or_none()
+
+    async def add(self, avatar: Avatar) -> Avatar:
+        self.session.add(avatar)
+        await self.session.flush()
+        return avatar
+
+    async def list(self, user_id: str, filters: AvatarFilters, offset: int, limit: int) -> tuple[list[Avatar], int]:
+        conditions = _conditions(user_id, filters)
+        query = select(Avatar).where(*conditions).order_by(*_NEWEST).offset(offset).limit(limit)
+        rows = await self.session.execute(query)
+        total = await self.session.scalar(select(func.count()).select_from(Avatar).where(*conditions))
+        return list(rows.scalars()), int(total or 0)
+
+    async def newest_per_project(self, user_id: str, project_ids: Sequence[str], per_project: int) -> list[Avatar]:
+        rank = (
+            func.row_number().over(partition_by=Avatar.project_id, order_by=_NEWEST).label("rank")  # type: ignore[arg-type]
+        )
+        ranked = select(Avatar.id, rank).where(Avatar.user_id == user_id, Avatar.project_id.in_(project_ids)).subquery()
+        rows = await self.session.execute(
+            select(Avatar)
+            .join(ranked, ranked.c.id == Avatar.id)
+            .where(ranked.c.rank <= per_project)
+            .order_by(Avatar.project_id, *_NEWEST)
+        )
+        return list(rows.scalars())
+
+    async def delete(self, avatar: Avatar) -> None:
+        await self.session.execute(delete(Avatar).where(Avatar.id == avatar.id))
+
+    async def delete_project(self, project_id: str, user_id: str | None) -> list[Avatar]:
+        statement = delete(Avatar).where(Avatar.project_id == project_id)
+        if user_id is not None:
+            statement = statement.where(Avatar.user_id == user_id)
+        rows = await self.session.execute(statement.returning(Avatar))
+        return list(rows.scalars())
+
+    async def count_usage(self, usage_id: str, avatar_id: str, used_at: datetime, user_id: str | None) -> bool:
+        """Counts one use of the avatar, once per usage id; False if already counted or the avatar is gone."""
+        claimed = await self.session.execute(
+            insert(CountedUsage)
+            .values(usage_id=usage_id, avatar_id=avatar_id)
+            .on_conflict_do_nothing()
+            .returning(CountedUsage.usage_id)
+        )
+        if claimed.first() is None:
+            return False
+        statement = update(Avatar).where(Avatar.id == avatar_id)
+        if user_id is not None:
+            statement = statement.where(Avatar.user_id == user_id)
+        result = await self.session.execute(
+            statement.values(
+                usage_count=Avatar.usage_count + 1,
+                # Events can arrive out of order; the latest use wins.
+                last_used_at=func.greatest(func.coalesce(Avatar.last_used_at, used_at), used_at),
+            ).returning(Avatar.id)
+        )
+        return result.first() is not None
+
+    async def totals(self, user_id: str, since: datetime) -> tuple[int, int, int]:
+        """(avatars, uses, avatars created since `since`)."""
+        row = (
+            await self.session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(Avatar.usage_count), 0),
+                    func.count().filter(Avatar.created_at >= since),
+                ).where(Avatar.user_id == user_id)
+            )
+        ).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def count_by(self, user_id: str, column: ColumnElement[str]) -> dict[str, int]:
+        rows = await self.session.execute(
+            select(column, func.count()).where(Avatar.user_id == user_id).group_by(column)
+        )
+        return {str(key): int(n) for key, n in rows.all()}
+
+    async def recent(self, user_id: str, source_type: str, limit: int) -> list[Avatar]:
+        rows = await self.session.execute(
+            select(Avatar)
+            .where(Avatar.user_id == user_id, Avatar.source_type == source_type)
+            .order_by(*_NEWEST)
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+    async def top_used(self, user_id: str, limit: int) -> list[Avatar]:
+        rows = await self.session.execute(
+            select(Avatar)
+            .where(Avatar.user_id == user_id, Avatar.usage_count > 0)
+            .order_by(Avatar.usage_count.desc(), Avatar.last_used_at.desc().nulls_last(), Avatar.id)
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+    async def referenced_keys(self, keys: Sequence[str]) -> set[str]:
+        rows = await self.session.execute(
+            select(Avatar.base_image_key, Avatar.thumbnail_key).where(
+                (Avatar.base_image_key.in_(keys)) | (Avatar.thumbnail_key.in_(keys))
+            )
+        )
+        return {key for row in rows for key in row if key is not None}
+
+    async def exists(self, avatar_id: str) -> bool:
+        return await self.session.scalar(select(func.count()).where(Avatar.id == avatar_id)) == 1
+
+
+class ObjectDeletionRepository:
+    def __init__(self, session: AsyncSession):
+        self.session = session
+
+    async def request(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self.session.execute(
+                insert(ObjectDeletion).values([{"key": k} for k in keys]).on_conflict_do_nothing()
+            )
+
+    async def claim(self, limit: int) -> list[str]:
+        rows = await self.session.execute(
+            select(ObjectDeletion.key)
+            .order_by(ObjectDeletion.requested_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(rows.scalars())
+
+    async def done(self, keys: Sequence[str]) -> None:
+        await self.session.execute(delete(ObjectDeletion).where(ObjectDeletion.key.in_(keys)))

@@ -1,0 +1,127 @@
+"""Avatar use cases. No commits here: the caller's unit of work commits the change and its events together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from lumiku_common.clients.credits import capture_command
+from lumiku_common.errors import NotFound
+from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
+from lumiku_common.messaging.outbox import add_event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_avatars.models import Avatar
+from lumiku_avatars.objects import ObjectJanitor
+from lumiku_avatars.repository import AvatarRepository
+from lumiku_avatars.schemas import AvatarFilters, AvatarUpdate
+
+
+class AvatarNotFound(NotFound):
+    message = "Avatar not found"
+
+
+def _keys(avatar: Avatar) -> list[str]:
+    return [k for k in (avatar.base_image_key, avatar.thumbnail_key) if k]
+
+
+async def get_avatar(session: AsyncSession, user_id: str, avatar_id: str) -> Avatar:
+    avatar = await AvatarRepository(session).get(user_id, avatar_id)
+    if avatar is None:
+        raise AvatarNotFound()
+    return avatar
+
+
+async def list_avatars(
+    session: AsyncSession, user_id: str, filters: AvatarFilters, offset: int, limit: int
+) -> tuple[list[Avatar], int]:
+    return await AvatarRepository(session).list(user_id, filters, offset, limit)
+
+
+async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> Avatar:
+    """Inserts the avatar and, in the same transaction, stages its event and the capture of its credits:
+    the charge happens if and only if the avatar commits."""
+    await AvatarRepository(session).add(avatar)
+    await add_event(
+        session,
+        AvatarCreated(
+            avatar_id=avatar.id, project_id=avatar.project_id, name=avatar.name, source_type=avatar.source_type
+        ),
+        user_id=avatar.user_id,
+        subject=avatar.id,
+    )
+    await capture_command(session, avatar.user_id, hold_id)
+    return avatar
+
+
+async def update_avatar(session: AsyncSession, user_id: str, avatar_id: str, data: AvatarUpdate) -> Avatar:
+    avatar = await get_avatar(session, user_id, avatar_id)
+    changes = data.model_dump(exclude_none=True)
+    for key, value in changes.items():
+        if isinstance(value, str) and key != "name":
+            changes[key] = value or None  # "" clears an optional text field
+    if all(getattr(avatar, key) == value for key, value in changes.items()):
+        return avatar
+    for key, value in changes.items():
+        setattr(avatar, key, value)
+    await session.flush()
+    await add_event(
+        session,
+        AvatarUpdated(avatar_id=avatar.id, project_id=avatar.project_id, name=avatar.name),
+        user_id=user_id,
+        subject=avatar.id,
+    )
+    return avatar
+
+
+async def _deleted(session: AsyncSession, janitor: ObjectJanitor, avatars: Sequence[Avatar]) -> None:
+    await janitor.schedule(session, [k for a in avatars for k in _keys(a)])
+    for avatar in avatars:
+        await add_event(
+            session,
+            AvatarDeleted(avatar_id=avatar.id, project_id=avatar.project_id),
+            user_id=avatar.user_id,
+            subject=avatar.id,
+        )
+
+
+async def delete_avatar(session: AsyncSession, janitor: ObjectJanitor, user_id: str, avatar_id: str) -> None:
+    avatar = await get_avatar(session, user_id, avatar_id)
+    await AvatarRepository(session).delete(avatar)
+    await _deleted(session, janitor, [avatar])
+
+
+async def delete_project_avatars(
+    session: AsyncSession, janitor: ObjectJanitor, project_id: str, user_id: str | None
+) -> int:
+    """The cascade of `project.deleted`: every avatar of the project, each with its own `avatar.deleted`."""
+    avatars = await AvatarRepository(session).delete_project(project_id, user_id)
+    await _deleted(session, janitor, avatars)
+    return len(avatars)
+
+
+async def record_usage(session: AsyncSession, usage: UsageRecorded, user_id: str | None) -> bool:
+    return await AvatarRepository(session).count_usage(usage.usage_id, usage.avatar_id, usage.used_at, user_id)
+
+
+async def newest_by_project(
+    session: AsyncSession, user_id: str, project_ids: Sequence[str], per_project: int
+) -> dict[str, list[Avatar]]:
+    grouped: dict[str, list[Avatar]] = {pid: [] for pid in project_ids}
+    for avatar in await AvatarRepository(session).newest_per_project(user_id, project_ids, per_project):
+        grouped[avatar.project_id].append(avatar)
+    return grouped
+
+
+async def stats(session: AsyncSession, user_id: str) -> dict[str, object]:
+    repo = AvatarRepository(session)
+    total, uses, recent_count = await repo.totals(user_id, datetime.now(UTC) - timedelta(days=7))
+    return {
+        "total_avatars": total,
+        "total_usage": uses,
+        "created_last_7_days": recent_count,
+        "by_source_type": {"upload": 0, "ai_generated": 0, **await repo.count_by(user_id, Avatar.source_type)},
+        "by_project": await repo.count_by(user_id, Avatar.project_id),
+        "recent_uploads": await repo.recent(user_id, "upload", 5),
+        "top_used": await repo.top_used(user_id, 5),
+    }

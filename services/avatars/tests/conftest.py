@@ -1,0 +1,217 @@
+"""The suite as a client sees it: the gateway in front of real projects, credits and avatars services (real
+PostgreSQL and RabbitMQ), images on the local filesystem or on an S3-protocol server (moto) running here.
+
+The services start once per session; every test uses fresh user ids, so tests never see each other's data
+and each user starts with the credits service's signup bonus (100 credits)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import lumiku_avatars
+import lumiku_credits
+import lumiku_projects
+import pytest
+from asgi_lifespan import LifespanManager
+from lumiku_avatars.main import create_app as create_avatars
+from lumiku_avatars.objects import ObjectJanitor, object_keys
+from lumiku_avatars.settings import AvatarsSettings
+from lumiku_common.ids import new_id
+from lumiku_common.storage import Storage
+from lumiku_common.testing import EventSpy, auth, delete_queues, prepare_database, running, settings_for_tests
+from lumiku_credits.main import create_app as create_credits
+from lumiku_credits.settings import CreditsSettings
+from lumiku_gateway.main import create_app as create_gateway
+from lumiku_gateway.settings import GatewaySettings
+from lumiku_projects.main import create_app as create_projects
+from lumiku_projects.settings import ProjectsSettings
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sample and attack-corpus modules beside this file
+
+APP = "/api/apps/avatar-creator"
+QUEUES = ("avatars.project-events", "avatars.usage-events")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@dataclass
+class Suite:
+    api: httpx.AsyncClient
+    avatars_app: Any
+    settings: AvatarsSettings
+
+    @property
+    def storage(self) -> Storage:
+        storage: Storage = self.avatars_app.state.uploads.storage
+        return storage
+
+    @property
+    def janitor(self) -> ObjectJanitor:
+        janitor: ObjectJanitor = self.avatars_app.state.janitor
+        return janitor
+
+    def direct(self) -> httpx.AsyncClient:
+        """A client of the avatars service itself, bypassing the gateway."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.avatars_app), base_url="http://avatars")
+
+    def user(self) -> tuple[str, dict[str, str]]:
+        user_id = f"user-{new_id()}"
+        return user_id, auth(self.settings, user_id)
+
+    async def project(self, headers: dict[str, str], name: str = "Campaign") -> str:
+        response = await self.api.post(f"{APP}/projects", json={"name": name}, headers=headers)
+        assert response.status_code == 201, response.text
+        project_id: str = response.json()["project"]["id"]
+        return project_id
+
+    async def upload(
+        self,
+        headers: dict[str, str],
+        project_id: str,
+        image: bytes,
+        filename: str = "photo.jpg",
+        content_type: str = "image/jpeg",
+        **fields: str,
+    ) -> httpx.Response:
+        data = {"name": "My Avatar", **fields}
+        files = {"image": (filename, image, content_type)}
+        return await self.api.post(f"{APP}/projects/{project_id}/avatars", data=data, files=files, headers=headers)
+
+    async def created(self, headers: dict[str, str], project_id: str, image: bytes, **fields: str) -> dict[str, Any]:
+        response = await self.upload(headers, project_id, image, **fields)
+        assert response.status_code == 201, response.text
+        avatar: dict[str, Any] = response.json()["avatar"]
+        return avatar
+
+    async def rows(self, user_id: str) -> int:
+        async with self.avatars_app.state.db.unit_of_work() as session:
+            count = await session.scalar(text("SELECT count(*) FROM avatars WHERE user_id = :u"), {"u": user_id})
+        return int(count)
+
+    async def objects(self, user_id: str) -> list[str]:
+        prefix = object_keys(user_id, "x", "", "")[0].rsplit("/", 2)[0] + "/"
+        return [info.key async for info in self.storage.list(prefix)]
+
+    async def balance(self, headers: dict[str, str], settled: bool = True) -> dict[str, Any]:
+        """The caller's credits; `settled` waits until no hold is pending (captures travel through the outbox)."""
+        for _ in range(200):
+            response = await self.api.get("/api/credits/balance", headers=headers)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            if not settled or body["held"] == 0:
+                return body
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"credits never settled: {body}")
+
+    async def assert_untouched(self, user_id: str, headers: dict[str, str]) -> None:
+        """No row, no object, no charge."""
+        assert await self.rows(user_id) == 0
+        assert await self.objects(user_id) == []
+        balance = await self.balance(headers)
+        assert (balance["balance"], balance["available"], balance["held"]) == (100, 100, 0)
+
+
+def _settings(tmp: Path, **storage: Any) -> tuple[ProjectsSettings, CreditsSettings, AvatarsSettings]:
+    projects = settings_for_tests(ProjectsSettings)
+    credits = settings_for_tests(CreditsSettings, credits_sweep_seconds=3600)
+    avatars = settings_for_tests(
+        AvatarsSettings, storage_path=str(tmp / "objects"), object_purge_interval_seconds=5, **storage
+    )
+    return projects, credits, avatars
+
+
+@contextlib.asynccontextmanager
+async def suite_for(
+    avatars: AvatarsSettings, projects: ProjectsSettings, credits: CreditsSettings
+) -> AsyncIterator[Suite]:
+    async with contextlib.AsyncExitStack() as stack:
+        transports: dict[str, httpx.AsyncBaseTransport] = {}
+        for name, app in (("projects", create_projects(projects)), ("credits", create_credits(credits))):
+            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
+            transports[name] = httpx.ASGITransport(app=manager.app)
+        avatars_app = create_avatars(avatars, transports)
+        manager = await stack.enter_async_context(LifespanManager(avatars_app, startup_timeout=60, shutdown_timeout=30))
+        transports["avatars"] = httpx.ASGITransport(app=manager.app)
+        gateway = settings_for_tests(
+            GatewaySettings,
+            service_urls={n: f"http://{n}" for n in transports},
+            rate_limit_enabled=False,
+            **{k: getattr(avatars, k) for k in ("storage_backend", "storage_path", "s3_endpoint_url", "s3_bucket")},
+            s3_access_key_id=avatars.s3_access_key_id,
+            s3_secret_access_key=avatars.s3_secret_access_key,
+        )
+        api = await stack.enter_async_context(running(create_gateway(gateway, transports)))
+        yield Suite(api, avatars_app, avatars)
+        await delete_queues(avatars, *QUEUES)
+
+
+async def _prepared(projects: ProjectsSettings, credits: CreditsSettings, avatars: AvatarsSettings) -> None:
+    await prepare_database(projects, Path(lumiku_projects.__file__).parent / "migrations")
+    await prepare_database(credits, Path(lumiku_credits.__file__).parent / "migrations")
+    await prepare_database(avatars, Path(lumiku_avatars.__file__).parent / "migrations")
+
+
+@pytest.fixture(scope="session")
+async def suite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Suite]:
+    projects, credits, avatars = _settings(tmp_path_factory.mktemp("fs"))
+    await _prepared(projects, credits, avatars)
+    async with suite_for(avatars, projects, credits) as suite:
+        yield suite
+
+
+@pytest.fixture(scope="session")
+async def s3_suite(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> AsyncIterator[Suite]:
+    """Its own databases and queues, so it can run beside the filesystem suite."""
+    projects, credits, avatars = _settings(
+        tmp_path_factory.mktemp("s3"),
+        storage_backend="s3",
+        s3_endpoint_url=s3_endpoint,
+        s3_bucket="avatars-test",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+        s3_create_bucket=True,
+    )
+    projects, credits, avatars = (
+        s.model_copy(
+            update={
+                "database_name": f"{s.database_name}_s3",
+                "queue_prefix": f"{s.queue_prefix}s3.",
+                "events_exchange": f"{s.events_exchange}.s3",
+            }
+        )
+        for s in (projects, credits, avatars)
+    )
+    await _prepared(projects, credits, avatars)
+    async with suite_for(avatars, projects, credits) as suite:
+        yield suite
+
+
+@pytest.fixture(scope="session")
+async def spy(suite: Suite) -> AsyncIterator[EventSpy]:
+    """Every event of the filesystem suite's run (tests pick theirs out by subject or user)."""
+    async with EventSpy(suite.settings.amqp_url, suite.settings.events_exchange) as spy:
+        yield spy
