@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,11 @@ async def db(settings: CreditsSettings) -> AsyncIterator[asyncpg.Connection]:
 async def spy(settings: CreditsSettings) -> AsyncIterator[EventSpy]:
     async with EventSpy(settings.amqp_url, settings.events_exchange, "credits.#") as spy:
         yield spy
+
+
+@pytest.fixture
+def check_ledger(db: asyncpg.Connection) -> Callable[[], Awaitable[None]]:
+    return lambda: ledger_matches_wallets(db)
 
 
 async def ledger_matches_wallets(db: asyncpg.Connection) -> None:
