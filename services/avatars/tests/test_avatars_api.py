@@ -1,0 +1,264 @@
+"""Reading, listing, editing and deleting avatars; the project cascade, usage counters, stats, the internal
+composition endpoint and the orphan sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+from avatars_samples import jpeg, png
+from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
+from lumiku_common.ids import new_id
+from lumiku_common.testing import publish_raw
+
+APP = "/api/apps/avatar-creator"
+
+
+async def eventually(check, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_get_returns_the_avatar_with_its_project(suite):
+    _, headers = suite.user()
+    project = await suite.project(headers, name="Launch")
+    avatar = await suite.created(headers, project, jpeg())
+    response = await suite.api.get(f"{APP}/avatars/{avatar['id']}", headers=headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    got = body["avatar"]
+    assert got["id"] == avatar["id"] and got["name"] == "My Avatar"
+    assert got["project"]["id"] == project and got["project"]["name"] == "Launch"
+    assert "avatars" not in got["project"]
+
+
+async def test_another_users_avatar_is_404_everywhere(suite):
+    user, headers = suite.user()
+    _, intruder = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    url = f"{APP}/avatars/{avatar['id']}"
+    for method, body in (("GET", None), ("PUT", {"name": "Stolen"}), ("DELETE", None)):
+        response = await suite.api.request(method, url, json=body, headers=intruder)
+        assert response.status_code == 404 and response.json() == {"error": "Avatar not found"}
+    listed = await suite.api.get(f"{APP}/avatars", headers=intruder)
+    assert listed.json()["avatars"] == [] and listed.json()["pagination"]["total"] == 0
+    stats = (await suite.api.get(f"{APP}/stats", headers=intruder)).json()["stats"]
+    assert stats["totalAvatars"] == 0
+    assert (await suite.api.get(url, headers=headers)).json()["avatar"]["name"] == "My Avatar"
+    assert await suite.rows(user) == 1
+
+
+async def test_list_filters_search_and_pagination(suite):
+    _, headers = suite.user()
+    first, second = await suite.project(headers), await suite.project(headers)
+    made = [
+        await suite.created(headers, first, jpeg(64, 64), name="Siti 100%", gender="female", style="formal"),
+        await suite.created(headers, first, jpeg(64, 64), name="Budi", gender="male", ageRange="young"),
+        await suite.created(headers, second, png(64, 64), name="siti_two", gender="female"),
+    ]
+    ids = [a["id"] for a in made]
+
+    async def listed(**params):
+        response = await suite.api.get(f"{APP}/avatars", params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        return [a["id"] for a in response.json()["avatars"]]
+
+    assert await listed() == ids[::-1]
+    assert await listed(projectId=first) == ids[1::-1]
+    assert await listed(gender="female") == [ids[2], ids[0]]
+    assert await listed(ageRange="young") == [ids[1]]
+    assert await listed(style="formal") == [ids[0]]
+    assert await listed(sourceType="upload") == ids[::-1]
+    assert await listed(sourceType="ai_generated") == []
+    assert await listed(search="SITI") == [ids[2], ids[0]]
+    assert await listed(search="%") == [ids[0]]  # wildcards are literal
+    assert await listed(search="_") == [ids[2]]
+    page = (await suite.api.get(f"{APP}/avatars", params={"page": 2, "limit": 2}, headers=headers)).json()
+    assert [a["id"] for a in page["avatars"]] == [ids[0]]
+    assert page["pagination"] == {"page": 2, "limit": 2, "total": 3, "totalPages": 2}
+    for bad in ({"gender": "robot"}, {"limit": 0}, {"sourceType": "x"}):
+        response = await suite.api.get(f"{APP}/avatars", params=bad, headers=headers)
+        assert response.status_code == 400 and response.json()["error"] == "Validation error"
+
+
+async def test_update_changes_fields_and_emits_avatar_updated(suite, spy):
+    _, headers = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg(), ethnicity="asian")
+    url = f"{APP}/avatars/{avatar['id']}"
+    response = await suite.api.put(
+        url, json={"name": "Renamed", "style": "professional", "ethnicity": ""}, headers=headers
+    )
+    assert response.status_code == 200
+    assert response.json()["message"] == "Avatar updated successfully"
+    updated = response.json()["avatar"]
+    assert (updated["name"], updated["style"], updated["ethnicity"]) == ("Renamed", "professional", None)
+    assert updated["baseImageUrl"].startswith("/media/")
+    events = await spy.wait_for("avatar.updated")
+    assert [e["data"]["name"] for e in events if e["subject"] == avatar["id"]] == ["Renamed"]
+
+    for bad in ({"gender": "robot"}, {"name": ""}, {"nmae": "typo"}, {"personaAge": 0}):
+        refused = await suite.api.put(url, json=bad, headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"] == "Validation error"
+    assert (await suite.api.get(url, headers=headers)).json()["avatar"]["name"] == "Renamed"
+
+
+async def test_delete_removes_row_objects_and_media(suite, spy):
+    user, headers = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    assert (await suite.api.get(avatar["thumbnailUrl"])).status_code == 200
+    response = await suite.api.delete(f"{APP}/avatars/{avatar['id']}", headers=headers)
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "message": "Avatar deleted successfully"}
+    assert await suite.rows(user) == 0
+
+    async def objects_gone():
+        return await suite.objects(user) == []
+
+    await eventually(objects_gone)
+    for url in (avatar["baseImageUrl"], avatar["thumbnailUrl"]):
+        gone = await suite.api.get(url)
+        assert gone.status_code == 404 and gone.json() == {"error": "Not found"}
+    events = await spy.wait_for("avatar.deleted")
+    assert [e["data"] for e in events if e["subject"] == avatar["id"]] == [
+        {"avatarId": avatar["id"], "projectId": avatar["projectId"]}
+    ]
+    assert (await suite.api.delete(f"{APP}/avatars/{avatar['id']}", headers=headers)).status_code == 404
+    balance = await suite.balance(headers)
+    assert balance["balance"] == 90  # deleting is free and refunds nothing
+
+
+async def test_project_delete_cascades_to_avatars_objects_and_media(suite, spy):
+    user, headers = suite.user()
+    doomed, kept = await suite.project(headers), await suite.project(headers)
+    victims = [await suite.created(headers, doomed, jpeg(64, 64)) for _ in range(2)]
+    survivor = await suite.created(headers, kept, jpeg(64, 64))
+    response = await suite.api.delete(f"{APP}/projects/{doomed}", headers=headers)
+    assert response.status_code == 200
+
+    async def cascaded():
+        return await suite.rows(user) == 1 and len(await suite.objects(user)) == 2
+
+    await eventually(cascaded)
+    for victim in victims:
+        assert (await suite.api.get(victim["baseImageUrl"])).status_code == 404
+        assert (await suite.api.get(f"{APP}/avatars/{victim['id']}", headers=headers)).status_code == 404
+    assert (await suite.api.get(survivor["baseImageUrl"])).status_code == 200
+    deleted = await spy.wait_for("avatar.deleted", count=2)
+    assert sorted(e["subject"] for e in deleted if e["data"]["projectId"] == doomed) == sorted(v["id"] for v in victims)
+
+
+def usage_envelope(user_id: str, avatar_id: str, usage_id: str, used_at: datetime, event_id: str = "") -> bytes:
+    return json.dumps(
+        {
+            "id": event_id or new_id(),
+            "type": "usage.recorded",
+            "version": 1,
+            "source": "usage",
+            "time": used_at.isoformat(),
+            "subject": avatar_id,
+            "userId": user_id,
+            "data": {
+                "usageId": usage_id,
+                "avatarId": avatar_id,
+                "appId": "pose-generator",
+                "action": "generate_pose",
+                "usedAt": used_at.isoformat(),
+            },
+        }
+    ).encode()
+
+
+async def test_usage_recorded_counts_each_usage_once(suite):
+    user, headers = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    same_event = new_id()
+    for body in (
+        usage_envelope(user, avatar["id"], "usage-1", late, event_id=same_event),
+        usage_envelope(user, avatar["id"], "usage-1", late, event_id=same_event),  # redelivery
+        usage_envelope(user, avatar["id"], "usage-1", late),  # same usage, republished
+        usage_envelope(user, avatar["id"], "usage-2", early),  # older use arriving later
+        usage_envelope("someone-else", avatar["id"], "usage-3", late),  # not the owner's avatar
+    ):
+        await publish_raw(suite.settings, "usage.recorded", body)
+    url = f"{APP}/avatars/{avatar['id']}"
+
+    async def counted():
+        got = (await suite.api.get(url, headers=headers)).json()["avatar"]
+        return got["usageCount"] == 2 and got["lastUsedAt"] == "2026-01-02T00:00:00.000Z"
+
+    await eventually(counted)
+    await asyncio.sleep(0.5)  # nothing else arrives later
+    assert (await suite.api.get(url, headers=headers)).json()["avatar"]["usageCount"] == 2
+
+
+async def test_stats_totals_recent_and_top_used(suite):
+    user, headers = suite.user()
+    project = await suite.project(headers)
+    first = await suite.created(headers, project, jpeg(64, 64), name="First")
+    second = await suite.created(headers, project, jpeg(64, 64), name="Second")
+    now = datetime.now(UTC)
+    for n in range(3):
+        await publish_raw(suite.settings, "usage.recorded", usage_envelope(user, second["id"], f"s{n}", now))
+    await publish_raw(suite.settings, "usage.recorded", usage_envelope(user, first["id"], "f0", now))
+
+    async def stats():
+        response = await suite.api.get(f"{APP}/stats", headers=headers)
+        assert response.status_code == 200
+        return response.json()["stats"]
+
+    async def all_counted():
+        return (await stats())["totalUsage"] == 4
+
+    await eventually(all_counted)
+    got = await stats()
+    assert got["totalAvatars"] == 2 and got["createdLast7Days"] == 2
+    assert got["bySourceType"] == {"upload": 2, "ai_generated": 0}
+    assert got["byProject"] == {project: 2}
+    assert [a["id"] for a in got["recentUploads"]] == [second["id"], first["id"]]
+    assert [(a["id"], a["usageCount"]) for a in got["topUsed"]] == [(second["id"], 3), (first["id"], 1)]
+
+
+async def test_internal_by_projects_for_the_gateways_composition(suite):
+    user, headers = suite.user()
+    one, two, empty = await suite.project(headers), await suite.project(headers), await suite.project(headers)
+    in_one = [await suite.created(headers, one, jpeg(32, 32)) for _ in range(3)]
+    in_two = await suite.created(headers, two, jpeg(32, 32))
+    token = ServiceTokens(suite.settings.service_token_secret, "gateway").token()
+    params = {"userId": user, "projectIds": f"{one},{two},{empty}", "limitPerProject": 2}
+    async with suite.direct() as avatars:
+        response = await avatars.get(
+            "/internal/avatars/by-projects", params=params, headers={SERVICE_TOKEN_HEADER: token}
+        )
+        assert response.status_code == 200
+        grouped = response.json()["avatars"]
+        assert [a["id"] for a in grouped[one]] == [in_one[2]["id"], in_one[1]["id"]]
+        assert [a["id"] for a in grouped[two]] == [in_two["id"]]
+        assert grouped[empty] == []
+        assert grouped[one][0]["thumbnailUrl"].startswith("/media/")
+        other = await avatars.get(
+            "/internal/avatars/by-projects",
+            params={**params, "userId": "intruder"},
+            headers={SERVICE_TOKEN_HEADER: token},
+        )
+        assert other.json()["avatars"] == {one: [], two: [], empty: []}
+        unauthenticated = await avatars.get("/internal/avatars/by-projects", params=params, headers=headers)
+        assert unauthenticated.status_code == 401
+    assert (await suite.api.get("/internal/avatars/by-projects", params=params, headers=headers)).status_code == 404
+
+
+async def test_sweeper_removes_only_old_unreferenced_objects(suite):
+    user, headers = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    stray = f"avatars/{'f' * 24}/{new_id()}/original.jpg"
+    await suite.storage.put(stray, b"left behind by a crash")
+    assert await suite.janitor.sweep_orphans() == 0  # too young: might belong to an upload still committing
+    later = datetime.now(UTC) + timedelta(seconds=suite.settings.orphan_grace_seconds + 60)
+    assert await suite.janitor.sweep_orphans(now=later) >= 1
+    assert await suite.storage.head(stray) is None
+    assert len(await suite.objects(user)) == 2
+    assert (await suite.api.get(avatar["baseImageUrl"])).status_code == 200
