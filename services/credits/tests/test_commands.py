@@ -1,0 +1,167 @@
+"""credits.capture / credits.release commands over RabbitMQ: exactly-once charging, harmless repeats, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+import aio_pika
+import pytest
+from lumiku_common.clients.credits import capture_command, release_command
+from lumiku_common.messaging.events import CaptureCredits, Event, ReleaseCredits, envelope_for
+from lumiku_common.testing import publish_raw, read_dlq
+from lumiku_credits.commands import QUEUE
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition never held")
+        await asyncio.sleep(0.05)
+
+
+class Commands:
+    def __init__(self, credits, db):
+        self.credits, self.db = credits, db
+        self.settings = credits.settings
+        self.queue = f"{self.settings.queue_prefix}{QUEUE}"
+
+    async def send(self, command: Event, user: str | None = "alice", event_id: str | None = None) -> str:
+        envelope = envelope_for(
+            command,
+            source="generation",
+            time=datetime.now(UTC),
+            user_id=user,
+            subject=None,
+            correlation_id=None,
+            causation_id=None,
+        )
+        if event_id:
+            envelope.id = event_id
+        await publish_raw(self.settings, command.type, envelope.model_dump_json().encode(), envelope.id)
+        return envelope.id
+
+    async def handled(self, count: int) -> None:
+        """Waits until `count` commands are committed as handled (the inbox is written with their effects)."""
+        query = "SELECT count(*) FROM inbox WHERE consumer = $1"
+        await until(lambda: self._count(query, count))
+
+    async def _count(self, query: str, expected: int) -> bool:
+        return bool(await self.db.fetchval(query, self.queue) >= expected)
+
+    async def dlq_depth(self) -> int:
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(f"{self.queue}.dlq", passive=True)
+            return int(queue.declaration_result.message_count or 0)
+
+    async def dead_letter(self) -> str:
+        message = await read_dlq(self.settings.amqp_url, f"{self.queue}.dlq")
+        return str((message.headers or {}).get("x-dead-letter-reason"))
+
+
+@pytest.fixture
+async def commands(credits, db) -> AsyncIterator[Commands]:
+    consumer = credits.app.state.workers.consumers[0]
+    await until(lambda: asyncio.sleep(0, consumer.queue is not None))
+    connection = await aio_pika.connect(credits.settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await (await channel.declare_queue(f"{consumer.name}.dlq", passive=True)).purge()
+    yield Commands(credits, db)
+
+
+async def usage_entries(db) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM ledger_entries WHERE type = 'usage'"))
+
+
+async def test_capture_command_charges_the_hold(commands, credits, db, spy):
+    hold = await credits.hold("alice", 15, "gen-1")
+    await commands.send(CaptureCredits(hold_id=hold["id"], idempotency_key=f"capture:{hold['id']}"))
+    [captured] = await spy.wait_for("credits.captured")
+    assert captured["data"]["holdId"] == hold["id"] and captured["data"]["balance"] == 85
+    assert await usage_entries(db) == 1
+    assert (await credits.balance("alice"))["balance"] == 85
+
+
+async def test_redelivered_and_repeated_commands_charge_once(commands, credits, db):
+    hold = await credits.hold("alice", 15, "gen-1")
+    capture = CaptureCredits(hold_id=hold["id"], amount=12, idempotency_key=f"capture:{hold['id']}")
+    event_id = await commands.send(capture)
+    await commands.send(capture, event_id=event_id)  # a redelivery: the inbox drops it
+    await commands.send(capture)  # the caller staged it twice: the idempotency key replays it
+    await commands.handled(2)
+    await asyncio.sleep(0.3)
+    assert await usage_entries(db) == 1
+    assert await db.fetchval("SELECT count(*) FROM inbox") == 2
+    assert (await credits.balance("alice"))["balance"] == 88
+    assert await commands.dlq_depth() == 0
+
+
+async def test_settling_a_settled_hold_is_a_harmless_no_op(commands, credits, db):
+    hold = await credits.hold("alice", 15, "gen-1")
+    assert (await credits.capture(hold["id"], "http-capture")).status_code == 200
+    await commands.send(ReleaseCredits(hold_id=hold["id"], reason="failed", idempotency_key=f"release:{hold['id']}"))
+    await commands.send(CaptureCredits(hold_id=hold["id"], idempotency_key=f"capture:{hold['id']}"))
+    expired = await credits.hold("alice", 10, "gen-2")
+    await db.execute("UPDATE holds SET expires_at = now() - interval '1 second' WHERE id = $1", expired["id"])
+    await commands.send(CaptureCredits(hold_id=expired["id"], idempotency_key=f"capture:{expired['id']}"))
+    await commands.handled(3)
+    assert await db.fetchval("SELECT status FROM holds WHERE id = $1", hold["id"]) == "captured"
+    assert await usage_entries(db) == 1
+    assert (await credits.balance("alice"))["balance"] == 85
+    # Refused attempts leave no key behind: only the reserves' and the HTTP capture's keys exist.
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 3
+    assert await commands.dlq_depth() == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "user", "reason"),
+    [
+        (CaptureCredits(hold_id="no-such-hold", idempotency_key="k"), "alice", "Hold not found"),
+        (CaptureCredits(hold_id="HOLD", idempotency_key="k"), "mallory", "Hold not found"),
+        (CaptureCredits(hold_id="HOLD", amount=16, idempotency_key="k"), "alice", "exceeds"),
+        (CaptureCredits(hold_id="HOLD", amount=0, idempotency_key="k"), "alice", "invalid command"),
+        (ReleaseCredits(hold_id="HOLD", reason="", idempotency_key="k"), "alice", "invalid command"),
+    ],
+)
+async def test_commands_that_can_never_succeed_are_dead_lettered_at_once(commands, credits, db, command, user, reason):
+    hold = await credits.hold("alice", 15, "gen-1")
+    if command.hold_id == "HOLD":
+        command = command.model_copy(update={"hold_id": hold["id"]})
+    await commands.send(command, user=user)
+    assert reason in await commands.dead_letter()
+    assert await db.fetchval("SELECT count(*) FROM inbox") == 0
+    assert await db.fetchval("SELECT status FROM holds WHERE id = $1", hold["id"]) == "active"
+    assert await usage_entries(db) == 0
+
+
+async def test_reusing_a_key_for_another_capture_is_dead_lettered(commands, credits, db):
+    first, second = await credits.hold("alice", 15, "gen-1"), await credits.hold("alice", 15, "gen-2")
+    await commands.send(CaptureCredits(hold_id=first["id"], idempotency_key="shared"))
+    await commands.handled(1)
+    await commands.send(CaptureCredits(hold_id=second["id"], idempotency_key="shared"))
+    assert "Idempotency key already used" in await commands.dead_letter()
+    assert await usage_entries(db) == 1
+
+
+async def test_commands_staged_in_a_callers_outbox_settle_after_its_commit(commands, credits, db, spy):
+    """The shared client helpers: a command exists only if the caller's transaction committed."""
+    charged, failed, abandoned = [await credits.hold("alice", 15, f"gen-{i}") for i in range(3)]
+    caller = credits.app.state.db  # any database with an outbox and a relay will do
+    async with caller.unit_of_work() as session:
+        await capture_command(session, "alice", charged["id"])
+        await release_command(session, "alice", failed["id"], "provider failed")
+    with pytest.raises(RuntimeError):
+        async with caller.unit_of_work() as session:
+            await capture_command(session, "alice", abandoned["id"])
+            raise RuntimeError("the caller crashed before committing its work")
+    await spy.wait_for("credits.captured")
+    await spy.wait_for("credits.released")
+    await commands.handled(2)
+    statuses = dict(await db.fetch("SELECT id, status FROM holds"))
+    assert [statuses[h["id"]] for h in (charged, failed, abandoned)] == ["captured", "released", "active"]
+    assert (await credits.balance("alice"))["balance"] == 85
