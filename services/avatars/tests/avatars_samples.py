@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -49,3 +51,13 @@ def decoded(data: bytes) -> Image.Image:
     im = Image.open(io.BytesIO(data))
     im.load()
     return im
+
+
+async def events_about(spy: Any, event_type: str, subjects: set[str], timeout: float = 15) -> list[dict[str, Any]]:
+    """Waits until `spy` has seen an `event_type` event for each of `subjects`; returns those events."""
+    for _ in range(int(timeout / 0.05)):
+        found = [e for e in spy.of_type(event_type) if e["subject"] in subjects]
+        if {e["subject"] for e in found} == subjects:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {event_type} for {subjects}")

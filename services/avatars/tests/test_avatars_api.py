@@ -7,7 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-from avatars_samples import jpeg, png
+from avatars_samples import events_about, jpeg, png
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
 from lumiku_common.testing import publish_raw
@@ -97,8 +97,8 @@ async def test_update_changes_fields_and_emits_avatar_updated(suite, spy):
     updated = response.json()["avatar"]
     assert (updated["name"], updated["style"], updated["ethnicity"]) == ("Renamed", "professional", None)
     assert updated["baseImageUrl"].startswith("/media/")
-    events = await spy.wait_for("avatar.updated")
-    assert [e["data"]["name"] for e in events if e["subject"] == avatar["id"]] == ["Renamed"]
+    events = await events_about(spy, "avatar.updated", {avatar["id"]})
+    assert [e["data"]["name"] for e in events] == ["Renamed"]
 
     for bad in ({"gender": "robot"}, {"name": ""}, {"nmae": "typo"}, {"personaAge": 0}):
         refused = await suite.api.put(url, json=bad, headers=headers)
@@ -122,10 +122,8 @@ async def test_delete_removes_row_objects_and_media(suite, spy):
     for url in (avatar["baseImageUrl"], avatar["thumbnailUrl"]):
         gone = await suite.api.get(url)
         assert gone.status_code == 404 and gone.json() == {"error": "Not found"}
-    events = await spy.wait_for("avatar.deleted")
-    assert [e["data"] for e in events if e["subject"] == avatar["id"]] == [
-        {"avatarId": avatar["id"], "projectId": avatar["projectId"]}
-    ]
+    events = await events_about(spy, "avatar.deleted", {avatar["id"]})
+    assert [e["data"] for e in events] == [{"avatarId": avatar["id"], "projectId": avatar["projectId"]}]
     assert (await suite.api.delete(f"{APP}/avatars/{avatar['id']}", headers=headers)).status_code == 404
     balance = await suite.balance(headers)
     assert balance["balance"] == 90  # deleting is free and refunds nothing

@@ -7,7 +7,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from avatars_samples import GPS_IFD, decoded, exif_jpeg, jpeg, png, webp
+from avatars_samples import GPS_IFD, decoded, events_about, exif_jpeg, jpeg, png, webp
 from lumiku_avatars import service
 from lumiku_common.media import MediaSigner
 
@@ -131,8 +131,7 @@ async def test_upload_emits_avatar_created(suite, spy):
     user, headers = suite.user()
     project = await suite.project(headers)
     avatar = await suite.created(headers, project, jpeg())
-    events = await spy.wait_for("avatar.created")
-    mine = [e for e in events if e["subject"] == avatar["id"]]
+    mine = await events_about(spy, "avatar.created", {avatar["id"]})
     assert len(mine) == 1 and mine[0]["userId"] == user
     expected = {"avatarId": avatar["id"], "projectId": project, "name": "My Avatar", "sourceType": "upload"}
     assert mine[0]["data"] == expected
