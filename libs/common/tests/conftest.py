@@ -3,12 +3,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table
+
 from lumiku_common.db import Database, ensure_database
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.tables import messaging_metadata
 from lumiku_common.settings import ServiceSettings
 from lumiku_common.testing import settings_for_tests, truncate_all
-from sqlalchemy import Column, Integer, MetaData, String, Table
 
 # A table the test handlers write their effects to, beside the outbox and inbox.
 effects_metadata = MetaData()

@@ -8,13 +8,14 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import func, insert, select
+
 from lumiku_common.db import Database, utcnow
 from lumiku_common.messaging import consumer as consumer_module
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.consumer import Consumer, EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted
 from lumiku_common.testing import TcpProxy, delete_queues, publish_raw, read_dlq
-from sqlalchemy import func, insert, select
 
 from .conftest import effects
 
@@ -180,3 +181,23 @@ async def queue_empty(settings, name: str) -> bool:
         queue = await channel.declare_queue(name, passive=True)
         result = queue.declaration_result
         return result.message_count == 0 and result.consumer_count >= 1
+
+
+async def test_prune_inbox_forgets_only_old_ids(db):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from lumiku_common.messaging.consumer import claim, prune_inbox
+    from lumiku_common.messaging.tables import inbox
+
+    async with db.unit_of_work() as session:
+        for i in range(3):
+            env = Envelope(type="project.deleted", source="t", time=utcnow(), data={"projectId": "p"}, id=f"e{i}")
+            assert await claim(session, "c", env)
+        await session.execute(
+            update(inbox).where(inbox.c.event_id == "e0").values(handled_at=utcnow() - timedelta(days=30))
+        )
+    assert await prune_inbox(db, timedelta(days=14)) == 1
+    async with db.sessions() as session:
+        assert sorted((await session.execute(select(inbox.c.event_id))).scalars()) == ["e1", "e2"]

@@ -7,13 +7,14 @@ import asyncio
 from collections import Counter
 from contextlib import suppress
 
+from sqlalchemy import func, select
+
 from lumiku_common.db import Database
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.events import ProjectCreated
 from lumiku_common.messaging.outbox import OutboxRelay, add_event
 from lumiku_common.messaging.tables import outbox
 from lumiku_common.testing import EventSpy, TcpProxy
-from sqlalchemy import func, select
 
 
 async def stage(db: Database, count: int, prefix: str = "p") -> list[str]:
@@ -134,3 +135,42 @@ async def test_envelope_carries_context(db, broker, settings):
     assert event["correlationId"] == "corr-123"
     assert event["source"] == "common" and event["version"] == 1
     assert event["data"] == {"projectId": "p0", "name": "n", "description": None}
+
+
+async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
+    """Polling is set to 60 s: only the NOTIFY sent at commit can explain a prompt publish."""
+    relay = OutboxRelay(db, broker, poll_seconds=60)
+    writer = Database(settings.database_url, "common")  # another process's pool: its signal is not shared
+    async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
+        task = asyncio.create_task(relay.run())
+        await asyncio.sleep(0.5)  # first empty poll done; the relay now sleeps
+        ids = await stage(writer, 1)
+        try:
+            await spy.wait_for("project.created", timeout=10)
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    assert [e["id"] for e in spy.events] == ids
+    await writer.dispose()
+
+
+async def test_prune_keeps_pending_and_recent_rows(db, broker):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from lumiku_common.messaging.outbox import prune_published
+
+    await stage(db, 3)
+    await OutboxRelay(db, broker).publish_pending()
+    await stage(db, 2, "pending")
+    async with db.unit_of_work() as session:  # age two of the published rows
+        old = select(outbox.c.id).where(outbox.c.published_at.is_not(None)).order_by(outbox.c.id).limit(2)
+        await session.execute(
+            update(outbox).where(outbox.c.id.in_(old)).values(published_at=func.now() - timedelta(days=2))
+        )
+    assert await prune_published(db, timedelta(hours=24)) == 2
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(outbox)) == 3
+    assert await pending(db) == 2

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+
 from lumiku_common.media import MediaSigner, MediaUrls
 from lumiku_common.settings import StorageSettings
 from lumiku_common.storage import (

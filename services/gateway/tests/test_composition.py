@@ -7,10 +7,11 @@ import contextlib
 from pathlib import Path
 
 import httpx
-import lumiku_projects
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Query
+
+import lumiku_projects
 from lumiku_common.auth import ServiceCaller
 from lumiku_common.testing import auth, prepare_database, running, settings_for_tests
 from lumiku_gateway.main import create_app

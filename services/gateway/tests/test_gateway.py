@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+
 from lumiku_common.testing import RUN_ID, auth, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.routes import match

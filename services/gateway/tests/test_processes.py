@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import lumiku_projects
 import pytest
+
+import lumiku_projects
 from lumiku_common.testing import EventSpy, auth, prepare_database, settings_for_tests
 from lumiku_projects.settings import ProjectsSettings
 

@@ -4,8 +4,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import lumiku_projects
 import pytest
+
+import lumiku_projects
 from lumiku_common.testing import auth, prepare_database, settings_for_tests
 from lumiku_gateway.testing import gateway_for
 from lumiku_projects.main import create_app

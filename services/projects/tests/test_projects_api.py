@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
+
 from lumiku_common.testing import EventSpy
 from lumiku_projects.settings import ProjectsSettings
 

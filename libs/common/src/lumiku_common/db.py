@@ -83,7 +83,8 @@ async def ensure_database(url: str) -> None:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", parsed.database)
         if not exists:
             # Another process may create it first; that is fine.
-            with suppress(asyncpg.DuplicateDatabaseError):
+            # Concurrent CREATEs surface as a unique violation on pg_database, not DuplicateDatabase.
+            with suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
                 await conn.execute(f'CREATE DATABASE "{parsed.database}"')
     finally:
         await conn.close()

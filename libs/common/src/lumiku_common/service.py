@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from lumiku_common.db import Database
 from lumiku_common.errors import install_error_handlers
 from lumiku_common.logs import configure_logging, get_logger
 from lumiku_common.messaging.broker import Broker
-from lumiku_common.messaging.consumer import Consumer, EventHandlers
-from lumiku_common.messaging.outbox import OutboxRelay
+from lumiku_common.messaging.consumer import Consumer, EventHandlers, prune_inbox
+from lumiku_common.messaging.outbox import OutboxRelay, prune_published
 from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
 from lumiku_common.settings import ServiceSettings
@@ -71,7 +72,20 @@ class Workers:
     def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
+        self.tasks.append(asyncio.create_task(self._prune(), name="messaging-prune"))
         self.tasks += [asyncio.create_task(loop(self.app)) for loop in self.spec.background]
+
+    async def _prune(self) -> None:
+        s, db = self.spec.settings, self.app.state.db
+        while True:
+            try:
+                outbox_rows = await prune_published(db, timedelta(hours=s.outbox_retention_hours))
+                inbox_rows = await prune_inbox(db, timedelta(days=s.inbox_retention_days))
+                if outbox_rows or inbox_rows:
+                    log.info("messaging_pruned", outbox=outbox_rows, inbox=inbox_rows)
+            except Exception as exc:
+                log.warning("messaging_prune_failed", error=repr(exc))
+            await asyncio.sleep(s.prune_interval_seconds)
 
     async def _start_consumers(self) -> None:
         delay = 0.5

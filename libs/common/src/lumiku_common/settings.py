@@ -47,6 +47,10 @@ class ServiceSettings(BaseSettings):
     consumer_delivery_limit: int = 5
     outbox_poll_seconds: float = 0.5
     outbox_batch_size: int = 100
+    # Published outbox rows and handled inbox ids are kept this long, then pruned.
+    outbox_retention_hours: float = 24
+    inbox_retention_days: float = 14
+    prune_interval_seconds: float = 600
     # The API process also runs the outbox relay and consumers unless a separate worker does.
     run_workers: bool = True
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 from fastapi import Request
+from starlette.responses import JSONResponse, Response
+
 from lumiku_common.auth import User
 from lumiku_common.errors import AppError
 from lumiku_common.internal import InternalClient
 from lumiku_common.logs import get_logger
-from starlette.responses import JSONResponse, Response
-
 from lumiku_gateway.proxy import request_headers
 from lumiku_gateway.routes import APP
 

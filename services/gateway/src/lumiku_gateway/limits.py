@@ -10,11 +10,11 @@ import re
 import time
 from dataclasses import dataclass
 
-from lumiku_common.errors import RateLimited
-from lumiku_common.logs import get_logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from lumiku_common.errors import RateLimited
+from lumiku_common.logs import get_logger
 from lumiku_gateway.routes import APP
 
 log = get_logger(__name__)

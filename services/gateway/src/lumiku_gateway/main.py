@@ -10,14 +10,14 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from redis.asyncio import Redis
+from starlette.responses import Response
+
 from lumiku_common.auth import ServiceTokens, bearer_token, decode_user_token
 from lumiku_common.errors import NotFound
 from lumiku_common.internal import InternalClient
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
-from redis.asyncio import Redis
-from starlette.responses import Response
-
 from lumiku_gateway import media
 from lumiku_gateway.composition import ProjectComposer
 from lumiku_gateway.limits import RateLimiter

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response, StreamingResponse
+
 from lumiku_common.errors import error_response
 from lumiku_common.media import MediaSigner
 from lumiku_common.storage import InvalidKey, ObjectInfo, ObjectNotFound, Storage, storage_from
-from starlette.responses import Response, StreamingResponse
-
 from lumiku_gateway.settings import GatewaySettings
 
 router = APIRouter(include_in_schema=False)

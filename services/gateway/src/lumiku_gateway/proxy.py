@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import httpx
 from fastapi import Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
 from lumiku_common.context import correlation_id_var, request_id_var, traceparent_var
 from lumiku_common.errors import error_response
 from lumiku_common.logs import get_logger
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
 
 log = get_logger(__name__)
 

@@ -1,5 +1,6 @@
-from lumiku_common.settings import ServiceSettings, StorageSettings
 from pydantic import Field
+
+from lumiku_common.settings import ServiceSettings, StorageSettings
 
 
 class GatewaySettings(ServiceSettings, StorageSettings):  # storage: the /media route streams images

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from lumiku_common.testing import running, settings_for_tests
 
+from lumiku_common.testing import running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 

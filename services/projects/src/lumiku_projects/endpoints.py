@@ -3,10 +3,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.db import DbSession
 from lumiku_common.schemas import PageParams, Pagination
-
 from lumiku_projects import service
 from lumiku_projects.schemas import (
     DeletedResponse,

@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from lumiku_common.service import ServiceSpec, create_service
 
+from lumiku_common.service import ServiceSpec, create_service
 from lumiku_projects.endpoints import internal, router
 from lumiku_projects.settings import ProjectsSettings
 

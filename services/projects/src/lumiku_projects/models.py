@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from lumiku_common.db import TimestampMixin, new_metadata
-from lumiku_common.ids import new_id
 from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from lumiku_common.db import TimestampMixin, new_metadata
+from lumiku_common.ids import new_id
 
 
 class Base(DeclarativeBase):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lumiku_common.errors import NotFound
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from lumiku_projects.models import Project
 from lumiku_projects.repository import ProjectRepository
 from lumiku_projects.schemas import ProjectCreate, ProjectUpdate

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from pydantic import ValidationError
+from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.context import causation_id_var, correlation_id_var, traceparent_var
-from lumiku_common.db import Database
+from lumiku_common.db import Database, utcnow
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.broker import DLX_NAME, Broker
 from lumiku_common.messaging.events import Envelope, Event, UnknownEvent
@@ -173,6 +175,13 @@ class Consumer:
         }
         await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
         await message.ack()
+
+
+async def prune_inbox(db: Database, older_than: timedelta) -> int:
+    """Forgets handled event ids older than any redelivery could be (the dedup window)."""
+    async with db.unit_of_work() as session:
+        result = await session.execute(delete(inbox).where(inbox.c.handled_at < utcnow() - older_than))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import suppress
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+import asyncpg
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.context import causation_id_var, child_traceparent, correlation_id_var, traceparent_var
@@ -22,6 +25,8 @@ from lumiku_common.messaging.events import Envelope, Event, envelope_for
 from lumiku_common.messaging.tables import outbox
 
 log = get_logger(__name__)
+
+NOTIFY_CHANNEL = "lumiku_outbox"
 
 
 async def add_event(
@@ -49,7 +54,10 @@ async def add_event(
             headers=headers,
         )
     )
-    session.info["outbox_written"] = True
+    if not session.info.get("outbox_written"):
+        # Delivered at commit (and only then) to every relay listening on this database, in any process.
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        session.info["outbox_written"] = True
     return envelope
 
 
@@ -66,6 +74,15 @@ class OutboxRelay:
         self.batch_size, self.poll_seconds, self.max_backoff = batch_size, poll_seconds, max_backoff
 
     async def run(self) -> None:
+        listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        try:
+            await self._relay()
+        finally:
+            listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await listener
+
+    async def _relay(self) -> None:
         backoff = 0.1
         while True:
             try:
@@ -80,6 +97,26 @@ class OutboxRelay:
                 continue
             if published < self.batch_size:
                 await self._wait_for_work()
+
+    async def _listen(self) -> None:
+        """Wakes the relay on commits made by any process (API replicas without workers included).
+        Polling still runs underneath, so a lost listener only costs latency."""
+        dsn = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            try:
+                connection = await asyncpg.connect(dsn)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("outbox_listener_unavailable", error=repr(exc))
+                await asyncio.sleep(5)
+                continue
+            lost = asyncio.Event()
+            connection.add_termination_listener(lambda _, lost=lost: lost.set())
+            try:
+                await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self.db.outbox_signal.set())
+                await lost.wait()
+            finally:
+                with suppress(Exception):
+                    await connection.close()
 
     async def _wait_for_work(self) -> None:
         signal = self.db.outbox_signal
@@ -125,3 +162,12 @@ class OutboxRelay:
         await self.broker.publish(
             json.dumps(row.body, separators=(",", ":")).encode(), row.routing_key, row.event_id, row.headers
         )
+
+
+async def prune_published(db: Database, older_than: timedelta) -> int:
+    """Deletes outbox rows published long ago; pending rows are never touched."""
+    async with db.unit_of_work() as session:
+        result = await session.execute(
+            delete(outbox).where(outbox.c.published_at.is_not(None), outbox.c.published_at < utcnow() - older_than)
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
