@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from lumiku_common.auth import mint_user_token
-from lumiku_common.settings import ServiceSettings
 
 from bench.lib import Stats, measure, report
+from lumiku_common.auth import mint_user_token
+from lumiku_common.settings import ServiceSettings
 
 DATABASE = "lumiku_projects_bench"
 EXCHANGE = "lumiku.events.bench"
