@@ -7,9 +7,10 @@ from typing import Any
 
 import asyncpg
 import httpx
-import lumiku_credits
 import pytest
 from fastapi import FastAPI
+
+import lumiku_credits
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.testing import EventSpy, auth, delete_queues, prepare_database, settings_for_tests
 from lumiku_credits.commands import QUEUE

@@ -6,6 +6,7 @@ import asyncio
 import re
 
 import pytest
+
 from lumiku_common.testing import auth
 
 BALANCE = "/api/credits/balance"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import aio_pika
 import pytest
+
 from lumiku_common.clients.credits import capture_command, release_command
 from lumiku_common.messaging.events import CaptureCredits, Event, ReleaseCredits, envelope_for
 from lumiku_common.testing import publish_raw, read_dlq

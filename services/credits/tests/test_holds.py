@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.clients.credits import CreditsClient
 from lumiku_common.errors import Conflict, Gone, InsufficientCredits, NotFound

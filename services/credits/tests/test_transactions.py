@@ -7,6 +7,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from lumiku_common.testing import auth
 
 URL = "/api/credits/transactions"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from pydantic import ValidationError
+
 from lumiku_common.db import Database
 from lumiku_common.errors import AppError
 from lumiku_common.ids import new_id
-from pydantic import ValidationError
-
 from lumiku_credits import service
 from lumiku_credits.schemas import GrantRequest
 from lumiku_credits.settings import CreditsSettings

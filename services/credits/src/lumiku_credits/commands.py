@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from lumiku_common.logs import get_logger
-from lumiku_common.messaging.consumer import EventHandlers, Poison
-from lumiku_common.messaging.events import CaptureCredits, Envelope, ReleaseCredits
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.logs import get_logger
+from lumiku_common.messaging.consumer import EventHandlers, Poison
+from lumiku_common.messaging.events import CaptureCredits, Envelope, ReleaseCredits
 from lumiku_credits import service
 from lumiku_credits.idempotency import IdempotencyConflict, Outcome
 from lumiku_credits.schemas import CaptureRequest, ReleaseRequest

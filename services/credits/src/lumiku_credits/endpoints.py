@@ -4,10 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
 from lumiku_common.auth import AdminUser, CurrentUser, ServiceCaller
 from lumiku_common.db import DbSession
 from lumiku_common.schemas import Pagination
-
 from lumiku_credits import export, service
 from lumiku_credits.idempotency import Outcome
 from lumiku_credits.schemas import (

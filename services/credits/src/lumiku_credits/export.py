@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 from lumiku_common.db import Database
 from lumiku_common.schemas import iso_utc
-
 from lumiku_credits.models import LedgerEntry
 from lumiku_credits.repository import CreditsRepository
 from lumiku_credits.schemas import HistoryParams

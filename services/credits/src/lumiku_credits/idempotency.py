@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lumiku_common.errors import Conflict
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.errors import Conflict
 from lumiku_credits.repository import CreditsRepository
 
 

@@ -5,10 +5,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI
+
 from lumiku_common.db import Database
 from lumiku_common.logs import get_logger
 from lumiku_common.service import ServiceSpec, create_service
-
 from lumiku_credits import service
 from lumiku_credits.commands import QUEUE, command_handlers
 from lumiku_credits.endpoints import internal, router

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from lumiku_common.db import new_metadata
-from lumiku_common.ids import new_id
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -29,6 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from lumiku_common.db import new_metadata
+from lumiku_common.ids import new_id
 
 ENTRY_TYPES = ("purchase", "bonus", "usage", "refund", "adjustment")
 HOLD_STATUSES = ("active", "captured", "released", "expired")

@@ -3,9 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from lumiku_common.schemas import CamelModel, PageParams, Pagination, RequestModel, UtcDatetime, text
 from pydantic import AfterValidator, Field, StrictInt, model_validator
 
+from lumiku_common.schemas import CamelModel, PageParams, Pagination, RequestModel, UtcDatetime, text
 from lumiku_credits.models import MAX_AMOUNT
 
 EntryType = Literal["purchase", "bonus", "usage", "refund", "adjustment"]

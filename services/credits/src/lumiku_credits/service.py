@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lumiku_common.errors import AppError, BadRequest, Conflict, Gone, InsufficientCredits, NotFound
 from lumiku_common.messaging.events import (
     CreditsBalanceLow,
@@ -18,8 +20,6 @@ from lumiku_common.messaging.events import (
     CreditsReserved,
 )
 from lumiku_common.messaging.outbox import add_event
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from lumiku_credits.idempotency import Outcome, once
 from lumiku_credits.models import Hold, LedgerEntry
 from lumiku_credits.repository import CreditsRepository
