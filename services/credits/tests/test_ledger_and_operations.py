@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -11,6 +12,7 @@ import asyncpg
 import pytest
 
 from lumiku_common.testing import running
+from lumiku_credits import cli
 from lumiku_credits.main import create_app
 
 
@@ -74,17 +76,21 @@ def lumiku(settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
+def cli_args(user: str, amount: int, type_: str = "adjustment", key: str | None = None) -> argparse.Namespace:
+    return argparse.Namespace(user=user, amount=amount, type=type_, description="Operator grant", idempotency_key=key)
+
+
 async def test_operator_cli_grants_through_the_service_code(settings, credits, db):
     await credits.hold("alice", 80, "gen-1")
     run = lumiku(settings, "--user", "alice", "--amount", "25", "--type", "purchase", "--idempotency-key", "op-1")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "granted 25 credits (purchase) to alice; balance 125"
-    again = lumiku(settings, "--user", "alice", "--amount", "25", "--type", "purchase", "--idempotency-key", "op-1")
-    assert again.stdout.strip() == "already granted 25 credits (purchase) to alice; balance 125"
-    refused = lumiku(settings, "--user", "alice", "--amount", "-46")
-    assert refused.returncode != 0 and "Insufficient credits" in refused.stderr
-    zero = lumiku(settings, "--user", "alice", "--amount", "0")
-    assert zero.returncode != 0 and "invalid grant" in zero.stderr
+    again = await cli.grant(settings, cli_args("alice", 25, "purchase", "op-1"))
+    assert again == "already granted 25 credits (purchase) to alice; balance 125"
+    with pytest.raises(SystemExit, match="Insufficient credits"):
+        await cli.grant(settings, cli_args("alice", -46))
+    with pytest.raises(SystemExit, match="invalid grant"):
+        await cli.grant(settings, cli_args("alice", 0))
     entries = await db.fetch("SELECT type, amount, reference_id FROM ledger_entries ORDER BY seq")
     assert [tuple(e) for e in entries] == [("bonus", 100, "alice"), ("purchase", 25, "operator:cli")]
     assert (await credits.balance("alice"))["available"] == 45

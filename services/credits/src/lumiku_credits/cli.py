@@ -16,6 +16,16 @@ from lumiku_credits.settings import CreditsSettings
 
 
 async def grant(settings: CreditsSettings, args: argparse.Namespace) -> str:
+    """Returns the line to print; refusals exit with the reason."""
+    try:
+        return await _grant(settings, args)
+    except ValidationError as exc:
+        raise SystemExit(f"invalid grant: {exc.errors(include_url=False)[0]['msg']}") from exc
+    except AppError as exc:
+        raise SystemExit(f"grant refused: {exc.message} {exc.extra or ''}".strip()) from exc
+
+
+async def _grant(settings: CreditsSettings, args: argparse.Namespace) -> str:
     body = GrantRequest(
         user_id=args.user,
         amount=args.amount,
@@ -35,9 +45,4 @@ async def grant(settings: CreditsSettings, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    try:
-        print(asyncio.run(grant(CreditsSettings(), args)))
-    except ValidationError as exc:
-        raise SystemExit(f"invalid grant: {exc.errors(include_url=False)[0]['msg']}") from exc
-    except AppError as exc:
-        raise SystemExit(f"grant refused: {exc.message} {exc.extra or ''}".strip()) from exc
+    print(asyncio.run(grant(CreditsSettings(), args)))
