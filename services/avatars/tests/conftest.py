@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+
 import lumiku_avatars
 import lumiku_credits
 import lumiku_projects
-import pytest
-from asgi_lifespan import LifespanManager
 from lumiku_avatars.main import create_app as create_avatars
 from lumiku_avatars.objects import ObjectJanitor, object_keys
 from lumiku_avatars.settings import AvatarsSettings
@@ -33,7 +35,6 @@ from lumiku_gateway.main import create_app as create_gateway
 from lumiku_gateway.settings import GatewaySettings
 from lumiku_projects.main import create_app as create_projects
 from lumiku_projects.settings import ProjectsSettings
-from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sample and attack-corpus modules beside this file
 

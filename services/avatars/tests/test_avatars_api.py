@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from avatars_samples import events_about, jpeg, png
+
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
 from lumiku_common.testing import publish_raw

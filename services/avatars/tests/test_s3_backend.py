@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from avatars_samples import decoded, jpeg
+
 from lumiku_common.storage import S3Storage
 
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from avatars_samples import GPS_IFD, decoded, events_about, exif_jpeg, jpeg, png, webp
+
 from lumiku_avatars import service
 from lumiku_common.media import MediaSigner
 

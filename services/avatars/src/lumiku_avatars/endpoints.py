@@ -3,12 +3,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from lumiku_common.auth import CurrentUser, ServiceCaller
-from lumiku_common.clients.projects import ProjectsClient
-from lumiku_common.db import DbSession
-from lumiku_common.errors import BadRequest
-from lumiku_common.media import MediaUrls
-from lumiku_common.schemas import PageParams, Pagination
 
 from lumiku_avatars import service
 from lumiku_avatars.form import read_upload_form
@@ -27,6 +21,12 @@ from lumiku_avatars.schemas import (
     StatsResponse,
 )
 from lumiku_avatars.uploads import Uploads
+from lumiku_common.auth import CurrentUser, ServiceCaller
+from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.db import DbSession
+from lumiku_common.errors import BadRequest
+from lumiku_common.media import MediaUrls
+from lumiku_common.schemas import PageParams, Pagination
 
 APP = "/api/apps/avatar-creator"
 router = APIRouter(prefix=APP, tags=["avatars"])

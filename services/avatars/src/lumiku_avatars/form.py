@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lumiku_common.errors import BadRequest, PayloadTooLarge
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
+
+from lumiku_common.errors import BadRequest, PayloadTooLarge
 
 IMAGE_FIELD = "image"
 MAX_FIELD_BYTES = 16 * 1024

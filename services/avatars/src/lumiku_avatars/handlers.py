@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lumiku_common.messaging.consumer import EventHandlers
-from lumiku_common.messaging.events import Envelope, ProjectDeleted, UsageRecorded
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_avatars import service
 from lumiku_avatars.objects import ObjectJanitor
+from lumiku_common.messaging.consumer import EventHandlers
+from lumiku_common.messaging.events import Envelope, ProjectDeleted, UsageRecorded
 
 
 def project_handlers(janitor: ObjectJanitor) -> EventHandlers:

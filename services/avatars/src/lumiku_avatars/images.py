@@ -14,8 +14,9 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from lumiku_common.errors import BadRequest
 from PIL import Image, ImageOps
+
+from lumiku_common.errors import BadRequest
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),

@@ -4,13 +4,6 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from lumiku_common.auth import ServiceTokens
-from lumiku_common.clients.credits import CreditsClient
-from lumiku_common.clients.projects import ProjectsClient
-from lumiku_common.internal import InternalClient
-from lumiku_common.media import MediaSigner, MediaUrls
-from lumiku_common.service import ServiceSpec, create_service
-from lumiku_common.storage import storage_from
 
 from lumiku_avatars import images
 from lumiku_avatars.endpoints import internal, router
@@ -18,6 +11,13 @@ from lumiku_avatars.handlers import project_handlers, usage_handlers
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_avatars.uploads import Uploads
+from lumiku_common.auth import ServiceTokens
+from lumiku_common.clients.credits import CreditsClient
+from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.internal import InternalClient
+from lumiku_common.media import MediaSigner, MediaUrls
+from lumiku_common.service import ServiceSpec, create_service
+from lumiku_common.storage import storage_from
 
 
 def create_app(

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from lumiku_common.db import TimestampMixin, new_metadata, utcnow
-from lumiku_common.ids import new_id
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from lumiku_common.db import TimestampMixin, new_metadata, utcnow
+from lumiku_common.ids import new_id
 
 
 class Base(DeclarativeBase):

@@ -17,14 +17,14 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
-from lumiku_common.db import Database
-from lumiku_common.logs import get_logger
-from lumiku_common.storage import Storage
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_avatars.repository import AvatarRepository, ObjectDeletionRepository
 from lumiku_avatars.settings import AvatarsSettings
+from lumiku_common.db import Database
+from lumiku_common.logs import get_logger
+from lumiku_common.storage import Storage
 
 log = get_logger(__name__)
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from lumiku_avatars.models import Avatar, CountedUsage, ObjectDeletion
 from lumiku_avatars.schemas import AvatarFilters
@@ -47,7 +48,7 @@ class AvatarRepository:
         await self.session.flush()
         return avatar
 
-    async def list(self, user_id: str, filters: AvatarFilters, offset: int, limit: int) -> tuple[list[Avatar], int]:
+    async def page(self, user_id: str, filters: AvatarFilters, offset: int, limit: int) -> tuple[list[Avatar], int]:
         conditions = _conditions(user_id, filters)
         query = select(Avatar).where(*conditions).order_by(*_NEWEST).offset(offset).limit(limit)
         rows = await self.session.execute(query)
@@ -112,7 +113,7 @@ class AvatarRepository:
         ).one()
         return int(row[0]), int(row[1]), int(row[2])
 
-    async def count_by(self, user_id: str, column: ColumnElement[str]) -> dict[str, int]:
+    async def count_by(self, user_id: str, column: InstrumentedAttribute[str]) -> dict[str, int]:
         rows = await self.session.execute(
             select(column, func.count()).where(Avatar.user_id == user_id).group_by(column)
         )

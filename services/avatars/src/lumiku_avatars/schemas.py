@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from lumiku_common.schemas import CamelModel, Pagination, RequestModel, UtcDatetime, text
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+
+from lumiku_common.schemas import CamelModel, Pagination, RequestModel, UtcDatetime, _no_nul
 
 Gender = Literal["male", "female", "unisex"]
 AgeRange = Literal["young", "adult", "mature"]
@@ -12,9 +13,19 @@ Style = Literal["casual", "formal", "sporty", "professional", "traditional"]
 BodyType = Literal["half_body", "full_body"]
 SourceType = Literal["upload", "ai_generated"]
 
-Name = text(1, 100)
-Short = text(None, 50)
-Long = text(None, 2000)
+
+def _text(min_length: int | None, max_length: int) -> Any:
+    return (
+        StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
+        AfterValidator(_no_nul),
+    )
+
+
+# Spelled out (not `lumiku_common.schemas.text(...)`) so type checkers see real type aliases.
+Name = Annotated[str, *_text(1, 100)]
+Short = Annotated[str, *_text(None, 50)]
+Medium = Annotated[str, *_text(None, 100)]
+Long = Annotated[str, *_text(None, 2000)]
 
 
 class AvatarAttributes(RequestModel):
@@ -23,21 +34,21 @@ class AvatarAttributes(RequestModel):
     gender: Gender | None = None
     age_range: AgeRange | None = None
     style: Style | None = None
-    ethnicity: Short | None = None  # type: ignore[valid-type]
+    ethnicity: Short | None = None
     body_type: BodyType | None = None
-    persona_name: text(None, 100) | None = None  # type: ignore[valid-type]
+    persona_name: Medium | None = None
     persona_age: int | None = Field(None, ge=1, le=150)
-    persona_personality: Long | None = None  # type: ignore[valid-type]
-    persona_background: Long | None = None  # type: ignore[valid-type]
-    hair_style: Short | None = None  # type: ignore[valid-type]
-    hair_color: Short | None = None  # type: ignore[valid-type]
-    eye_color: Short | None = None  # type: ignore[valid-type]
-    skin_tone: Short | None = None  # type: ignore[valid-type]
+    persona_personality: Long | None = None
+    persona_background: Long | None = None
+    hair_style: Short | None = None
+    hair_color: Short | None = None
+    eye_color: Short | None = None
+    skin_tone: Short | None = None
     seed_used: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
 class AvatarUploadFields(AvatarAttributes):
-    name: Name  # type: ignore[valid-type]
+    name: Name
 
     @field_validator("*", mode="before")
     @classmethod
@@ -49,7 +60,7 @@ class AvatarUploadFields(AvatarAttributes):
 
 
 class AvatarUpdate(AvatarAttributes):
-    name: Name | None = None  # type: ignore[valid-type]
+    name: Name | None = None
 
 
 class AvatarOut(CamelModel):

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from lumiku_common.clients.credits import capture_command
-from lumiku_common.errors import NotFound
-from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
-from lumiku_common.messaging.outbox import add_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.repository import AvatarRepository
 from lumiku_avatars.schemas import AvatarFilters, AvatarUpdate
+from lumiku_common.clients.credits import capture_command
+from lumiku_common.errors import NotFound
+from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
+from lumiku_common.messaging.outbox import add_event
 
 
 class AvatarNotFound(NotFound):
@@ -35,7 +35,7 @@ async def get_avatar(session: AsyncSession, user_id: str, avatar_id: str) -> Ava
 async def list_avatars(
     session: AsyncSession, user_id: str, filters: AvatarFilters, offset: int, limit: int
 ) -> tuple[list[Avatar], int]:
-    return await AvatarRepository(session).list(user_id, filters, offset, limit)
+    return await AvatarRepository(session).page(user_id, filters, offset, limit)
 
 
 async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> Avatar:

@@ -13,12 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from lumiku_common.clients.credits import CreditsClient, Hold
-from lumiku_common.clients.projects import ProjectsClient
-from lumiku_common.db import Database
-from lumiku_common.ids import new_id
-from lumiku_common.logs import get_logger
-from lumiku_common.storage import Storage
 from pydantic import ValidationError
 
 from lumiku_avatars import images, service
@@ -28,6 +22,12 @@ from lumiku_avatars.objects import object_keys
 from lumiku_avatars.repository import AvatarRepository
 from lumiku_avatars.schemas import AvatarUploadFields
 from lumiku_avatars.settings import AvatarsSettings
+from lumiku_common.clients.credits import CreditsClient, Hold
+from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.db import Database
+from lumiku_common.ids import new_id
+from lumiku_common.logs import get_logger
+from lumiku_common.storage import Storage
 
 log = get_logger(__name__)
 
