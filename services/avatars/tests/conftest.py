@@ -136,11 +136,12 @@ class Suite:
         assert (balance["balance"], balance["available"], balance["held"]) == (100, 100, 0)
 
 
-def _settings(tmp: Path, **storage: Any) -> tuple[ProjectsSettings, CreditsSettings, AvatarsSettings]:
-    projects = settings_for_tests(ProjectsSettings)
-    credits = settings_for_tests(CreditsSettings, credits_sweep_seconds=3600)
+def _settings(tmp: Path, namespace: str, **storage: Any) -> tuple[ProjectsSettings, CreditsSettings, AvatarsSettings]:
+    # A session-long suite gets its own databases, queues and exchange (see settings_for_tests).
+    projects = settings_for_tests(ProjectsSettings, namespace)
+    credits = settings_for_tests(CreditsSettings, namespace, credits_sweep_seconds=3600)
     avatars = settings_for_tests(
-        AvatarsSettings, storage_path=str(tmp / "objects"), object_purge_interval_seconds=5, **storage
+        AvatarsSettings, namespace, storage_path=str(tmp / "objects"), object_purge_interval_seconds=5, **storage
     )
     return projects, credits, avatars
 
@@ -178,7 +179,7 @@ async def _prepared(projects: ProjectsSettings, credits: CreditsSettings, avatar
 
 @pytest.fixture(scope="session")
 async def suite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Suite]:
-    projects, credits, avatars = _settings(tmp_path_factory.mktemp("fs"))
+    projects, credits, avatars = _settings(tmp_path_factory.mktemp("fs"), "avatars")
     await _prepared(projects, credits, avatars)
     async with suite_for(avatars, projects, credits) as suite:
         yield suite
@@ -189,22 +190,13 @@ async def s3_suite(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -
     """Its own databases and queues, so it can run beside the filesystem suite."""
     projects, credits, avatars = _settings(
         tmp_path_factory.mktemp("s3"),
+        "avatars_s3",
         storage_backend="s3",
         s3_endpoint_url=s3_endpoint,
         s3_bucket="avatars-test",
         s3_access_key_id="testing",
         s3_secret_access_key="testing",
         s3_create_bucket=True,
-    )
-    projects, credits, avatars = (
-        s.model_copy(
-            update={
-                "database_name": f"{s.database_name}_s3",
-                "queue_prefix": f"{s.queue_prefix}s3.",
-                "events_exchange": f"{s.events_exchange}.s3",
-            }
-        )
-        for s in (projects, credits, avatars)
     )
     await _prepared(projects, credits, avatars)
     async with suite_for(avatars, projects, credits) as suite:

@@ -31,13 +31,17 @@ RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
 WORKER = os.environ.get("TEST_DB_TAG", "") + os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 
 
-def settings_for_tests(cls: type[S], **overrides: Any) -> S:
+def settings_for_tests(cls: type[S], namespace: str = "", **overrides: Any) -> S:
+    """Settings on isolated databases, queues and exchange. Services started together for one fixture share
+    a `namespace`; apps that stay up for a whole session need their own, or their relays and consumers
+    would take rows and messages that belong to other tests in the same worker."""
     base = cls()
+    ns = f"_{namespace}" if namespace else ""
     values: dict[str, Any] = {
         "environment": "test",
-        "database_name": f"{base.database_name or base.service_name}_test_{WORKER}",
-        "queue_prefix": f"test.{RUN_ID}.",
-        "events_exchange": f"lumiku.events.test.{RUN_ID}",
+        "database_name": f"{base.database_name or base.service_name}{ns}_test_{WORKER}",
+        "queue_prefix": f"test.{RUN_ID}.{namespace + '.' if namespace else ''}",
+        "events_exchange": f"lumiku.events.test.{RUN_ID}{ns}",
         "outbox_poll_seconds": 0.05,
         "log_level": "WARNING",
     }
