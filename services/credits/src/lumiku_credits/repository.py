@@ -59,11 +59,10 @@ class CreditsRepository:
         stmt = pg_insert(Wallet).values(user_id=user_id).on_conflict_do_nothing().returning(Wallet.user_id)
         return (await self.session.execute(stmt)).first() is not None
 
-    async def lock_wallet(self, user_id: str) -> int:
+    async def lock_wallet(self, user_id: str) -> int | None:
+        """The balance, with the wallet row locked until commit; None if the user has no wallet yet."""
         balance = await self.session.scalar(select(Wallet.balance).where(Wallet.user_id == user_id).with_for_update())
-        if balance is None:
-            raise LookupError(f"no wallet for {user_id}")
-        return int(balance)
+        return None if balance is None else int(balance)
 
     async def held_after_lock(self, user_id: str) -> tuple[datetime, int]:
         row = (await self.session.execute(_HELD_AFTER_LOCK, {"user_id": user_id})).one()
@@ -72,10 +71,6 @@ class CreditsRepository:
     async def balance_and_held(self, user_id: str) -> tuple[int, int]:
         row = (await self.session.execute(_BALANCE_AND_HELD, {"user_id": user_id})).one()
         return int(row.balance), int(row.held)
-
-    async def clock(self) -> datetime:
-        now: datetime = await self.session.scalar(select(func.clock_timestamp()))
-        return now
 
     # --- ledger -------------------------------------------------------------------------------------
 
@@ -111,9 +106,16 @@ class CreditsRepository:
     async def hold_owner(self, hold_id: str) -> str | None:
         return await self.session.scalar(select(Hold.user_id).where(Hold.id == hold_id))
 
-    async def lock_hold(self, hold_id: str) -> Hold:
-        stmt = select(Hold).where(Hold.id == hold_id).with_for_update().execution_options(populate_existing=True)
-        return (await self.session.scalars(stmt)).one()
+    async def lock_hold(self, hold_id: str) -> tuple[Hold, datetime]:
+        """The hold, locked, and the database clock read after the caller took the wallet lock."""
+        stmt = (
+            select(Hold, func.clock_timestamp())
+            .where(Hold.id == hold_id)
+            .with_for_update(of=Hold)
+            .execution_options(populate_existing=True)
+        )
+        hold, now = (await self.session.execute(stmt)).one()
+        return hold, now
 
     async def expire_due(self, limit: int) -> list[Any]:
         return list((await self.session.execute(_EXPIRE_DUE, {"limit": limit})).all())

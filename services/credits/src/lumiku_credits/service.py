@@ -84,9 +84,14 @@ def hold_out(hold: Hold, now: datetime | None = None) -> HoldOut:
 
 async def ensure_wallet(session: AsyncSession, settings: CreditsSettings, user_id: str) -> None:
     """Opens the wallet on first contact, with its signup bonus, exactly once however many requests race."""
+    if not await CreditsRepository(session).wallet_exists(user_id):
+        await _open_wallet(session, settings, user_id)
+
+
+async def _open_wallet(session: AsyncSession, settings: CreditsSettings, user_id: str) -> None:
     repo = CreditsRepository(session)
-    if await repo.wallet_exists(user_id) or not await repo.open_wallet(user_id):
-        return
+    if not await repo.open_wallet(user_id):
+        return  # another transaction opened it (and paid the bonus) first
     if settings.credits_signup_bonus > 0:
         entry = await repo.append(
             user_id=user_id,
@@ -112,8 +117,15 @@ async def get_balance(session: AsyncSession, settings: CreditsSettings, user_id:
     )
 
 
-async def _lock_available(repo: CreditsRepository, user_id: str) -> tuple[datetime, int]:
+async def _lock_available(session: AsyncSession, settings: CreditsSettings, user_id: str) -> tuple[datetime, int]:
+    """Locks the wallet (opening it on first contact) and returns the clock and the credits not yet promised."""
+    repo = CreditsRepository(session)
     balance = await repo.lock_wallet(user_id)
+    if balance is None:
+        await _open_wallet(session, settings, user_id)
+        balance = await repo.lock_wallet(user_id)
+        if balance is None:  # wallets are never deleted: only a broken database gets here
+            raise RuntimeError(f"wallet of {user_id} vanished")
     now, held = await repo.held_after_lock(user_id)
     return now, balance - held
 
@@ -147,12 +159,10 @@ async def _reserve(session: AsyncSession, settings: CreditsSettings, body: Reser
     ttl = body.ttl_seconds or settings.credits_hold_ttl_seconds
     if ttl > settings.credits_max_hold_ttl_seconds:
         raise BadRequest(f"ttlSeconds must be at most {settings.credits_max_hold_ttl_seconds}")
-    await ensure_wallet(session, settings, body.user_id)
-    repo = CreditsRepository(session)
-    now, available = await _lock_available(repo, body.user_id)
+    now, available = await _lock_available(session, settings, body.user_id)
     if body.amount > available:
         raise InsufficientCredits(required=body.amount, current=available)
-    hold = await repo.add_hold(
+    hold = await CreditsRepository(session).add_hold(
         user_id=body.user_id,
         amount=body.amount,
         reference_id=body.reference_id,
@@ -178,8 +188,7 @@ async def _settleable_hold(repo: CreditsRepository, hold_id: str, owner: str | N
     if user_id is None or (owner is not None and owner != user_id):
         raise HoldNotFound()
     await repo.lock_wallet(user_id)
-    hold = await repo.lock_hold(hold_id)
-    now = await repo.clock()
+    hold, now = await repo.lock_hold(hold_id)
     if hold.status == "captured":
         raise HoldCaptured()
     if hold.status == "released":
@@ -288,13 +297,11 @@ async def grant(session: AsyncSession, settings: CreditsSettings, body: GrantReq
 async def _grant(
     session: AsyncSession, settings: CreditsSettings, body: GrantRequest, granted_by: str
 ) -> GrantResponse:
-    await ensure_wallet(session, settings, body.user_id)
-    repo = CreditsRepository(session)
-    _, available = await _lock_available(repo, body.user_id)
+    _, available = await _lock_available(session, settings, body.user_id)
     if body.amount < 0 and -body.amount > available:
         # Credits already promised to running work are not the operator's to take back.
         raise InsufficientCredits(required=-body.amount, current=available)
-    entry = await repo.append(
+    entry = await CreditsRepository(session).append(
         user_id=body.user_id,
         amount=body.amount,
         type=body.type,
