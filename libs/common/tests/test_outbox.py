@@ -140,7 +140,8 @@ async def test_envelope_carries_context(db, broker, settings):
 async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
     """Polling is set to 60 s: only the NOTIFY sent at commit can explain a prompt publish."""
     relay = OutboxRelay(db, broker, poll_seconds=60)
-    writer = Database(settings.database_url, "common")  # another process's pool: its signal is not shared
+    # Another process's pool (its in-process signal is not shared), one that runs no relay of its own.
+    writer = Database(settings.database_url, "common", notify_outbox=True)
     async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
         task = asyncio.create_task(relay.run())
         await asyncio.sleep(0.5)  # first empty poll done; the relay now sleeps

@@ -44,13 +44,15 @@ class TimestampMixin:
 
 
 class Database:
-    def __init__(self, url: str, source: str, pool_size: int = 10):
+    def __init__(self, url: str, source: str, pool_size: int = 10, notify_outbox: bool = False):
         self.url, self.source = url, source
         self.engine: AsyncEngine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
         # `source` names this service in the envelopes of the events its sessions stage.
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, info={"source": source})
+        self.sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, info={"source": source, "notify_outbox": notify_outbox}
+        )
         # Set after a commit that wrote outbox rows, so the relay publishes at once instead of at next poll.
         self.outbox_signal = asyncio.Event()
 

@@ -99,15 +99,17 @@ class Workers:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Bounded: a loop stuck in I/O must not keep the process from exiting."""
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=timeout)
+            for task in stuck:
+                log.warning("worker_did_not_stop", task=task.get_name())
         for consumer in self.consumers:
             with suppress(Exception):
-                await consumer.stop()
+                await asyncio.wait_for(consumer.stop(), timeout)
 
 
 def create_service(spec: ServiceSpec) -> FastAPI:
@@ -127,7 +129,9 @@ def create_service(spec: ServiceSpec) -> FastAPI:
             return
         if spec.migrations is not None:
             await upgrade(spec.migrations, settings.database_url)
-        app.state.db = Database(settings.database_url, settings.service_name, settings.db_pool_size)
+        app.state.db = Database(
+            settings.database_url, settings.service_name, settings.db_pool_size, notify_outbox=settings.notifies_outbox
+        )
         app.state.broker = Broker(settings.amqp_url, settings.events_exchange)
         for hook in spec.on_startup:
             await hook(app)
@@ -142,7 +146,8 @@ def create_service(spec: ServiceSpec) -> FastAPI:
             await workers.stop()
             for hook in spec.on_shutdown:
                 await hook(app)
-            await app.state.broker.close()
+            with suppress(Exception):
+                await asyncio.wait_for(app.state.broker.close(), 10)
             await app.state.db.dispose()
 
     app = FastAPI(

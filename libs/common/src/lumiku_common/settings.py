@@ -51,6 +51,9 @@ class ServiceSettings(BaseSettings):
     outbox_retention_hours: float = 24
     inbox_retention_days: float = 14
     prune_interval_seconds: float = 600
+    # NOTIFY at commit wakes relays in other processes at once, but PostgreSQL serialises notifying commits
+    # cluster-wide. Unset: notify only when this process runs no relay of its own (RUN_WORKERS=false).
+    outbox_notify: bool | None = None
     # The API process also runs the outbox relay and consumers unless a separate worker does.
     run_workers: bool = True
 
@@ -66,6 +69,10 @@ class ServiceSettings(BaseSettings):
     @property
     def database_url(self) -> str:
         return f"{self.postgres_url.rstrip('/')}/{self.database_name or self.service_name}"
+
+    @property
+    def notifies_outbox(self) -> bool:
+        return not self.run_workers if self.outbox_notify is None else self.outbox_notify
 
     @property
     def is_development(self) -> bool:

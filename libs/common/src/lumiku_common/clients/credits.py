@@ -15,16 +15,16 @@ outbox (see `capture_command`), so a caller that crashes after committing its wo
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.errors import AppError, Conflict, Gone, InsufficientCredits, NotFound, ServiceUnavailable
 from lumiku_common.internal import InternalClient
+from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import CaptureCredits, ReleaseCredits
 from lumiku_common.messaging.outbox import add_event
-from lumiku_common.schemas import CamelModel
+from lumiku_common.schemas import CamelModel, UtcDatetime
 
 HoldStatus = Literal["active", "captured", "released", "expired"]
 
@@ -36,11 +36,19 @@ class Hold(CamelModel):
     status: HoldStatus
     reference_id: str
     reference_type: str
-    expires_at: datetime
+    expires_at: UtcDatetime
     captured_amount: int | None = None
 
 
+log = get_logger(__name__)
 _ERRORS: dict[int, type[AppError]] = {404: NotFound, 409: Conflict, 410: Gone}
+
+
+class CreditsRequestRejected(AppError):
+    """The credits service refused our request as malformed: a bug or a misconfiguration on our side."""
+
+    status_code = 500
+    message = "Internal server error"
 
 
 class CreditsClient:
@@ -57,6 +65,9 @@ class CreditsClient:
             raise InsufficientCredits(required=payload["required"], current=payload["current"])
         if response.status_code in _ERRORS:
             raise _ERRORS[response.status_code](payload.get("error"))
+        if response.status_code in (400, 401, 403, 422):
+            log.error("credits_request_rejected", path=path, status=response.status_code, body=payload)
+            raise CreditsRequestRejected()
         raise ServiceUnavailable()
 
     async def reserve(

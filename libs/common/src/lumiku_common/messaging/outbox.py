@@ -54,10 +54,10 @@ async def add_event(
             headers=headers,
         )
     )
-    if not session.info.get("outbox_written"):
+    if not session.info.get("outbox_written") and session.info.get("notify_outbox"):
         # Delivered at commit (and only then) to every relay listening on this database, in any process.
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
-        session.info["outbox_written"] = True
+    session.info["outbox_written"] = True
     return envelope
 
 
