@@ -4,7 +4,6 @@ server running here (moto's server mode), with the same boto3 calls MinIO and AW
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -21,23 +20,13 @@ from lumiku_common.storage import (
     Storage,
     storage_from,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from lumiku_common.testing import s3_server
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with s3_server() as endpoint:
+        yield endpoint
 
 
 def s3_settings(endpoint: str, bucket: str, **extra: object) -> StorageSettings:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,15 @@ from lumiku_avatars.objects import ObjectJanitor, object_keys
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.ids import new_id
 from lumiku_common.storage import Storage
-from lumiku_common.testing import EventSpy, auth, delete_queues, prepare_database, running, settings_for_tests
+from lumiku_common.testing import (
+    EventSpy,
+    auth,
+    delete_queues,
+    prepare_database,
+    running,
+    s3_server,
+    settings_for_tests,
+)
 from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
 from lumiku_gateway.main import create_app as create_gateway
@@ -42,21 +49,10 @@ APP = "/api/apps/avatar-creator"
 QUEUES = ("avatars.project-events", "avatars.usage-events")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with s3_server() as endpoint:
+        yield endpoint
 
 
 @dataclass

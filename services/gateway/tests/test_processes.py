@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -18,17 +17,11 @@ import httpx
 import pytest
 
 import lumiku_projects
-from lumiku_common.testing import EventSpy, auth, prepare_database, settings_for_tests
+from lumiku_common.testing import EventSpy, auth, free_port, prepare_database, settings_for_tests
 from lumiku_projects.settings import ProjectsSettings
 
 URL = "/api/apps/avatar-creator/projects"
 MIGRATIONS = Path(lumiku_projects.__file__).parent / "migrations"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Process:

@@ -11,6 +11,16 @@ causation_id_var: ContextVar[str | None] = ContextVar("causation_id", default=No
 traceparent_var: ContextVar[str | None] = ContextVar("traceparent", default=None)
 
 
+def context_headers() -> dict[str, str]:
+    """The ids of the current request/message, as headers for a call to another service."""
+    pairs = (
+        ("x-request-id", request_id_var),
+        ("x-correlation-id", correlation_id_var),
+        ("traceparent", traceparent_var),
+    )
+    return {name: value for name, var in pairs if (value := var.get())}
+
+
 def new_trace_id() -> str:
     return secrets.token_hex(16)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
-from lumiku_common.context import correlation_id_var, request_id_var, traceparent_var
+from lumiku_common.context import context_headers
 from lumiku_common.errors import ServiceUnavailable
 
 
@@ -26,16 +26,7 @@ class InternalClient:
         self.tokens = tokens
 
     def _headers(self) -> dict[str, str]:
-        headers = {SERVICE_TOKEN_HEADER: self.tokens.token()}
-        for name, var in (
-            ("x-request-id", request_id_var),
-            ("x-correlation-id", correlation_id_var),
-            ("traceparent", traceparent_var),
-        ):
-            value = var.get()
-            if value:
-                headers[name] = value
-        return headers
+        return {SERVICE_TOKEN_HEADER: self.tokens.token(), **context_headers()}
 
     async def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         try:

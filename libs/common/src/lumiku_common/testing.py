@@ -8,7 +8,8 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,6 +103,26 @@ async def delete_queues(settings: ServiceSettings, *names: str) -> None:
                     channel = await connection.channel()
         with contextlib.suppress(Exception):
             await channel.exchange_delete(settings.events_exchange)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """A real S3-protocol server on this machine (moto's server mode); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 class EventSpy:

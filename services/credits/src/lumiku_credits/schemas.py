@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StrictInt, model_validator
 
+from lumiku_common.clients.credits import Hold
 from lumiku_common.schemas import CamelModel, PageParams, Pagination, RequestModel, UtcDatetime, text
 from lumiku_credits.models import MAX_AMOUNT
 
@@ -57,20 +58,8 @@ class GrantRequest(RequestModel):
         return self
 
 
-HoldStatus = Literal["active", "captured", "released", "expired"]
-
-
-class HoldOut(CamelModel):
-    """The `Hold` of lumiku_common.clients.credits, with times on the wire as ISO-8601 `...000Z`."""
-
-    id: str
-    user_id: str
-    amount: int
-    status: HoldStatus
-    reference_id: str
-    reference_type: str
-    expires_at: UtcDatetime
-    captured_amount: int | None = None
+# One definition of a hold on the wire: the one its callers parse.
+HoldOut = Hold
 
 
 class ReserveResponse(CamelModel):

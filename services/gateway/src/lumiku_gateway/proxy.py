@@ -7,7 +7,7 @@ from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from lumiku_common.context import correlation_id_var, request_id_var, traceparent_var
+from lumiku_common.context import context_headers
 from lumiku_common.errors import error_response
 from lumiku_common.logs import get_logger
 
@@ -30,14 +30,7 @@ _CONTEXT_HEADERS = {"x-request-id", "x-correlation-id", "traceparent"}
 
 def request_headers(request: Request) -> list[tuple[str, str]]:
     headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS]
-    for name, var in (
-        ("x-request-id", request_id_var),
-        ("x-correlation-id", correlation_id_var),
-        ("traceparent", traceparent_var),
-    ):
-        value = var.get()
-        if value:
-            headers.append((name, value))
+    headers += context_headers().items()
     if request.client:
         headers.append(("x-forwarded-for", request.client.host))
     return headers
