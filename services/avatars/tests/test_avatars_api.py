@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from avatars_samples import events_about, jpeg, png
+from sqlalchemy import text
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
@@ -261,3 +262,28 @@ async def test_sweeper_removes_only_old_unreferenced_objects(suite):
     assert await suite.storage.head(stray) is None
     assert len(await suite.objects(user)) == 2
     assert (await suite.api.get(avatar["baseImageUrl"])).status_code == 200
+
+
+async def test_upload_that_loses_the_race_with_its_project_deletion_leaves_nothing(suite):
+    """The ownership check passed, then the project's deletion was handled before the avatar committed: the
+    upload must fail like an upload to a missing project, with no row, no object and no charge."""
+    from lumiku_common.db import utcnow
+    from lumiku_common.messaging.events import Envelope
+
+    user, headers = suite.user()
+    project = await suite.project(headers)
+    # The deletion as the avatars service sees it; the projects service still answers the ownership check.
+    deleted = Envelope(
+        type="project.deleted", source="projects", time=utcnow(), user_id=user, data={"projectId": project}
+    )
+    await publish_raw(suite.settings, "project.deleted", deleted.model_dump_json(by_alias=True).encode())
+
+    async def tombstoned() -> bool:
+        async with suite.avatars_app.state.db.sessions() as session:
+            found = await session.scalar(text("SELECT 1 FROM deleted_projects WHERE project_id = :p"), {"p": project})
+        return found is not None
+
+    await eventually(tombstoned)
+    response = await suite.upload(headers, project, jpeg())
+    assert (response.status_code, response.json()) == (404, {"error": "Project not found"})
+    await suite.assert_untouched(user, headers)

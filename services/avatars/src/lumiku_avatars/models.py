@@ -72,3 +72,13 @@ class CountedUsage(Base):
     usage_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     avatar_id: Mapped[str] = mapped_column(String(32), nullable=False)
     counted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class DeletedProject(Base):
+    """Projects whose `project.deleted` was handled: an upload that passed the ownership check just before the
+    deletion must not create an avatar in a project that no longer exists."""
+
+    __tablename__ = "deleted_projects"
+
+    project_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)

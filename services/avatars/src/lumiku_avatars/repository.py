@@ -8,7 +8,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from lumiku_avatars.models import Avatar, CountedUsage, ObjectDeletion
+from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, ObjectDeletion
 from lumiku_avatars.schemas import AvatarFilters
 
 _NEWEST = (Avatar.created_at.desc(), Avatar.id.desc())
@@ -70,6 +70,21 @@ class AvatarRepository:
 
     async def delete(self, avatar: Avatar) -> None:
         await self.session.execute(delete(Avatar).where(Avatar.id == avatar.id))
+
+    async def lock_project(self, project_id: str) -> None:
+        """Serialises avatar inserts into a project with that project's cascade (until the transaction ends)."""
+        await self.session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"project:{project_id}", 0)))
+        )
+
+    async def project_deleted(self, project_id: str) -> bool:
+        found = await self.session.scalar(
+            select(DeletedProject.project_id).where(DeletedProject.project_id == project_id)
+        )
+        return found is not None
+
+    async def mark_project_deleted(self, project_id: str) -> None:
+        await self.session.execute(insert(DeletedProject).values(project_id=project_id).on_conflict_do_nothing())
 
     async def delete_project(self, project_id: str, user_id: str | None) -> list[Avatar]:
         statement = delete(Avatar).where(Avatar.project_id == project_id)

@@ -12,6 +12,7 @@ from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.repository import AvatarRepository
 from lumiku_avatars.schemas import AvatarFilters, AvatarUpdate
 from lumiku_common.clients.credits import capture_command
+from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.errors import NotFound
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
@@ -41,7 +42,11 @@ async def list_avatars(
 async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> Avatar:
     """Inserts the avatar and, in the same transaction, stages its event and the capture of its credits:
     the charge happens if and only if the avatar commits."""
-    await AvatarRepository(session).add(avatar)
+    repository = AvatarRepository(session)
+    await repository.lock_project(avatar.project_id)
+    if await repository.project_deleted(avatar.project_id):
+        raise ProjectNotFound()
+    await repository.add(avatar)
     await add_event(
         session,
         AvatarCreated(
@@ -95,7 +100,10 @@ async def delete_project_avatars(
     session: AsyncSession, janitor: ObjectJanitor, project_id: str, user_id: str | None
 ) -> int:
     """The cascade of `project.deleted`: every avatar of the project, each with its own `avatar.deleted`."""
-    avatars = await AvatarRepository(session).delete_project(project_id, user_id)
+    repository = AvatarRepository(session)
+    await repository.lock_project(project_id)
+    await repository.mark_project_deleted(project_id)
+    avatars = await repository.delete_project(project_id, user_id)
     await _deleted(session, janitor, avatars)
     return len(avatars)
 
