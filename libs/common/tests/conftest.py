@@ -21,9 +21,14 @@ effects = Table(
 )
 
 
+class CommonSettings(ServiceSettings):
+    service_name: str = "common"
+    database_name: str = "lumiku_common"
+
+
 @pytest.fixture(scope="session")
 def settings() -> ServiceSettings:
-    return settings_for_tests(ServiceSettings, service_name="common", database_name="lumiku_common")
+    return settings_for_tests(CommonSettings)
 
 
 @pytest.fixture

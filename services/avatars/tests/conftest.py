@@ -35,6 +35,7 @@ from lumiku_common.testing import (
     running,
     s3_server,
     settings_for_tests,
+    workers_started,
 )
 from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
@@ -151,9 +152,11 @@ async def suite_for(
         for name, app in (("projects", create_projects(projects)), ("credits", create_credits(credits))):
             manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
             transports[name] = httpx.ASGITransport(app=manager.app)
+            await workers_started(app)
         avatars_app = create_avatars(avatars, transports)
         manager = await stack.enter_async_context(LifespanManager(avatars_app, startup_timeout=60, shutdown_timeout=30))
         transports["avatars"] = httpx.ASGITransport(app=manager.app)
+        await workers_started(avatars_app)
         gateway = settings_for_tests(
             GatewaySettings,
             service_urls={n: f"http://{n}" for n in transports},

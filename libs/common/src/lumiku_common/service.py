@@ -68,6 +68,9 @@ class Workers:
             for name, handlers in spec.consumers.items()
         ]
         self.tasks: list[asyncio.Task[Any]] = []
+        # Set once every queue is declared, bound and consumed: events published before that are not routed
+        # to this service, so readiness waits for it.
+        self.consumers_started = asyncio.Event()
 
     def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
@@ -98,6 +101,7 @@ class Workers:
                 log.warning("consumer_start_failed", error=repr(exc), retryIn=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+        self.consumers_started.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Bounded: a loop stuck in I/O must not keep the process from exiting."""
@@ -179,6 +183,9 @@ async def infrastructure_checks(app: FastAPI) -> dict[str, str]:
             await asyncio.wait_for(broker.connect(), timeout=2)
     if not broker.is_connected:
         checks["broker"] = "unavailable"
+    workers: Workers = app.state.workers
+    if workers.consumers and workers.tasks and not workers.consumers_started.is_set():
+        checks["consumers"] = "starting"
     return checks
 
 

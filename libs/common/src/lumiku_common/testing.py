@@ -37,10 +37,12 @@ def settings_for_tests(cls: type[S], namespace: str = "", **overrides: Any) -> S
     a `namespace`; apps that stay up for a whole session need their own, or their relays and consumers
     would take rows and messages that belong to other tests in the same worker."""
     base = cls()
+    # A database name given here is a base name too: the per-worker suffix keeps workers apart.
+    base_name = overrides.pop("database_name", None) or base.database_name or base.service_name
     ns = f"_{namespace}" if namespace else ""
     values: dict[str, Any] = {
         "environment": "test",
-        "database_name": f"{base.database_name or base.service_name}{ns}_test_{WORKER}",
+        "database_name": f"{base_name}{ns}_test_{WORKER}",
         "queue_prefix": f"test.{RUN_ID}.{namespace + '.' if namespace else ''}",
         "events_exchange": f"lumiku.events.test.{RUN_ID}{ns}",
         "outbox_poll_seconds": 0.05,
@@ -81,6 +83,11 @@ async def running(app: FastAPI, base_url: str = "http://test") -> AsyncIterator[
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=30) as client:
             yield client
+
+
+async def workers_started(app: FastAPI, timeout: float = 30) -> None:
+    """Waits until the app's consumers are bound, so events published from now on reach them."""
+    await asyncio.wait_for(app.state.workers.consumers_started.wait(), timeout)
 
 
 def token_for(settings: ServiceSettings, user_id: str, role: Role = "user", email: str | None = None) -> str:

@@ -9,7 +9,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from lumiku_common.testing import running, settings_for_tests
+from lumiku_common.testing import running, settings_for_tests, workers_started
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 
@@ -22,6 +22,7 @@ async def gateway_for(services: dict[str, FastAPI]) -> AsyncIterator[httpx.Async
         for name, app in services.items():
             manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
             transports[name] = httpx.ASGITransport(app=manager.app)
+            await workers_started(app)
         # Rate limits count per user across tests in the shared Redis; their own tests switch them on.
         settings = settings_for_tests(
             GatewaySettings, service_urls={n: f"http://{n}" for n in services}, rate_limit_enabled=False
