@@ -21,9 +21,9 @@ lint: install
 	$(UV) run ruff format --check .
 
 typecheck: install
-	$(UV) run mypy libs/common/src services/*/src
+	$(UV) run mypy libs/common/src services/*/src bench
 
-test: install infra lint
+test: install infra lint typecheck
 	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: install

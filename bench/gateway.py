@@ -256,8 +256,8 @@ async def run(requests: int, concurrency: int) -> Path:
                 summary[operation] = {side: median_stats(f"{operation} {side} (median)", r) for side, r in runs.items()}
 
     ratios: dict[str, float] = {}
-    for operation, sides in summary.items():
-        direct, via = sides["direct"], sides["gateway"]
+    for operation, by_side in summary.items():
+        direct, via = by_side["direct"], by_side["gateway"]
         ratios[f"{operation}_p50_ratio"] = round(via.p50_ms / direct.p50_ms, 3)
         ratios[f"{operation}_p95_ratio"] = round(via.p95_ms / direct.p95_ms, 3)
         ratios[f"{operation}_throughput_ratio"] = round(via.throughput / direct.throughput, 3)
@@ -267,7 +267,7 @@ async def run(requests: int, concurrency: int) -> Path:
         ratios[f"{operation}_gateway_cpu_ms_per_request"] = round(gateway_cpu, 3)
         ratios[f"{operation}_projects_cpu_ms_per_request"] = round(projects_cpu, 3)
         ratios[f"{operation}_gateway_cpu_ratio"] = round(gateway_cpu / projects_cpu, 3)
-    medians = [s for sides in summary.values() for s in sides.values()]
+    medians = [s for by_side in summary.values() for s in by_side.values()]
     return report(
         "gateway",
         medians + raw,

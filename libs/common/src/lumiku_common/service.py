@@ -4,7 +4,7 @@ mapping, health/readiness, database, broker, outbox relay and consumers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -39,7 +39,7 @@ class ServiceSpec:
     consumers: dict[str, EventHandlers] = field(default_factory=dict)  # queue purpose -> handlers
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
-    background: Sequence[Callable[[FastAPI], Coroutine[Any, Any, None]]] = ()  # long-running worker loops
+    background: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()  # long-running worker loops
     title: str = ""
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
     stateless: bool = False  # no database, broker or workers (the gateway)
@@ -76,7 +76,7 @@ class Workers:
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
         self.tasks.append(asyncio.create_task(self._prune(), name="messaging-prune"))
-        self.tasks += [asyncio.create_task(loop(self.app)) for loop in self.spec.background]
+        self.tasks += [asyncio.ensure_future(loop(self.app)) for loop in self.spec.background]
 
     async def _prune(self) -> None:
         s, db = self.spec.settings, self.app.state.db

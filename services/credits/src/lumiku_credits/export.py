@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from lumiku_common.db import Database
 from lumiku_common.schemas import iso_utc
@@ -36,7 +36,7 @@ def _row(entry: LedgerEntry) -> list[object]:
     ]
 
 
-def _encode(rows: list[list[object]]) -> str:
+def _encode(rows: Sequence[Sequence[object]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows(rows)
     return buffer.getvalue()

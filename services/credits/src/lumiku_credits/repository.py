@@ -81,7 +81,7 @@ class CreditsRepository:
 
     def entries_query(
         self, user_id: str, type_: str | None, since: datetime | None, until: datetime | None
-    ) -> Select[tuple[LedgerEntry]]:
+    ) -> Select[LedgerEntry]:
         query = select(LedgerEntry).where(LedgerEntry.user_id == user_id)
         if type_ is not None:
             query = query.where(LedgerEntry.type == type_)
@@ -91,10 +91,10 @@ class CreditsRepository:
             query = query.where(LedgerEntry.created_at <= until)
         return query.order_by(LedgerEntry.seq.desc())
 
-    async def entries(self, query: Select[tuple[LedgerEntry]], offset: int, limit: int) -> list[LedgerEntry]:
+    async def entries(self, query: Select[LedgerEntry], offset: int, limit: int) -> list[LedgerEntry]:
         return list((await self.session.scalars(query.offset(offset).limit(limit))).all())
 
-    async def count(self, query: Select[tuple[LedgerEntry]]) -> int:
+    async def count(self, query: Select[LedgerEntry]) -> int:
         total = await self.session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
         return int(total or 0)
 
