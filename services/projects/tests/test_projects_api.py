@@ -60,7 +60,7 @@ async def test_bad_pagination_is_400(api, alice, params):
 async def test_get_update_delete(api, alice):
     project = await create(api, alice, description="d")
     got = await api.get(f"{URL}/{project['id']}", headers=alice)
-    assert got.status_code == 200 and got.json()["project"]["id"] == project["id"]
+    assert got.status_code == 200 and got.json() == {"success": True, "project": project}
 
     updated = await api.put(f"{URL}/{project['id']}", json={"name": "Renamed"}, headers=alice)
     assert updated.status_code == 200

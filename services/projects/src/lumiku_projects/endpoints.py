@@ -10,6 +10,7 @@ from lumiku_common.schemas import PageParams, Pagination
 from lumiku_projects import service
 from lumiku_projects.schemas import (
     DeletedResponse,
+    ProjectChangedResponse,
     ProjectCreate,
     ProjectListResponse,
     ProjectOut,
@@ -32,24 +33,24 @@ async def list_projects(
     )
 
 
-@router.post("", response_model=ProjectResponse, status_code=201)
-async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> ProjectResponse:
+@router.post("", response_model=ProjectChangedResponse, status_code=201)
+async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> ProjectChangedResponse:
     project = await service.create_project(session, user.id, body)
-    return ProjectResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
+    return ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
 
 
-@router.get("/{project_id}", response_model=ProjectResponse, response_model_exclude_none=True)
+@router.get("/{project_id}", response_model=ProjectResponse)
 async def get_project(user: CurrentUser, session: DbSession, project_id: str) -> ProjectResponse:
     project = await service.get_project(session, user.id, project_id)
     return ProjectResponse(project=ProjectOut.model_validate(project))
 
 
-@router.put("/{project_id}", response_model=ProjectResponse)
+@router.put("/{project_id}", response_model=ProjectChangedResponse)
 async def update_project(
     user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate
-) -> ProjectResponse:
+) -> ProjectChangedResponse:
     project = await service.update_project(session, user.id, project_id, body)
-    return ProjectResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
+    return ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
 
 
 @router.delete("/{project_id}", response_model=DeletedResponse)

@@ -32,7 +32,10 @@ class ProjectOut(CamelModel):
 class ProjectResponse(CamelModel):
     success: bool = True
     project: ProjectOut
-    message: str | None = None
+
+
+class ProjectChangedResponse(ProjectResponse):
+    message: str
 
 
 class ProjectListResponse(CamelModel):
