@@ -7,10 +7,10 @@ state change and the events it causes land together or not at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Set
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -41,6 +41,16 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow, nullable=False
     )
+
+
+def apply_changes(entity: object, changes: dict[str, Any], clearable: Set[str] = frozenset()) -> bool:
+    """A partial update: sets what differs; "" clears the `clearable` fields. False when nothing changed, so
+    callers can skip the write and its event."""
+    changes = {k: (v or None) if k in clearable else v for k, v in changes.items()}
+    changed = {k: v for k, v in changes.items() if getattr(entity, k) != v}
+    for key, value in changed.items():
+        setattr(entity, key, value)
+    return bool(changed)
 
 
 class Database:

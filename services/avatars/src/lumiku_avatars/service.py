@@ -13,6 +13,7 @@ from lumiku_avatars.repository import AvatarRepository
 from lumiku_avatars.schemas import AvatarFilters, AvatarUpdate
 from lumiku_common.clients.credits import capture_command
 from lumiku_common.clients.projects import ProjectNotFound
+from lumiku_common.db import apply_changes
 from lumiku_common.errors import NotFound
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
@@ -62,13 +63,9 @@ async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> 
 async def update_avatar(session: AsyncSession, user_id: str, avatar_id: str, data: AvatarUpdate) -> Avatar:
     avatar = await get_avatar(session, user_id, avatar_id)
     changes = data.model_dump(exclude_none=True)
-    for key, value in changes.items():
-        if isinstance(value, str) and key != "name":
-            changes[key] = value or None  # "" clears an optional text field
-    if all(getattr(avatar, key) == value for key, value in changes.items()):
+    optional_text = {k for k, v in changes.items() if isinstance(v, str) and k != "name"}
+    if not apply_changes(avatar, changes, clearable=optional_text):
         return avatar
-    for key, value in changes.items():
-        setattr(avatar, key, value)
     await session.flush()
     await add_event(
         session,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.db import apply_changes
 from lumiku_common.errors import NotFound
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
@@ -42,13 +43,8 @@ async def create_project(session: AsyncSession, user_id: str, data: ProjectCreat
 
 async def update_project(session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate) -> Project:
     project = await get_project(session, user_id, project_id)
-    changes = data.model_dump(exclude_none=True)
-    if "description" in changes:
-        changes["description"] = changes["description"] or None  # "" clears the description
-    if all(getattr(project, key) == value for key, value in changes.items()):
+    if not apply_changes(project, data.model_dump(exclude_none=True), clearable={"description"}):
         return project
-    for key, value in changes.items():
-        setattr(project, key, value)
     await session.flush()
     await add_event(
         session,
