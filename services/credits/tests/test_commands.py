@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
@@ -29,11 +29,13 @@ class Commands:
         self.settings = credits.settings
         self.queue = f"{self.settings.queue_prefix}{QUEUE}"
 
-    async def send(self, command: Event, user: str | None = "alice", event_id: str | None = None) -> str:
+    async def send(
+        self, command: Event, user: str | None = "alice", event_id: str | None = None, time: datetime | None = None
+    ) -> str:
         envelope = envelope_for(
             command,
             source="generation",
-            time=datetime.now(UTC),
+            time=time or datetime.now(UTC),
             user_id=user,
             subject=None,
             correlation_id=None,
@@ -117,6 +119,31 @@ async def test_settling_a_settled_hold_is_a_harmless_no_op(commands, credits, db
     # Refused attempts leave no key behind: only the reserves' and the HTTP capture's keys exist.
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 3
     assert await commands.dlq_depth() == 0
+
+
+async def test_capture_that_arrives_after_expiry_for_work_done_before_it_is_charged(commands, credits, db, spy):
+    """The caller committed its work while the hold was active; the command only arrived late (credits down)."""
+    hold = await credits.hold("alice", 15, "gen-1")
+    work_done = datetime.now(UTC)
+    await db.execute("UPDATE holds SET expires_at = now() - interval '1 second' WHERE id = $1", hold["id"])
+    capture = CaptureCredits(hold_id=hold["id"], idempotency_key=f"capture:{hold['id']}")
+    await commands.send(capture, time=work_done - timedelta(seconds=5))
+    [captured] = await spy.wait_for("credits.captured")
+    assert captured["data"]["holdId"] == hold["id"] and captured["data"]["balance"] == 85
+    assert await usage_entries(db) == 1
+    assert await db.fetchval("SELECT status FROM holds WHERE id = $1", hold["id"]) == "captured"
+
+
+async def test_late_capture_the_credits_no_longer_cover_is_dead_lettered(commands, credits, db):
+    hold = await credits.hold("alice", 60, "gen-1")
+    await db.execute("UPDATE holds SET expires_at = now() - interval '1 second' WHERE id = $1", hold["id"])
+    await credits.hold("alice", 60, "gen-2")  # the expired hold's credits were promised again
+    capture = CaptureCredits(hold_id=hold["id"], idempotency_key=f"capture:{hold['id']}")
+    await commands.send(capture, time=datetime.now(UTC) - timedelta(minutes=10))
+    assert "promised elsewhere" in await commands.dead_letter()
+    assert await usage_entries(db) == 0
+    balance = await credits.balance("alice")
+    assert (balance["balance"], balance["available"]) == (100, 40)
 
 
 @pytest.mark.parametrize(

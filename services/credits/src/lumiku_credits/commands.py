@@ -2,8 +2,10 @@
 
 Delivery is at least once and the inbox drops redeliveries. A command for a hold that is already settled
 (captured, released or expired) is a no-op by design: the caller is told nothing new, no money moves, and
-the message is acked instead of looping. A command that can never be right (unknown hold, wrong owner,
-bad amount, an idempotency key reused for another request) is dead-lettered at once for a human.
+the message is acked instead of looping. One exception: a capture whose hold expired only because the
+command arrived late (the work committed before the expiry) is still charged, when the credits allow.
+A command that can never be right (unknown hold, wrong owner, bad amount, an idempotency key reused for
+another request, a late capture the credits no longer cover) is dead-lettered at once for a human.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from lumiku_common.messaging.events import CaptureCredits, Envelope, ReleaseCred
 from lumiku_credits import service
 from lumiku_credits.idempotency import IdempotencyConflict, Outcome
 from lumiku_credits.schemas import CaptureRequest, ReleaseRequest
-from lumiku_credits.service import CaptureExceedsHold, HoldNotFound, HoldSettled
+from lumiku_credits.service import CaptureExceedsHold, HoldNotFound, HoldSettled, LateCaptureUnaffordable
 
 log = get_logger(__name__)
 
@@ -37,7 +39,8 @@ def command_handlers() -> EventHandlers:
             session,
             envelope,
             command.hold_id,
-            lambda: service.capture(session, command.hold_id, body, envelope.user_id),
+            # The command was staged in the caller's transaction: its time is when the paid-for work committed.
+            lambda: service.capture(session, command.hold_id, body, envelope.user_id, work_done_at=envelope.time),
         )
 
     @handlers.on(ReleaseCredits)
@@ -73,6 +76,6 @@ async def _settle(
     except HoldSettled as exc:
         log.warning("credits_command_ignored", command=envelope.type, holdId=hold_id, reason=exc.message)
         return
-    except (HoldNotFound, IdempotencyConflict, CaptureExceedsHold) as exc:
+    except (HoldNotFound, IdempotencyConflict, CaptureExceedsHold, LateCaptureUnaffordable) as exc:
         raise Poison(f"{envelope.type} for hold {hold_id}: {exc.message}") from exc
     log.info("credits_command_applied", command=envelope.type, holdId=hold_id, replayed=outcome.replayed)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeAlias
 
 from pydantic import AfterValidator, Field, StrictInt, model_validator
 
@@ -59,7 +59,7 @@ class GrantRequest(RequestModel):
 
 
 # One definition of a hold on the wire: the one its callers parse.
-HoldOut = Hold
+HoldOut: TypeAlias = Hold
 
 
 class ReserveResponse(CamelModel):

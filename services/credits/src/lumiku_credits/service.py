@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.errors import AppError, BadRequest, Conflict, Gone, InsufficientCredits, NotFound
+from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import (
     CreditsBalanceLow,
     CreditsCaptured,
@@ -39,6 +40,8 @@ from lumiku_credits.schemas import (
 )
 from lumiku_credits.settings import CreditsSettings
 
+log = get_logger(__name__)
+
 
 class HoldNotFound(NotFound):
     message = "Hold not found"
@@ -62,6 +65,10 @@ class HoldExpired(HoldSettled, Gone):
 
 class CaptureExceedsHold(Conflict):
     message = "Capture amount exceeds the held amount"
+
+
+class LateCaptureUnaffordable(Conflict):
+    message = "Hold expired before its capture arrived and the credits have been promised elsewhere since"
 
 
 def hold_out(hold: Hold, now: datetime | None = None) -> HoldOut:
@@ -182,36 +189,55 @@ async def _reserve(session: AsyncSession, settings: CreditsSettings, body: Reser
     return ReserveResponse(hold=hold_out(hold, now), available=available - hold.amount)
 
 
-async def _settleable_hold(repo: CreditsRepository, hold_id: str, owner: str | None) -> tuple[Hold, datetime]:
-    """Locks wallet then hold (always in that order, so no two settlements deadlock) and checks it is active."""
+async def _settleable_hold(
+    repo: CreditsRepository, hold_id: str, owner: str | None, work_done_at: datetime | None = None
+) -> tuple[Hold, datetime]:
+    """Locks wallet then hold (always in that order, so no two settlements deadlock) and checks it is active.
+
+    `work_done_at` (captures sent as commands): the paid-for work committed then. A hold that expired only
+    because the command arrived late is still captured, if the credits it held have not been promised since.
+    """
     user_id = await repo.hold_owner(hold_id)
     if user_id is None or (owner is not None and owner != user_id):
         raise HoldNotFound()
-    await repo.lock_wallet(user_id)
+    balance = await repo.lock_wallet(user_id)
     hold, now = await repo.lock_hold(hold_id)
     if hold.status == "captured":
         raise HoldCaptured()
     if hold.status == "released":
         raise HoldReleased()
     if hold.status == "expired" or hold.expires_at <= now:
-        raise HoldExpired()
+        if work_done_at is None or work_done_at >= hold.expires_at:
+            raise HoldExpired()
+        _, held = await repo.held_after_lock(user_id)  # an expired hold no longer counts in `held`
+        if (balance or 0) - held < hold.amount:
+            raise LateCaptureUnaffordable()
+        log.warning("late_capture_honoured", holdId=hold.id, expiredAt=str(hold.expires_at), doneAt=str(work_done_at))
     return hold, now
 
 
-async def capture(session: AsyncSession, hold_id: str, body: CaptureRequest, owner: str | None = None) -> Outcome:
+async def capture(
+    session: AsyncSession,
+    hold_id: str,
+    body: CaptureRequest,
+    owner: str | None = None,
+    work_done_at: datetime | None = None,
+) -> Outcome:
     return await once(
         session,
         key=body.idempotency_key,
         operation="capture",
         request={"holdId": hold_id, **body.model_dump(mode="json")},
         status_code=200,
-        action=lambda: _capture(session, hold_id, body, owner),
+        action=lambda: _capture(session, hold_id, body, owner, work_done_at),
     )
 
 
-async def _capture(session: AsyncSession, hold_id: str, body: CaptureRequest, owner: str | None) -> CaptureResponse:
+async def _capture(
+    session: AsyncSession, hold_id: str, body: CaptureRequest, owner: str | None, work_done_at: datetime | None
+) -> CaptureResponse:
     repo = CreditsRepository(session)
-    hold, now = await _settleable_hold(repo, hold_id, owner)
+    hold, now = await _settleable_hold(repo, hold_id, owner, work_done_at)
     amount = hold.amount if body.amount is None else body.amount
     if amount > hold.amount:
         raise CaptureExceedsHold()
