@@ -215,3 +215,20 @@ async def test_rate_limits_fail_open_without_redis():
     ) as api:
         statuses = [(await api.get(f"{APP}/projects")).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
+
+
+async def test_one_users_cookies_never_reach_another_users_request():
+    app = echo_app()
+
+    @app.middleware("http")
+    async def set_cookie(request, call_next):
+        response = await call_next(request)
+        response.set_cookie("session", "alice-secret")
+        return response
+
+    async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
+        first = await api.get(f"{APP}/projects")
+        api.cookies.clear()  # the second caller has no cookies of its own
+        second = await api.get(f"{APP}/projects")
+    assert "alice-secret" in first.headers["set-cookie"]  # the caller gets its own cookie back
+    assert "cookie" not in second.json()["headers"]

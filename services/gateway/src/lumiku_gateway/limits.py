@@ -41,30 +41,41 @@ def parse_limit(spec: str) -> tuple[int, int]:
     return int(count), int(window)
 
 
+# One round trip per request, whatever the number of rules: count every window, start the new ones' clocks.
+_COUNT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('INCR', key)
+  if counts[i] == 1 then redis.call('EXPIRE', key, ARGV[i]) end
+end
+return counts
+"""
+
+
 class RateLimiter:
     def __init__(self, redis: Redis, limits: dict[str, str]):
         self.redis = redis
         self.limits = {name: parse_limit(spec) for name, spec in limits.items()}
+        self._count = redis.register_script(_COUNT)
 
     async def check(self, user_id: str, method: str, path: str) -> None:
         """Counts the request against every rule it matches; raises RateLimited when one is exceeded."""
         now = time.time()
-        for rule in RULES:
-            if rule.name not in self.limits or method not in rule.methods or not rule.pattern.match(path):
-                continue
-            limit, window = self.limits[rule.name]
-            window_start = int(now // window * window)
-            count = await self._increment(f"ratelimit:{rule.name}:{user_id}:{window_start}", window)
-            if count is not None and count > limit:
-                raise RateLimited(retry_after=max(1, int(window_start + window - now + 0.999)))
-
-    async def _increment(self, key: str, window: int) -> int | None:
+        windows = [
+            (f"ratelimit:{rule.name}:{user_id}:{int(now // window * window)}", limit, window)
+            for rule in RULES
+            if rule.name in self.limits and method in rule.methods and rule.pattern.match(path)
+            for limit, window in (self.limits[rule.name],)
+        ]
+        if not windows:
+            return
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, window + 1, nx=True)
-                count, _ = await pipe.execute()
-            return int(count)
+            counts = await self._count(keys=[w[0] for w in windows], args=[w[2] + 1 for w in windows])
         except (RedisError, OSError) as exc:
             log.warning("rate_limit_unavailable", error=repr(exc))
-            return None
+            return
+        resets = [
+            (now // window + 1) * window for (_, limit, window), n in zip(windows, counts, strict=True) if n > limit
+        ]
+        if resets:  # allowed again once every exceeded window has reset
+            raise RateLimited(retry_after=max(1, int(max(resets) - now + 0.999)))

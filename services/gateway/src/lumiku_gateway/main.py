@@ -25,7 +25,7 @@ from lumiku_gateway.openapi import SuiteOpenAPI
 from lumiku_gateway.proxy import forward
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
-from lumiku_gateway.upstreams import Upstreams
+from lumiku_gateway.upstreams import Upstream, Upstreams
 
 
 def _router(settings: GatewaySettings) -> APIRouter:
@@ -59,8 +59,8 @@ def _router(settings: GatewaySettings) -> APIRouter:
     @router.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def proxy(request: Request) -> Response:
         route = match(request.url.path)
-        client: httpx.AsyncClient | None = request.app.state.upstreams.get(route.service) if route else None
-        if route is None or client is None:
+        upstream: Upstream | None = request.app.state.upstreams.get(route.service) if route else None
+        if route is None or upstream is None:
             raise NotFound()
         if route.authenticated:
             # Verified here so bad tokens never reach a service; services verify again (defence in depth).
@@ -69,8 +69,8 @@ def _router(settings: GatewaySettings) -> APIRouter:
                 await request.app.state.limiter.check(user.id, request.method, request.url.path)
             composer: ProjectComposer | None = request.app.state.composer
             if composer is not None and composer.applies(request):
-                return await composer.respond(client, request, user)
-        return await forward(client, request, route.service)
+                return await composer.respond(upstream.client, request, user)
+        return await forward(upstream, request)
 
     return router
 

@@ -10,6 +10,7 @@ from starlette.responses import Response, StreamingResponse
 from lumiku_common.context import context_headers
 from lumiku_common.errors import error_response
 from lumiku_common.logs import get_logger
+from lumiku_gateway.upstreams import Upstream
 
 log = get_logger(__name__)
 
@@ -41,17 +42,21 @@ def _response_headers(response: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS}
 
 
-async def forward(client: httpx.AsyncClient, request: Request, service: str) -> Response:
+async def forward(upstream: Upstream, request: Request) -> Response:
+    """Streams the request to the upstream and its response back; the path goes on byte for byte."""
+    service = upstream.name
+    query: bytes = request.scope["query_string"]
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
     has_body = request.method not in ("GET", "HEAD", "DELETE", "OPTIONS")
-    upstream = client.build_request(
+    outgoing = httpx.Request(
         request.method,
-        request.url.path,
-        params=request.url.query,
+        upstream.base_url.copy_with(raw_path=raw_path + (b"?" + query if query else b"")),
         headers=request_headers(request),
         content=request.stream() if has_body else None,
+        extensions={"timeout": upstream.timeout},
     )
     try:
-        response = await client.send(upstream, stream=True)
+        response = await upstream.transport.handle_async_request(outgoing)
     except httpx.TimeoutException:
         log.warning("upstream_timeout", service=service, path=request.url.path)
         return error_response(504, {"error": "Upstream service timed out", "service": service})

@@ -1,26 +1,46 @@
-"""One pooled HTTP client per upstream service."""
+"""One connection pool per upstream service."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
 import httpx
 
 from lumiku_gateway.settings import GatewaySettings
 
 
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    base_url: httpx.URL
+    # The proxy path sends straight through the pool: no client-level cookies, redirects or auth to pay for.
+    transport: httpx.AsyncBaseTransport
+    timeout: dict[str, Any]
+    # The gateway's own calls (readiness, docs, composition) use a client over the same pool.
+    client: httpx.AsyncClient
+
+
+def _no_cookies() -> httpx.Cookies:
+    # A shared client must never keep one user's Set-Cookie and send it with another user's request.
+    return httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
+
+
 class Upstreams:
     def __init__(self, settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None = None):
         timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        transports = transports or {}
-        self.clients = {
-            name: httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, transport=transports.get(name))
-            for name, url in settings.service_urls.items()
-        }
+        self.upstreams: dict[str, Upstream] = {}
+        for name, url in settings.service_urls.items():
+            transport = (transports or {}).get(name) or httpx.AsyncHTTPTransport(limits=limits)
+            client = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, cookies=_no_cookies())
+            self.upstreams[name] = Upstream(name, httpx.URL(url), transport, timeout.as_dict(), client)
+        self.clients = {name: u.client for name, u in self.upstreams.items()}
 
-    def get(self, service: str) -> httpx.AsyncClient | None:
-        return self.clients.get(service)
+    def get(self, service: str) -> Upstream | None:
+        return self.upstreams.get(service)
 
     async def readiness(self) -> dict[str, str]:
         async def check(client: httpx.AsyncClient) -> str:
