@@ -232,3 +232,20 @@ async def test_one_users_cookies_never_reach_another_users_request():
         second = await api.get(f"{APP}/projects")
     assert "alice-secret" in first.headers["set-cookie"]  # the caller gets its own cookie back
     assert "cookie" not in second.json()["headers"]
+
+
+@pytest.mark.parametrize("size", [1_000, 1_000_000])  # buffered and streamed responses
+async def test_encoded_bodies_pass_through_untouched(size):
+    from starlette.middleware.gzip import GZipMiddleware
+
+    app = FastAPI()
+    app.add_middleware(GZipMiddleware, minimum_size=0)
+
+    @app.get(f"{APP}/projects")
+    async def big() -> dict:
+        return {"data": "x" * size}
+
+    async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
+        response = await api.get(f"{APP}/projects", headers={"accept-encoding": "gzip"})
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.json() == {"data": "x" * size}  # httpx decodes: the bytes arrived as the upstream sent them

@@ -26,6 +26,7 @@ _HOP_BY_HOP = {
     "upgrade",
     "host",
 }
+_BUFFERED_BODY_LIMIT = 256 * 1024
 _CONTEXT_HEADERS = {"x-request-id", "x-correlation-id", "traceparent"}
 
 
@@ -66,6 +67,14 @@ async def forward(upstream: Upstream, request: Request) -> Response:
     except httpx.TransportError as exc:
         log.warning("upstream_failed", service=service, path=request.url.path, error=repr(exc))
         return error_response(502, {"error": "Bad gateway", "service": service})
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= _BUFFERED_BODY_LIMIT:
+        # Small bodies (most JSON) in one piece: streaming them costs a task group per response.
+        try:
+            body = b"".join([chunk async for chunk in response.aiter_raw()])  # raw: any encoding passes as is
+        finally:
+            await response.aclose()
+        return Response(body, status_code=response.status_code, headers=_response_headers(response))
     return StreamingResponse(
         response.aiter_raw(),
         status_code=response.status_code,
