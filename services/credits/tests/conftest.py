@@ -13,7 +13,7 @@ from fastapi import FastAPI
 import lumiku_credits
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.testing import EventSpy, auth, delete_queues, prepare_database, settings_for_tests
-from lumiku_credits.commands import QUEUE
+from lumiku_credits.handlers import QUEUE
 from lumiku_credits.main import create_app
 from lumiku_credits.settings import CreditsSettings
 from lumiku_gateway.testing import gateway_for

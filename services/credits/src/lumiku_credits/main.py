@@ -10,8 +10,8 @@ from lumiku_common.db import Database
 from lumiku_common.logs import get_logger
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_credits import service
-from lumiku_credits.commands import QUEUE, command_handlers
 from lumiku_credits.endpoints import internal, router
+from lumiku_credits.handlers import QUEUE, command_handlers
 from lumiku_credits.settings import CreditsSettings
 
 log = get_logger(__name__)
