@@ -167,6 +167,23 @@ async def test_commands_that_can_never_succeed_are_dead_lettered_at_once(command
     assert await usage_entries(db) == 0
 
 
+@pytest.mark.parametrize("amount", ['"15"', "true", "15.0"])
+async def test_capture_with_a_loosely_typed_amount_is_dead_lettered(commands, credits, db, amount):
+    hold = await credits.hold("alice", 15, "gen-1")
+    body = envelope_for(
+        CaptureCredits(hold_id=hold["id"], amount=15, idempotency_key="k"),
+        source="generation",
+        time=datetime.now(UTC),
+        user_id="alice",
+        subject=None,
+        correlation_id=None,
+        causation_id=None,
+    ).model_dump_json()
+    await publish_raw(credits.settings, "credits.capture", body.replace('"amount":15', f'"amount":{amount}').encode())
+    assert "poison" in await commands.dead_letter()
+    assert await usage_entries(db) == 0
+
+
 async def test_reusing_a_key_for_another_capture_is_dead_lettered(commands, credits, db):
     first, second = await credits.hold("alice", 15, "gen-1"), await credits.hold("alice", 15, "gen-2")
     await commands.send(CaptureCredits(hold_id=first["id"], idempotency_key="shared"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from lumiku_common.ids import new_id
 from lumiku_common.schemas import CamelModel, UtcDatetime
@@ -167,7 +167,7 @@ class CreditsBalanceLow(Event):
 class CaptureCredits(Event):
     type = "credits.capture"
     hold_id: str
-    amount: int | None = None  # None: capture the whole hold
+    amount: StrictInt | None = None  # None: capture the whole hold; "15" or true is a broken sender
     idempotency_key: str
 
 
