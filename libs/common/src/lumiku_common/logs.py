@@ -27,6 +27,11 @@ def _add_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _drop_terminal_colours(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    event.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
+    return event
+
+
 def configure_logging(service_name: str, level: str = "INFO") -> None:
     global _service_name
     _service_name = service_name
@@ -44,7 +49,7 @@ def configure_logging(service_name: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_terminal_colours],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
@@ -55,7 +60,11 @@ def configure_logging(service_name: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's access log duplicates our own request log line.
+    # uvicorn's own lines (start-up, errors) go through the JSON handler too; its access log would only
+    # repeat our request line.
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     for noisy in ("aiormq", "aio_pika", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
