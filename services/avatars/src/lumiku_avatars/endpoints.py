@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from lumiku_avatars import service
-from lumiku_avatars.form import read_upload_form
+from lumiku_avatars.form import read_preview_body, read_upload_form
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.schemas import (
     AvatarDetailResponse,
@@ -18,6 +18,7 @@ from lumiku_avatars.schemas import (
     AvatarUpdate,
     AvatarWithProject,
     DeletedResponse,
+    SavePreviewRequest,
     StatsResponse,
 )
 from lumiku_avatars.uploads import Uploads
@@ -79,6 +80,28 @@ async def upload_avatar(request: Request, user: CurrentUser, project_id: str) ->
     form = await read_upload_form(request, uploads.settings.max_upload_bytes)
     avatar = await uploads.upload(user.id, project_id, form)
     return AvatarResponse(avatar=out(request, avatar), message="Avatar created successfully")
+
+
+_PREVIEW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": SavePreviewRequest.model_json_schema(by_alias=True)}},
+    }
+}
+
+
+@router.post(
+    "/projects/{project_id}/avatars/save-preview",
+    response_model=AvatarResponse,
+    status_code=201,
+    openapi_extra=_PREVIEW_BODY,
+)
+async def save_preview(request: Request, user: CurrentUser, project_id: str) -> AvatarResponse:
+    """Saves an AI preview (JSON body, see SavePreviewRequest) as an avatar for 15 credits."""
+    uploads: Uploads = request.app.state.uploads
+    body = await read_preview_body(request, uploads.settings.max_upload_bytes)
+    avatar = await uploads.save_preview(user.id, project_id, body)
+    return AvatarResponse(avatar=out(request, avatar), message="Avatar saved successfully")
 
 
 @router.get("/avatars", response_model=AvatarListResponse)

@@ -139,3 +139,19 @@ async def read_upload_form(request: Request, max_file_bytes: int) -> UploadForm:
     except MultipartParseError as exc:
         raise MalformedForm() from exc
     return collector.form
+
+
+async def read_preview_body(request: Request, max_file_bytes: int) -> bytes:
+    """A JSON body carrying a base64 image: capped at what a `max_file_bytes` image takes in base64 plus the
+    text fields, refused with 413 the moment it passes that (without reading the rest)."""
+    limit = -(-max_file_bytes * 4 // 3) + FORM_ALLOWANCE
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(max_file_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(max_file_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)

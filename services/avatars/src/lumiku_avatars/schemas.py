@@ -59,6 +59,15 @@ class AvatarUploadFields(AvatarAttributes):
         return value
 
 
+class SavePreviewRequest(AvatarAttributes):
+    """Phase two of AI generation (spec §3.2): keep a preview the user liked as an avatar."""
+
+    name: Name
+    image_base64: str  # a data URL or bare base64; what it decodes to is checked like an upload
+    thumbnail_base64: str | None = None  # accepted from older clients, never trusted: we make our own
+    generation_prompt: Long | None = None
+
+
 class AvatarUpdate(AvatarAttributes):
     name: Name | None = None
 

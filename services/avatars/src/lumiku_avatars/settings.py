@@ -12,6 +12,7 @@ class AvatarsSettings(ServiceSettings, StorageSettings):
     jpeg_quality: int = 90
 
     upload_cost: int = 10  # the spec's createAvatar credits
+    save_preview_cost: int = 15  # the spec's savePreview credits
     credit_hold_ttl_seconds: int = 300  # an upload that dies without releasing frees its hold by then
 
     object_purge_interval_seconds: float = 30.0  # safety net for deletions whose post-commit purge was missed

@@ -9,22 +9,25 @@ transaction and released if it never commits. A failure therefore leaves no row,
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from lumiku_avatars import images, service
-from lumiku_avatars.form import ImageRequired, UploadForm
+from lumiku_avatars.form import ImageRequired, UploadForm, too_large
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import object_keys
 from lumiku_avatars.repository import AvatarRepository
-from lumiku_avatars.schemas import AvatarUploadFields
+from lumiku_avatars.schemas import AvatarUploadFields, SavePreviewRequest
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.clients.credits import CreditsClient, Hold
 from lumiku_common.clients.projects import ProjectsClient
 from lumiku_common.db import Database
+from lumiku_common.errors import BadRequest
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_common.storage import Storage
@@ -48,16 +51,30 @@ class Uploads:
     async def upload(self, user_id: str, project_id: str, form: UploadForm) -> Avatar:
         if not form.image:
             raise ImageRequired()
-        fields = _validated(form.fields)
+        fields = _validated(AvatarUploadFields, form.fields)
+        kind = _Kind("upload", self.settings.upload_cost, "avatar_upload", "Upload avatar")
+        return await self._create(user_id, project_id, form.image, fields.name, fields.model_dump(by_alias=False), kind)
+
+    async def save_preview(self, user_id: str, project_id: str, body: bytes) -> Avatar:
+        """The spec's save-preview: the client's copy of an AI preview, checked and charged like an upload."""
+        request = _validated_json(SavePreviewRequest, body)
+        image = _decoded(request.image_base64, self.settings.max_upload_bytes)
+        attributes = request.model_dump(by_alias=False, exclude={"image_base64", "thumbnail_base64"})
+        kind = _Kind("ai_generated", self.settings.save_preview_cost, "avatar_generation", "Generate avatar")
+        return await self._create(user_id, project_id, image, request.name, attributes, kind)
+
+    async def _create(
+        self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], kind: _Kind
+    ) -> Avatar:
         await self.projects.ensure_owned(user_id, project_id)
-        original, thumbnail = await process(form.image, self.limits)
+        original, thumbnail = await process(image, self.limits)
         avatar_id = new_id()  # also the upload's id: names the objects and keys the credit hold
         hold = await self.credits.reserve(
             user_id=user_id,
-            amount=self.settings.upload_cost,
+            amount=kind.cost,
             reference_id=avatar_id,
-            reference_type="avatar_upload",
-            description=f"Upload avatar: {fields.name}",
+            reference_type=kind.reference_type,
+            description=f"{kind.label}: {name}",
             idempotency_key=f"avatar-upload:{avatar_id}",
             ttl_seconds=self.settings.credit_hold_ttl_seconds,
         )
@@ -65,7 +82,7 @@ class Uploads:
         try:
             await asyncio.gather(self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data))
             async with self.db.unit_of_work() as session:
-                avatar = _avatar(avatar_id, user_id, project_id, fields, keys, original)
+                avatar = _avatar(avatar_id, user_id, project_id, attributes, kind.source_type, keys, original)
                 await service.create_avatar(session, avatar, hold.id)
         except BaseException:
             await asyncio.shield(self._undo(avatar_id, list(keys), hold))
@@ -87,11 +104,51 @@ class Uploads:
             log.warning("upload_undo_release_failed", avatarId=avatar_id, holdId=hold.id, error=repr(exc))
 
 
-def _validated(fields: dict[str, str]) -> AvatarUploadFields:
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between an upload and a saved AI preview."""
+
+    source_type: str
+    cost: int
+    reference_type: str
+    label: str
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], fields: dict[str, str]) -> M:
     try:
-        return AvatarUploadFields.model_validate(fields)
+        return model.model_validate(fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
+
+
+def _validated_json(model: type[M], body: bytes) -> M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+class InvalidImageData(BadRequest):
+    message = "Invalid image data (expected base64 or a data URL)"
+
+
+def _decoded(data: str, max_bytes: int) -> bytes:
+    """Bare base64 or a data URL; the declared media type is ignored (the bytes decide, as for uploads)."""
+    encoded = data.split(",", 1)[1] if data.startswith("data:") and "," in data else data
+    if -(-len(encoded) * 3 // 4) > max_bytes + 3:
+        raise too_large(max_bytes)
+    try:
+        image = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageData() from exc
+    if not image:
+        raise ImageRequired()
+    if len(image) > max_bytes:
+        raise too_large(max_bytes)
+    return image
 
 
 async def process(data: bytes, limits: images.Limits) -> tuple[images.Encoded, images.Encoded]:
@@ -108,16 +165,16 @@ def _avatar(
     avatar_id: str,
     user_id: str,
     project_id: str,
-    fields: AvatarUploadFields,
+    attributes: dict[str, Any],
+    source_type: str,
     keys: tuple[str, str],
     original: images.Encoded,
 ) -> Avatar:
-    attributes: dict[str, Any] = fields.model_dump(by_alias=False)
     return Avatar(
         id=avatar_id,
         user_id=user_id,
         project_id=project_id,
-        source_type="upload",
+        source_type=source_type,
         base_image_key=keys[0],
         thumbnail_key=keys[1],
         image_width=original.width,
