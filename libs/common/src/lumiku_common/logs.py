@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 from lumiku_common.context import causation_id_var, correlation_id_var, request_id_var, traceparent_var
 
@@ -27,7 +28,7 @@ def _add_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _drop_terminal_colours(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_terminal_colours(_: Any, __: str, event: EventDict) -> EventDict:
     event.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
     return event
 
