@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from lumiku_common.testing import RUN_ID, auth, running, settings_for_tests
 from lumiku_gateway.main import create_app
@@ -249,3 +250,30 @@ async def test_encoded_bodies_pass_through_untouched(size):
         response = await api.get(f"{APP}/projects", headers={"accept-encoding": "gzip"})
     assert response.headers["content-encoding"] == "gzip"
     assert response.json() == {"data": "x" * size}  # httpx decodes: the bytes arrived as the upstream sent them
+
+
+async def test_an_early_413_stops_the_gateway_reading_the_upload():
+    """The avatars service refuses an oversized body part-way; the gateway must not read the rest."""
+    upstream = FastAPI()
+
+    @upstream.post(f"{APP}/projects/p/avatars")
+    async def refuse_after_a_megabyte(request: Request):
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > 1_000_000:
+                return JSONResponse({"error": "File too large (max 10MB)"}, status_code=413)
+        return {"received": received}
+
+    sent = 0
+
+    async def fifty_megabytes():
+        nonlocal sent
+        for _ in range(800):
+            sent += 65536
+            yield b"x" * 65536
+
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=upstream)}) as api:
+        response = await api.post(f"{APP}/projects/p/avatars", content=fifty_megabytes())
+    assert (response.status_code, response.json()["error"]) == (413, "File too large (max 10MB)")
+    assert sent < 2_000_000

@@ -69,7 +69,8 @@ async def forward(upstream: Upstream, request: Request) -> Response:
         return error_response(502, {"error": "Bad gateway", "service": service})
     length = response.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) <= _BUFFERED_BODY_LIMIT:
-        # Small bodies (most JSON) in one piece: streaming them costs a task group per response.
+        # Small bodies (most JSON) in one piece: streaming them costs a task group per response, and a
+        # StreamingResponse keeps reading the client's body (to watch for a disconnect) after an early 413.
         try:
             body = b"".join([chunk async for chunk in response.aiter_raw()])  # raw: any encoding passes as is
         finally:
