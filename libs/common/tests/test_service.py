@@ -1,0 +1,56 @@
+"""The shared service defaults, on a minimal service built with create_service."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter
+
+from lumiku_common.service import ServiceSpec, create_service
+from lumiku_common.settings import ServiceSettings
+from lumiku_common.testing import running, settings_for_tests
+
+
+def broken_service():
+    router = APIRouter()
+
+    @router.get("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("secret internal detail")
+
+    async def always_ready(_):
+        return {"self": "ok"}
+
+    settings = settings_for_tests(ServiceSettings, service_name="broken")
+    return create_service(ServiceSpec(settings=settings, routers=[router], stateless=True, readiness=always_ready))
+
+
+async def test_unknown_errors_are_500_with_the_request_id_and_no_traceback(capsys):
+    async with running(broken_service()) as client:
+        response = await client.get("/boom", headers={"x-request-id": "req-42"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "Internal server error", "requestId": "req-42"}
+    assert "secret internal detail" not in response.text and "Traceback" not in response.text
+    assert response.headers["x-request-id"] == "req-42"
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [error] = [line for line in logged if line["event"] == "unhandled_error"]
+    assert error["requestId"] == "req-42" and "secret internal detail" in error["exception"]  # for us, not them
+
+
+async def test_unknown_routes_and_methods_use_the_error_shape():
+    async with running(broken_service()) as client:
+        missing = await client.get("/nope")
+        wrong = await client.delete("/boom")
+        health = await client.get("/health")
+        ready = await client.get("/ready")
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not found"})
+    assert (wrong.status_code, wrong.json()) == (405, {"error": "Method not allowed"})
+    assert health.json() == {"status": "ok", "service": "broken", "version": "1.0.0"}
+    assert ready.json()["checks"] == {"self": "ok"}
+
+
+async def test_a_request_id_that_could_forge_log_lines_is_replaced():
+    async with running(broken_service()) as client:
+        response = await client.get("/health", headers={"x-request-id": 'evil"\n{"level":"critical"}'})
+    assert response.headers["x-request-id"] != 'evil"\n{"level":"critical"}'
+    assert len(response.headers["x-request-id"]) == 26
