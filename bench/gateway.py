@@ -32,6 +32,7 @@ import httpx
 from bench.lib import Stats, measure, report
 from lumiku_common.auth import mint_user_token
 from lumiku_common.settings import ServiceSettings
+from lumiku_common.suite import uvicorn_command
 
 DATABASE = "lumiku_projects_bench"
 EXCHANGE = "lumiku.events.bench"
@@ -56,20 +57,7 @@ class Process:
         self.url = f"http://127.0.0.1:{port}"
         self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                factory,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command(factory, port, "--log-level", "warning"),
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 import lumiku_projects
+from lumiku_common.suite import uvicorn_command
 from lumiku_common.testing import EventSpy, auth, free_port, prepare_database, settings_for_tests
 from lumiku_projects.settings import ProjectsSettings
 
@@ -31,7 +31,7 @@ class Process:
 
     def start(self, **extra_env: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", self.factory, "--port", str(self.port)],
+            uvicorn_command(self.factory, self.port),
             env={**os.environ, **self.env, **extra_env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

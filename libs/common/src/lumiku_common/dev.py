@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from lumiku_common.auth import mint_user_token
 from lumiku_common.settings import ServiceSettings
-from lumiku_common.suite import GATEWAY, SERVICES
+from lumiku_common.suite import GATEWAY, SERVICES, uvicorn_command
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -65,23 +65,7 @@ def run() -> None:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(factory: str, port: int) -> None:
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    factory,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                ],
-                env=env,
-            )
-        )
+        processes.append(subprocess.Popen(uvicorn_command(factory, port), env=env))
 
     for service in SERVICES:  # each migrates its own database at start-up
         start(service.factory, service.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 
@@ -22,3 +23,20 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry("credits", 8104, "lumiku_credits.main:create_app"),
 )
 GATEWAY = ServiceEntry("gateway", 8080, "lumiku_gateway.main:create_app")
+
+
+def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
+    """How every local process of the suite is started (`lumiku dev`, benchmarks, process tests)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        *options,
+    ]
