@@ -5,11 +5,12 @@ the header before anything is decoded, and what gets stored is always a fresh en
 EXIF orientation applied, metadata (EXIF, GPS, XMP, comments, anything appended after the image) dropped.
 Only the ICC colour profile is kept, since dropping it shifts the colours of wide-gamut phone photos.
 
-Everything here is CPU-bound and synchronous; callers run it in worker threads.
+Everything here is CPU-bound and synchronous but `process`, which runs it in worker threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
 from dataclasses import dataclass
@@ -164,3 +165,13 @@ def _cover(im: Image.Image, size: int) -> Image.Image:
     left, top = (width - short) / 2, (height - short) / 2
     box = (left, top, left + short, top + short)
     return im.resize((side, side), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+
+
+async def process(data: bytes, limits: Limits) -> tuple[Encoded, Encoded]:
+    """Original and thumbnail in two threads: Pillow releases the GIL while decoding and encoding."""
+    sniff(data)  # refuse non-images before starting two decoders
+    original, thumbnail = await asyncio.gather(
+        asyncio.to_thread(make_original, data, limits),
+        asyncio.to_thread(make_thumbnail, data, limits),
+    )
+    return original, thumbnail

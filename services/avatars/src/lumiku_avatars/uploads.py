@@ -67,7 +67,7 @@ class Uploads:
         self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], kind: _Kind
     ) -> Avatar:
         await self.projects.ensure_owned(user_id, project_id)
-        original, thumbnail = await process(image, self.limits)
+        original, thumbnail = await images.process(image, self.limits)
         avatar_id = new_id()  # also the upload's id: names the objects and keys the credit hold
         hold = await self.credits.reserve(
             user_id=user_id,
@@ -149,16 +149,6 @@ def _decoded(data: str, max_bytes: int) -> bytes:
     if len(image) > max_bytes:
         raise too_large(max_bytes)
     return image
-
-
-async def process(data: bytes, limits: images.Limits) -> tuple[images.Encoded, images.Encoded]:
-    """Original and thumbnail in two threads: Pillow releases the GIL while decoding and encoding."""
-    images.sniff(data)  # refuse non-images before starting two decoders
-    original, thumbnail = await asyncio.gather(
-        asyncio.to_thread(images.make_original, data, limits),
-        asyncio.to_thread(images.make_thumbnail, data, limits),
-    )
-    return original, thumbnail
 
 
 def _avatar(
