@@ -21,7 +21,7 @@ lint: install
 	$(UV) run ruff format --check .
 
 typecheck: install
-	$(UV) run mypy libs/common/src services/*/src bench
+	$(UV) run mypy libs/*/src services/*/src bench
 
 test: install infra lint typecheck
 	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile

@@ -24,10 +24,11 @@ import asyncpg
 
 import lumiku_credits
 from bench.lib import Stats, measure, report
+from lumiku_common.clients.credits import CaptureRequest, ReserveRequest
 from lumiku_common.db import Database
 from lumiku_common.migrations import upgrade
 from lumiku_credits import service
-from lumiku_credits.schemas import CaptureRequest, GrantRequest, ReserveRequest
+from lumiku_credits.schemas import GrantRequest
 from lumiku_credits.settings import CreditsSettings
 
 DATABASE = "lumiku_credits_bench"

@@ -32,7 +32,7 @@ import httpx
 from bench.lib import Stats, measure, report
 from lumiku_common.auth import mint_user_token
 from lumiku_common.settings import ServiceSettings
-from lumiku_common.suite import uvicorn_command
+from lumiku_devtools.suite import uvicorn_command
 
 DATABASE = "lumiku_projects_bench"
 EXCHANGE = "lumiku.events.bench"

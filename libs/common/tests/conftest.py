@@ -9,7 +9,7 @@ from lumiku_common.db import Database, ensure_database
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.tables import messaging_metadata
 from lumiku_common.settings import ServiceSettings
-from lumiku_common.testing import settings_for_tests, truncate_all
+from lumiku_devtools.testing import settings_for_tests, truncate_all
 
 # A table the test handlers write their effects to, beside the outbox and inbox.
 effects_metadata = MetaData()

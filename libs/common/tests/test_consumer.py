@@ -15,7 +15,7 @@ from lumiku_common.messaging import consumer as consumer_module
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.consumer import Consumer, EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted
-from lumiku_common.testing import TcpProxy, delete_queues, publish_raw, read_dlq
+from lumiku_devtools.testing import TcpProxy, delete_queues, publish_raw, read_dlq
 
 from .conftest import effects
 

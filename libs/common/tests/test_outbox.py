@@ -14,7 +14,7 @@ from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.events import ProjectCreated
 from lumiku_common.messaging.outbox import OutboxRelay, add_event
 from lumiku_common.messaging.tables import outbox
-from lumiku_common.testing import EventSpy, TcpProxy
+from lumiku_devtools.testing import EventSpy, TcpProxy
 
 
 async def stage(db: Database, count: int, prefix: str = "p") -> list[str]:

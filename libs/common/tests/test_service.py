@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.settings import ServiceSettings
-from lumiku_common.testing import running, settings_for_tests
+from lumiku_devtools.testing import running, settings_for_tests
 
 
 def broken_service():

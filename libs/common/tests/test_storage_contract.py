@@ -20,7 +20,7 @@ from lumiku_common.storage import (
     Storage,
     storage_from,
 )
-from lumiku_common.testing import s3_server
+from lumiku_devtools.testing import s3_server
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import asyncpg
 import jwt
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StringConstraints, ValidationError
 
 from lumiku_common.auth import InvalidToken, ServiceTokens, decode_user_token, mint_user_token
 from lumiku_common.db import ensure_database
 from lumiku_common.errors import zod_issues
 from lumiku_common.ids import new_id
-from lumiku_common.schemas import RequestModel, iso_utc, text
+from lumiku_common.schemas import CleanStr, RequestModel, iso_utc
 from lumiku_common.settings import DEV_JWT_SECRET, ServiceSettings
 
 SECRET = "s" * 40
@@ -79,7 +79,7 @@ def test_iso_utc_has_millis_and_z():
 
 
 class Body(RequestModel):
-    name: text(1, 5)  # type: ignore[valid-type]
+    name: Annotated[CleanStr, StringConstraints(min_length=1, max_length=5)]
     gender: Literal["male", "female", "unisex"] | None = None
     count: int | None = None
 
@@ -125,10 +125,9 @@ class Wrapper(BaseModel):
 
 
 def test_nested_paths():
-    try:
+    with pytest.raises(ValidationError) as refused:
         Wrapper.model_validate({"inner": {"name": ""}})
-    except ValidationError as exc:
-        assert zod_issues(exc.errors())[0]["path"] == ["inner", "name"]
+    assert zod_issues(refused.value.errors())[0]["path"] == ["inner", "name"]
 
 
 async def test_concurrent_database_creation_is_safe():

@@ -16,31 +16,29 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from sqlalchemy import text
 
 import lumiku_avatars
 import lumiku_credits
 import lumiku_projects
+from lumiku_avatars.dependencies import AvatarsParts
 from lumiku_avatars.main import create_app as create_avatars
 from lumiku_avatars.objects import ObjectJanitor, object_keys
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.ids import new_id
 from lumiku_common.storage import Storage
-from lumiku_common.testing import (
+from lumiku_credits.main import create_app as create_credits
+from lumiku_credits.settings import CreditsSettings
+from lumiku_devtools.gateway import gateway_for
+from lumiku_devtools.testing import (
     EventSpy,
     auth,
     delete_queues,
     prepare_database,
-    running,
     s3_server,
     settings_for_tests,
-    workers_started,
 )
-from lumiku_credits.main import create_app as create_credits
-from lumiku_credits.settings import CreditsSettings
-from lumiku_gateway.main import create_app as create_gateway
-from lumiku_gateway.settings import GatewaySettings
 from lumiku_projects.main import create_app as create_projects
 from lumiku_projects.settings import ProjectsSettings
 
@@ -63,14 +61,17 @@ class Suite:
     settings: AvatarsSettings
 
     @property
+    def parts(self) -> AvatarsParts:
+        parts: AvatarsParts = self.avatars_app.state.avatars
+        return parts
+
+    @property
     def storage(self) -> Storage:
-        storage: Storage = self.avatars_app.state.uploads.storage
-        return storage
+        return self.parts.workflows.storage
 
     @property
     def janitor(self) -> ObjectJanitor:
-        janitor: ObjectJanitor = self.avatars_app.state.janitor
-        return janitor
+        return self.parts.janitor
 
     def direct(self) -> httpx.AsyncClient:
         """A client of the avatars service itself, bypassing the gateway."""
@@ -147,27 +148,18 @@ def _settings(tmp: Path, namespace: str, **storage: Any) -> tuple[ProjectsSettin
 async def suite_for(
     avatars: AvatarsSettings, projects: ProjectsSettings, credits: CreditsSettings
 ) -> AsyncIterator[Suite]:
-    async with contextlib.AsyncExitStack() as stack:
-        transports: dict[str, httpx.AsyncBaseTransport] = {}
-        for name, app in (("projects", create_projects(projects)), ("credits", create_credits(credits))):
-            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
-            transports[name] = httpx.ASGITransport(app=manager.app)
-            await workers_started(app)
-        avatars_app = create_avatars(avatars, transports)
-        manager = await stack.enter_async_context(LifespanManager(avatars_app, startup_timeout=60, shutdown_timeout=30))
-        transports["avatars"] = httpx.ASGITransport(app=manager.app)
-        await workers_started(avatars_app)
-        gateway = settings_for_tests(
-            GatewaySettings,
-            service_urls={n: f"http://{n}" for n in transports},
-            rate_limit_enabled=False,
-            **{k: getattr(avatars, k) for k in ("storage_backend", "storage_path", "s3_endpoint_url", "s3_bucket")},
-            s3_access_key_id=avatars.s3_access_key_id,
-            s3_secret_access_key=avatars.s3_secret_access_key,
-        )
-        api = await stack.enter_async_context(running(create_gateway(gateway, transports)))
-        yield Suite(api, avatars_app, avatars)
-        await delete_queues(avatars, *QUEUES)
+    started: list[FastAPI] = []
+
+    def avatars_app(transports: dict[str, httpx.AsyncBaseTransport]) -> FastAPI:
+        started.append(create_avatars(avatars, transports))
+        return started[0]
+
+    services = {"projects": create_projects(projects), "credits": create_credits(credits), "avatars": avatars_app}
+    storage = {k: getattr(avatars, k) for k in ("storage_backend", "storage_path", "s3_endpoint_url", "s3_bucket")}
+    keys = {"s3_access_key_id": avatars.s3_access_key_id, "s3_secret_access_key": avatars.s3_secret_access_key}
+    async with gateway_for(services, **storage, **keys) as api:
+        yield Suite(api, started[0], avatars)
+    await delete_queues(avatars, *QUEUES)
 
 
 async def _prepared(projects: ProjectsSettings, credits: CreditsSettings, avatars: AvatarsSettings) -> None:

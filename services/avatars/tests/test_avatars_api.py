@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
-from lumiku_common.testing import publish_raw
+from lumiku_devtools.testing import publish_raw
 
 APP = "/api/apps/avatar-creator"
 

@@ -12,11 +12,11 @@ from fastapi import FastAPI
 
 import lumiku_credits
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
-from lumiku_common.testing import EventSpy, auth, delete_queues, prepare_database, settings_for_tests
 from lumiku_credits.handlers import QUEUE
 from lumiku_credits.main import create_app
 from lumiku_credits.settings import CreditsSettings
-from lumiku_gateway.testing import gateway_for
+from lumiku_devtools.gateway import gateway_for
+from lumiku_devtools.testing import EventSpy, auth, delete_queues, prepare_database, settings_for_tests
 
 MIGRATIONS = Path(lumiku_credits.__file__).parent / "migrations"
 HOLDS = "/internal/credits/holds"

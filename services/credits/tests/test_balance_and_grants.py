@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lumiku_common.testing import auth
+from lumiku_devtools.testing import auth
 
 BALANCE = "/api/credits/balance"
 GRANTS = "/api/credits/grants"

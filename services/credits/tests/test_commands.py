@@ -11,8 +11,8 @@ import pytest
 
 from lumiku_common.clients.credits import capture_command, release_command
 from lumiku_common.messaging.events import CaptureCredits, Event, ReleaseCredits, envelope_for
-from lumiku_common.testing import publish_raw, read_dlq
 from lumiku_credits.handlers import QUEUE
+from lumiku_devtools.testing import publish_raw, read_dlq
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:

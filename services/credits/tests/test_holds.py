@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
-from lumiku_common.clients.credits import CreditsClient
+from lumiku_common.clients.credits import CreditsClient, ReserveRequest
 from lumiku_common.errors import Conflict, Gone, InsufficientCredits, NotFound
 from lumiku_common.internal import InternalClient
-from lumiku_common.testing import token_for
+from lumiku_devtools.testing import token_for
 
 HOLDS = "/internal/credits/holds"
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -293,18 +293,18 @@ async def test_the_shared_client_speaks_this_contract(credits):
     client = CreditsClient(internal)
     try:
         kwargs = {"user_id": "alice", "reference_id": "av-1", "reference_type": "avatar_upload", "description": "Up"}
-        hold = await client.reserve(amount=10, idempotency_key="up-1", **kwargs)
+        hold = await client.reserve(ReserveRequest(amount=10, idempotency_key="up-1", **kwargs))
         assert hold.status == "active" and hold.amount == 10 and hold.expires_at.tzinfo is not None
         captured = await client.capture(hold.id, "cap-up-1")
         assert captured.status == "captured" and captured.captured_amount == 10
         with pytest.raises(Conflict):
             await client.release(hold.id, "rel-up-1", "late")
         with pytest.raises(InsufficientCredits) as refused:
-            await client.reserve(amount=91, idempotency_key="up-2", **kwargs)
+            await client.reserve(ReserveRequest(amount=91, idempotency_key="up-2", **kwargs))
         assert refused.value.extra == {"required": 91, "current": 90}
         with pytest.raises(NotFound):
             await client.capture("missing", "cap-x")
-        short = await client.reserve(amount=5, idempotency_key="up-3", ttl_seconds=1, **kwargs)
+        short = await client.reserve(ReserveRequest(amount=5, idempotency_key="up-3", ttl_seconds=1, **kwargs))
         await asyncio.sleep(1.1)
         with pytest.raises(Gone):
             await client.capture(short.id, "cap-up-3")

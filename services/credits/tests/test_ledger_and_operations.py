@@ -11,9 +11,9 @@ import sys
 import asyncpg
 import pytest
 
-from lumiku_common.testing import running
 from lumiku_credits import cli
 from lumiku_credits.main import create_app
+from lumiku_devtools.testing import running
 
 
 async def test_ledger_rows_can_never_be_edited_or_deleted(credits, db):
@@ -72,7 +72,7 @@ async def test_the_sweep_marks_expired_holds_and_announces_them(settings, credit
 
 def lumiku(settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_NAME": settings.database_name, "ENVIRONMENT": "test"}
-    command = [sys.executable, "-m", "lumiku_common.cli", "credits", "grant", *args]
+    command = [sys.executable, "-m", "lumiku_devtools.cli", "credits", "grant", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lumiku_common.testing import auth
+from lumiku_devtools.testing import auth
 
 URL = "/api/credits/transactions"
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Query
 
 import lumiku_projects
 from lumiku_common.auth import ServiceCaller
-from lumiku_common.testing import auth, prepare_database, running, settings_for_tests
+from lumiku_devtools.testing import auth, free_port, prepare_database, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 from lumiku_projects.main import create_app as create_projects
@@ -48,17 +48,20 @@ async def compose():
     await prepare_database(settings, Path(lumiku_projects.__file__).parent / "migrations")
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(avatars: FastAPI) -> httpx.AsyncClient:
+        async def start(avatars: FastAPI, projects_reachable: bool = True) -> httpx.AsyncClient:
             projects = await stack.enter_async_context(LifespanManager(create_projects(settings)))
+            # Unreachable: a real connection to a port nothing listens on.
+            projects_url = "http://projects" if projects_reachable else f"http://127.0.0.1:{free_port()}"
             gateway_settings = settings_for_tests(
                 GatewaySettings,
-                service_urls={"projects": "http://projects", "avatars": "http://avatars"},
+                service_urls={"projects": projects_url, "avatars": "http://avatars"},
                 rate_limit_enabled=False,
             )
-            transports = {
-                "projects": httpx.ASGITransport(app=projects.app),
-                "avatars": httpx.ASGITransport(app=avatars, raise_app_exceptions=False),
+            transports: dict[str, httpx.AsyncBaseTransport] = {
+                "avatars": httpx.ASGITransport(app=avatars, raise_app_exceptions=False)
             }
+            if projects_reachable:
+                transports["projects"] = httpx.ASGITransport(app=projects.app)
             client = await stack.enter_async_context(running(create_app(gateway_settings, transports)))
             client.headers.update(auth(settings, "alice"))
             return client
@@ -100,3 +103,23 @@ async def test_empty_list_does_not_call_avatars(compose):
     api = await compose(avatars_app(calls))
     assert (await api.get(URL)).json()["projects"] == []
     assert calls == []
+
+
+async def test_created_and_updated_projects_carry_avatars_too(compose):
+    """Every project response has the spec's `avatars`: [] for a new project, the avatars after an update."""
+    calls: list[dict] = []
+    api = await compose(avatars_app(calls))
+    created = await api.post(URL, json={"name": "P"})
+    assert created.status_code == 201 and created.json()["project"]["avatars"] == []
+    assert calls == []  # nothing to ask about a project that did not exist a moment ago
+    pid = created.json()["project"]["id"]
+    updated = await api.put(f"{URL}/{pid}", json={"name": "Renamed"})
+    assert updated.json()["project"]["name"] == "Renamed"
+    assert [a["id"] for a in updated.json()["project"]["avatars"]] == [f"{pid}-a0", f"{pid}-a1"]
+
+
+async def test_projects_down_is_503_on_composed_routes(compose):
+    """Composed routes fail like every routed path when the projects service cannot be reached."""
+    api = await compose(avatars_app([]), projects_reachable=False)
+    for response in (await api.get(URL), await api.get(f"{URL}/p1"), await api.post(URL, json={"name": "P"})):
+        assert (response.status_code, response.json()["error"]) == (503, "Service unavailable")

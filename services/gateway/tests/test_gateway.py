@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from lumiku_common.testing import RUN_ID, auth, running, settings_for_tests
+from lumiku_devtools.testing import RUN_ID, auth, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
@@ -66,13 +66,13 @@ async def gateway(service_urls: dict[str, str], transports=None, **overrides) ->
 
 
 async def test_forwards_path_query_body_and_context_headers():
-    transports = {"projects": httpx.ASGITransport(app=echo_app())}
-    async with gateway({"projects": "http://projects"}, transports) as api:
+    transports = {"avatars": httpx.ASGITransport(app=echo_app())}
+    async with gateway({"avatars": "http://avatars"}, transports) as api:
         response = await api.post(
-            f"{APP}/projects", params={"page": "2"}, content=b"x" * 100_000, headers={"x-request-id": "req-1"}
+            f"{APP}/avatars", params={"page": "2"}, content=b"x" * 100_000, headers={"x-request-id": "req-1"}
         )
     seen = response.json()
-    assert seen["path"] == f"{APP}/projects" and seen["query"] == "page=2" and seen["size"] == 100_000
+    assert seen["path"] == f"{APP}/avatars" and seen["query"] == "page=2" and seen["size"] == 100_000
     assert seen["headers"]["x-request-id"] == "req-1"
     assert seen["headers"]["authorization"].startswith("Bearer ")
     assert seen["headers"]["traceparent"].startswith("00-")
@@ -227,10 +227,10 @@ async def test_one_users_cookies_never_reach_another_users_request():
         response.set_cookie("session", "alice-secret")
         return response
 
-    async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
-        first = await api.get(f"{APP}/projects")
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
+        first = await api.get(f"{APP}/avatars")
         api.cookies.clear()  # the second caller has no cookies of its own
-        second = await api.get(f"{APP}/projects")
+        second = await api.get(f"{APP}/avatars")
     assert "alice-secret" in first.headers["set-cookie"]  # the caller gets its own cookie back
     assert "cookie" not in second.json()["headers"]
 
@@ -242,12 +242,12 @@ async def test_encoded_bodies_pass_through_untouched(size):
     app = FastAPI()
     app.add_middleware(GZipMiddleware, minimum_size=0)
 
-    @app.get(f"{APP}/projects")
+    @app.get(f"{APP}/avatars")
     async def big() -> dict:
         return {"data": "x" * size}
 
-    async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
-        response = await api.get(f"{APP}/projects", headers={"accept-encoding": "gzip"})
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
+        response = await api.get(f"{APP}/avatars", headers={"accept-encoding": "gzip"})
     assert response.headers["content-encoding"] == "gzip"
     assert response.json() == {"data": "x" * size}  # httpx decodes: the bytes arrived as the upstream sent them
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import lumiku_projects
-from lumiku_common.suite import uvicorn_command
-from lumiku_common.testing import EventSpy, auth, free_port, prepare_database, settings_for_tests
+from lumiku_devtools.suite import uvicorn_command
+from lumiku_devtools.testing import EventSpy, auth, free_port, prepare_database, settings_for_tests
 from lumiku_projects.settings import ProjectsSettings
 
 URL = "/api/apps/avatar-creator/projects"

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 import lumiku_projects
-from lumiku_common.testing import auth, prepare_database, settings_for_tests
-from lumiku_gateway.testing import gateway_for
+from lumiku_devtools.gateway import gateway_for
+from lumiku_devtools.testing import auth, prepare_database, settings_for_tests
 from lumiku_projects.main import create_app
 from lumiku_projects.settings import ProjectsSettings
 

@@ -9,7 +9,7 @@ import httpx
 import jwt
 import pytest
 
-from lumiku_common.testing import EventSpy
+from lumiku_devtools.testing import EventSpy
 from lumiku_projects.settings import ProjectsSettings
 
 URL = "/api/apps/avatar-creator/projects"

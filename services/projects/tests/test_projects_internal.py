@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
-from lumiku_common.testing import prepare_database, running, token_for
+from lumiku_devtools.testing import prepare_database, running, token_for
 from lumiku_projects.main import create_app
 
 from .conftest import MIGRATIONS

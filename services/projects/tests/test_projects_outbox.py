@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from lumiku_common.testing import EventSpy, TcpProxy, prepare_database, settings_for_tests
-from lumiku_gateway.testing import gateway_for
+from lumiku_devtools.gateway import gateway_for
+from lumiku_devtools.testing import EventSpy, TcpProxy, prepare_database, settings_for_tests
 from lumiku_projects.main import create_app
 from lumiku_projects.settings import ProjectsSettings
 

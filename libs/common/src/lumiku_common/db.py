@@ -102,8 +102,15 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
-async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
+def _database(request: Request) -> Database:
     db: Database = request.app.state.db
+    return db
+
+
+DatabaseDep = Annotated[Database, Depends(_database)]
+
+
+async def _request_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
     async with db.unit_of_work() as session:
         yield session
 

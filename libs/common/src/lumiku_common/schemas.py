@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -19,20 +19,20 @@ def iso_utc(value: datetime) -> str:
 UtcDatetime = Annotated[datetime, PlainSerializer(iso_utc, return_type=str)]
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it as input instead of failing on insert.
-    if "\x00" in value:
-        raise ValueError("String must not contain NUL characters")
-    return value
+# A trimmed string. Bound it where it is used: `Annotated[CleanStr, StringConstraints(max_length=100)]`
+# (constraints merge, so the length is counted after trimming). NUL is refused by every request model below.
+CleanStr = Annotated[str, StringConstraints(strip_whitespace=True)]
 
 
-def text(min_length: int | None = None, max_length: int | None = None, strip: bool = True) -> object:
-    """A string field type: trimmed, bounded, NUL-free."""
-    return Annotated[
-        str,
-        StringConstraints(strip_whitespace=strip, min_length=min_length, max_length=max_length),
-        AfterValidator(_no_nul),
-    ]
+def contains_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot hold NUL: inputs that carry one anywhere are refused, not inserted."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(v) for v in value)
+    return False
 
 
 class CamelModel(BaseModel):
@@ -53,6 +53,13 @@ class RequestModel(CamelModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_nul(cls, value: Any) -> Any:
+        if contains_nul(value):
+            raise ValueError("String must not contain NUL characters")
+        return value
+
 
 class Pagination(CamelModel):
     page: int
@@ -65,9 +72,6 @@ class Pagination(CamelModel):
         return cls(page=page, limit=limit, total=total, total_pages=max(1, math.ceil(total / limit)))
 
 
-T = TypeVar("T")
-
-
 class PageParams(BaseModel):
     """`?page=&limit=`; the default limit returns a small account's whole list in one page."""
 
@@ -77,8 +81,3 @@ class PageParams(BaseModel):
     @property
     def offset(self) -> int:
         return (self.page - 1) * self.limit
-
-
-class Page(CamelModel, Generic[T]):
-    items: list[T]
-    total: int

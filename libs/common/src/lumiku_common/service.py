@@ -22,11 +22,13 @@ from lumiku_common.messaging.consumer import Consumer, EventHandlers, prune_inbo
 from lumiku_common.messaging.outbox import OutboxRelay, prune_published
 from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
+from lumiku_common.periodic import periodic
 from lumiku_common.settings import ServiceSettings
 
 log = get_logger(__name__)
 
 Hook = Callable[[FastAPI], Awaitable[None]]
+BackgroundLoop = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -35,11 +37,13 @@ class ServiceSpec:
 
     settings: ServiceSettings
     routers: Sequence[APIRouter]
+    # Built by the service itself when objects it creates up front need it (see `database_for`).
+    db: Database | None = None
     migrations: Path | None = None
     consumers: dict[str, EventHandlers] = field(default_factory=dict)  # queue purpose -> handlers
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
-    background: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()  # long-running worker loops
+    background: Sequence[BackgroundLoop] = ()  # long-running worker loops, e.g. `periodic(...)`
     title: str = ""
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
     stateless: bool = False  # no database, broker or workers (the gateway)
@@ -73,22 +77,18 @@ class Workers:
         self.consumers_started = asyncio.Event()
 
     def start(self) -> None:
+        prune = periodic("messaging-prune", self._prune, self.spec.settings.prune_interval_seconds)
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
-        self.tasks.append(asyncio.create_task(self._prune(), name="messaging-prune"))
-        self.tasks += [asyncio.ensure_future(loop(self.app)) for loop in self.spec.background]
+        self.tasks.append(asyncio.create_task(prune, name="messaging-prune"))
+        self.tasks += [asyncio.ensure_future(loop()) for loop in self.spec.background]
 
     async def _prune(self) -> None:
         s, db = self.spec.settings, self.app.state.db
-        while True:
-            try:
-                outbox_rows = await prune_published(db, timedelta(hours=s.outbox_retention_hours))
-                inbox_rows = await prune_inbox(db, timedelta(days=s.inbox_retention_days))
-                if outbox_rows or inbox_rows:
-                    log.info("messaging_pruned", outbox=outbox_rows, inbox=inbox_rows)
-            except Exception as exc:
-                log.warning("messaging_prune_failed", error=repr(exc))
-            await asyncio.sleep(s.prune_interval_seconds)
+        outbox_rows = await prune_published(db, timedelta(hours=s.outbox_retention_hours))
+        inbox_rows = await prune_inbox(db, timedelta(days=s.inbox_retention_days))
+        if outbox_rows or inbox_rows:
+            log.info("messaging_pruned", outbox=outbox_rows, inbox=inbox_rows)
 
     async def _start_consumers(self) -> None:
         delay = 0.5
@@ -133,9 +133,6 @@ def create_service(spec: ServiceSpec) -> FastAPI:
             return
         if spec.migrations is not None:
             await upgrade(spec.migrations, settings.database_url)
-        app.state.db = Database(
-            settings.database_url, settings.service_name, settings.db_pool_size, notify_outbox=settings.notifies_outbox
-        )
         app.state.broker = Broker(settings.amqp_url, settings.events_exchange)
         for hook in spec.on_startup:
             await hook(app)
@@ -163,12 +160,28 @@ def create_service(spec: ServiceSpec) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.spec = spec
+    if not spec.stateless:
+        app.state.db = spec.db or database_for(settings)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(health_router(settings, spec.readiness or infrastructure_checks))
     for router in spec.routers:
         app.include_router(router)
     return app
+
+
+def database_for(settings: ServiceSettings) -> Database:
+    """The service's database handle; connects lazily, so it can be built before the app starts."""
+    return Database(
+        settings.database_url, settings.service_name, settings.db_pool_size, notify_outbox=settings.notifies_outbox
+    )
+
+
+def is_stateless(app: FastAPI) -> bool:
+    """True for apps built with no database, broker or workers (the gateway)."""
+    spec: ServiceSpec = app.state.spec
+    return spec.stateless
 
 
 async def infrastructure_checks(app: FastAPI) -> dict[str, str]:

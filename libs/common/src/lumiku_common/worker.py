@@ -18,8 +18,9 @@ from typing import Any
 
 import uvicorn
 
+from lumiku_common.service import is_stateless
+
 PROBE_PATHS = frozenset({"/health", "/ready"})
-STATELESS = frozenset({"gateway"})  # nothing to relay or consume
 
 ASGIApp = Any
 
@@ -43,14 +44,15 @@ def probes_only(app: ASGIApp) -> ASGIApp:
 
 
 def build(service: str) -> ASGIApp:
-    if service in STATELESS:
-        raise SystemExit(f"lumiku worker: {service} has no workers; run its API only")
     os.environ["RUN_WORKERS"] = "true"  # read by the service's settings, built inside create_app()
     try:
         module = importlib.import_module(f"lumiku_{service}.main")
     except ModuleNotFoundError as exc:
         raise SystemExit(f"lumiku worker: no service {service!r} installed ({exc})") from exc
-    return probes_only(module.create_app())
+    app = module.create_app()
+    if is_stateless(app):
+        raise SystemExit(f"lumiku worker: {service} has no workers; run its API only")
+    return probes_only(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,17 +6,18 @@ import httpx
 from fastapi import FastAPI
 
 from lumiku_avatars import images
+from lumiku_avatars.dependencies import AvatarsParts
 from lumiku_avatars.endpoints import internal, router
 from lumiku_avatars.handlers import project_handlers, usage_handlers
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.settings import AvatarsSettings
-from lumiku_avatars.uploads import Uploads
+from lumiku_avatars.workflows import AvatarWorkflows
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.credits import CreditsClient
 from lumiku_common.clients.projects import ProjectsClient
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner, MediaUrls
-from lumiku_common.service import ServiceSpec, create_service
+from lumiku_common.service import ServiceSpec, create_service, database_for
 from lumiku_common.storage import storage_from
 
 
@@ -26,38 +27,39 @@ def create_app(
     """`transports` lets tests wire the projects and credits services in-process."""
     settings = settings or AvatarsSettings()
     transports = transports or {}
-    janitor = ObjectJanitor(settings)
+    tokens = ServiceTokens(settings.service_token_secret, settings.service_name)
 
     def client(name: str) -> InternalClient:
-        tokens = ServiceTokens(settings.service_token_secret, settings.service_name)
         return InternalClient(settings.service_urls[name], tokens, transport=transports.get(name))
 
-    async def startup(app: FastAPI) -> None:
+    db, storage = database_for(settings), storage_from(settings)
+    workflows = AvatarWorkflows(
+        settings, db, storage, ProjectsClient(client("projects")), CreditsClient(client("credits"))
+    )
+    janitor = ObjectJanitor(settings, db, storage)
+    media = MediaUrls(storage, MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds))
+
+    async def startup(_: FastAPI) -> None:
         images.configure(settings.max_image_pixels)
-        storage = storage_from(settings)
         await storage.ensure_ready()
-        janitor.bind(app.state.db, storage)
-        app.state.janitor = janitor
-        app.state.media = MediaUrls(storage, MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds))
-        app.state.uploads = Uploads(
-            settings, app.state.db, storage, ProjectsClient(client("projects")), CreditsClient(client("credits"))
-        )
 
-    async def shutdown(app: FastAPI) -> None:
-        uploads: Uploads = app.state.uploads
-        await uploads.projects.client.aclose()
-        await uploads.credits.client.aclose()
-        await uploads.storage.close()
+    async def shutdown(_: FastAPI) -> None:
+        await workflows.projects.aclose()
+        await workflows.credits.aclose()
+        await storage.close()
 
-    return create_service(
+    app = create_service(
         ServiceSpec(
             settings=settings,
             routers=[router, internal],
+            db=db,
             migrations=Path(__file__).parent / "migrations",
             consumers={"avatars.project-events": project_handlers(janitor), "avatars.usage-events": usage_handlers()},
-            background=[janitor.run],
+            background=[janitor.purge_loop, janitor.sweep_loop],
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku avatars",
         )
     )
+    app.state.avatars = AvatarsParts(workflows, media, janitor)
+    return app

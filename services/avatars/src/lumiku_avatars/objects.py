@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
-from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +21,7 @@ from lumiku_avatars.repository import AvatarRepository, ObjectDeletionRepository
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.db import Database
 from lumiku_common.logs import get_logger
+from lumiku_common.periodic import periodic
 from lumiku_common.storage import Storage
 
 log = get_logger(__name__)
@@ -40,14 +38,9 @@ def object_keys(user_id: str, avatar_id: str, original_ext: str, thumbnail_ext: 
 
 
 class ObjectJanitor:
-    def __init__(self, settings: AvatarsSettings):
-        self.settings = settings
-        self.db: Database | None = None
-        self.storage: Storage | None = None
-        self.wake = asyncio.Event()
-
-    def bind(self, db: Database, storage: Storage) -> None:
-        self.db, self.storage = db, storage
+    def __init__(self, settings: AvatarsSettings, db: Database, storage: Storage):
+        self.settings, self.db, self.storage = settings, db, storage
+        self.wake = asyncio.Event()  # set after a commit that scheduled deletions
 
     async def schedule(self, session: AsyncSession, keys: Sequence[str]) -> None:
         """Records `keys` for removal in the caller's transaction; they are purged once it commits."""
@@ -55,7 +48,6 @@ class ObjectJanitor:
         event.listen(session.sync_session, "after_commit", lambda _: self.wake.set(), once=True)
 
     async def purge(self) -> int:
-        assert self.db is not None and self.storage is not None
         removed = 0
         while True:
             async with self.db.unit_of_work() as session:
@@ -69,7 +61,6 @@ class ObjectJanitor:
 
     async def sweep_orphans(self, now: datetime | None = None) -> int:
         """Removes objects older than the grace period that no avatar references."""
-        assert self.storage is not None
         cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.settings.orphan_grace_seconds)
         removed, batch = 0, []
         async for info in self.storage.list(PREFIX):
@@ -85,27 +76,16 @@ class ObjectJanitor:
         return removed
 
     async def _remove_unreferenced(self, keys: list[str]) -> int:
-        assert self.db is not None and self.storage is not None
         async with self.db.unit_of_work() as session:
             referenced = await AvatarRepository(session).referenced_keys(keys)
         orphans = [k for k in keys if k not in referenced]
         await self.storage.delete(orphans)
         return len(orphans)
 
-    async def run(self, _: FastAPI) -> None:
-        """Background loop: purge after each deleting commit (or every interval), sweep orphans hourly."""
-        next_sweep = time.monotonic() + min(60.0, self.settings.orphan_sweep_interval_seconds)
-        while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.object_purge_interval_seconds)
-            self.wake.clear()
-            try:
-                await self.purge()
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_seconds
-                    await self.sweep_orphans()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("object_cleanup_failed", error=repr(exc))
-                await asyncio.sleep(1)
+    async def purge_loop(self) -> None:
+        """Purges right after each deleting commit, and every interval for deletions whose wake-up was lost."""
+        await periodic("object-purge", self.purge, self.settings.object_purge_interval_seconds, wake=self.wake)
+
+    async def sweep_loop(self) -> None:
+        interval = self.settings.orphan_sweep_interval_seconds
+        await periodic("orphan-sweep", self.sweep_orphans, interval, first_delay=min(60.0, interval))

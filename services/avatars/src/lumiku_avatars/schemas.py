@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from lumiku_common.schemas import CamelModel, Pagination, RequestModel, UtcDatetime, _no_nul
+from lumiku_avatars.models import Avatar
+from lumiku_common.clients.projects import ProjectInfo
+from lumiku_common.media import MediaUrls
+from lumiku_common.schemas import CamelModel, CleanStr, Pagination, RequestModel, UtcDatetime
 
 Gender = Literal["male", "female", "unisex"]
 AgeRange = Literal["young", "adult", "mature"]
@@ -14,22 +17,15 @@ BodyType = Literal["half_body", "full_body"]
 SourceType = Literal["upload", "ai_generated"]
 
 
-def _text(min_length: int | None, max_length: int) -> Any:
-    return (
-        StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
-        AfterValidator(_no_nul),
-    )
+Name = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
+Short = Annotated[CleanStr, StringConstraints(max_length=50)]
+Medium = Annotated[CleanStr, StringConstraints(max_length=100)]
+Long = Annotated[CleanStr, StringConstraints(max_length=2000)]
 
 
-# Spelled out (not `lumiku_common.schemas.text(...)`) so type checkers see real type aliases.
-Name = Annotated[str, *_text(1, 100)]
-Short = Annotated[str, *_text(None, 50)]
-Medium = Annotated[str, *_text(None, 100)]
-Long = Annotated[str, *_text(None, 2000)]
-
-
-class AvatarAttributes(RequestModel):
-    """Optional descriptive fields shared by upload and update; the persona/visual ones come from older clients."""
+class AvatarAttributes(CamelModel):
+    """The descriptive fields of an avatar, defined once: what upload, save-preview and update accept, and what
+    every avatar response shows. The persona/visual ones come from older clients."""
 
     gender: Gender | None = None
     age_range: AgeRange | None = None
@@ -47,7 +43,9 @@ class AvatarAttributes(RequestModel):
     seed_used: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
-class AvatarUploadFields(AvatarAttributes):
+class AvatarUploadFields(RequestModel, AvatarAttributes):
+    """The upload form's text fields (beside the `image` file part)."""
+
     name: Name
 
     @field_validator("*", mode="before")
@@ -59,7 +57,7 @@ class AvatarUploadFields(AvatarAttributes):
         return value
 
 
-class SavePreviewRequest(AvatarAttributes):
+class SavePreviewRequest(RequestModel, AvatarAttributes):
     """Phase two of AI generation (spec §3.2): keep a preview the user liked as an avatar."""
 
     name: Name
@@ -68,33 +66,19 @@ class SavePreviewRequest(AvatarAttributes):
     generation_prompt: Long | None = None
 
 
-class AvatarUpdate(AvatarAttributes):
+class AvatarUpdate(RequestModel, AvatarAttributes):
     name: Name | None = None
 
 
-class AvatarOut(CamelModel):
+class AvatarOut(AvatarAttributes):
     id: str
     user_id: str
     project_id: str
     name: str
     base_image_url: str
     thumbnail_url: str | None
-    gender: str | None
-    age_range: str | None
-    style: str | None
-    ethnicity: str | None
-    body_type: str | None
     generation_prompt: str | None
-    source_type: str
-    persona_name: str | None
-    persona_age: int | None
-    persona_personality: str | None
-    persona_background: str | None
-    hair_style: str | None
-    hair_color: str | None
-    eye_color: str | None
-    skin_tone: str | None
-    seed_used: int | None
+    source_type: SourceType
     image_width: int | None
     image_height: int | None
     usage_count: int
@@ -102,9 +86,21 @@ class AvatarOut(CamelModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
+    @classmethod
+    def of(cls, avatar: Avatar, media: MediaUrls) -> AvatarOut:
+        """The avatar as clients see it: storage keys become signed, expiring URLs."""
+        fields = {name: getattr(avatar, name) for name in cls.model_fields if hasattr(avatar, name)}
+        return cls.model_validate(
+            {
+                **fields,
+                "base_image_url": media.url(avatar.base_image_key),
+                "thumbnail_url": media.url(avatar.thumbnail_key),
+            }
+        )
+
 
 class AvatarWithProject(AvatarOut):
-    project: dict[str, Any]
+    project: ProjectInfo
 
 
 class AvatarResponse(CamelModel):
@@ -153,7 +149,3 @@ class AvatarStats(CamelModel):
 class StatsResponse(CamelModel):
     success: bool = True
     stats: AvatarStats
-
-
-class AvatarsByProject(CamelModel):
-    avatars: dict[str, list[AvatarOut]]

@@ -10,11 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.repository import AvatarRepository
-from lumiku_avatars.schemas import AvatarFilters, AvatarUpdate
+from lumiku_avatars.schemas import AvatarFilters, AvatarOut, AvatarStats, AvatarUpdate
 from lumiku_common.clients.credits import capture_command
 from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import apply_changes
 from lumiku_common.errors import NotFound
+from lumiku_common.media import MediaUrls
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
 
@@ -62,7 +63,7 @@ async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> 
 
 async def update_avatar(session: AsyncSession, user_id: str, avatar_id: str, data: AvatarUpdate) -> Avatar:
     avatar = await get_avatar(session, user_id, avatar_id)
-    changes = data.model_dump(exclude_none=True)
+    changes = data.model_dump(exclude_none=True, by_alias=False)  # attribute names, not the wire's camelCase
     optional_text = {k for k, v in changes.items() if isinstance(v, str) and k != "name"}
     if not apply_changes(avatar, changes, clearable=optional_text):
         return avatar
@@ -76,7 +77,9 @@ async def update_avatar(session: AsyncSession, user_id: str, avatar_id: str, dat
     return avatar
 
 
-async def _deleted(session: AsyncSession, janitor: ObjectJanitor, avatars: Sequence[Avatar]) -> None:
+async def _schedule_removal_and_announce(
+    session: AsyncSession, janitor: ObjectJanitor, avatars: Sequence[Avatar]
+) -> None:
     await janitor.schedule(session, [k for a in avatars for k in _keys(a)])
     for avatar in avatars:
         await add_event(
@@ -90,7 +93,7 @@ async def _deleted(session: AsyncSession, janitor: ObjectJanitor, avatars: Seque
 async def delete_avatar(session: AsyncSession, janitor: ObjectJanitor, user_id: str, avatar_id: str) -> None:
     avatar = await get_avatar(session, user_id, avatar_id)
     await AvatarRepository(session).delete(avatar)
-    await _deleted(session, janitor, [avatar])
+    await _schedule_removal_and_announce(session, janitor, [avatar])
 
 
 async def delete_project_avatars(
@@ -101,7 +104,7 @@ async def delete_project_avatars(
     await repository.lock_project(project_id)
     await repository.mark_project_deleted(project_id)
     avatars = await repository.delete_project(project_id, user_id)
-    await _deleted(session, janitor, avatars)
+    await _schedule_removal_and_announce(session, janitor, avatars)
     return len(avatars)
 
 
@@ -118,15 +121,15 @@ async def newest_by_project(
     return grouped
 
 
-async def stats(session: AsyncSession, user_id: str) -> dict[str, object]:
+async def stats(session: AsyncSession, user_id: str, media: MediaUrls) -> AvatarStats:
     repo = AvatarRepository(session)
     total, uses, recent_count = await repo.totals(user_id, datetime.now(UTC) - timedelta(days=7))
-    return {
-        "total_avatars": total,
-        "total_usage": uses,
-        "created_last_7_days": recent_count,
-        "by_source_type": {"upload": 0, "ai_generated": 0, **await repo.count_by(user_id, Avatar.source_type)},
-        "by_project": await repo.count_by(user_id, Avatar.project_id),
-        "recent_uploads": await repo.recent(user_id, "upload", 5),
-        "top_used": await repo.top_used(user_id, 5),
-    }
+    return AvatarStats(
+        total_avatars=total,
+        total_usage=uses,
+        created_last_7_days=recent_count,
+        by_source_type={"upload": 0, "ai_generated": 0, **await repo.count_by(user_id, Avatar.source_type)},
+        by_project=await repo.count_by(user_id, Avatar.project_id),
+        recent_uploads=[AvatarOut.of(a, media) for a in await repo.recent(user_id, "upload", 5)],
+        top_used=[AvatarOut.of(a, media) for a in await repo.top_used(user_id, 5)],
+    )

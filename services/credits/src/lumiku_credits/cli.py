@@ -1,4 +1,5 @@
-"""`lumiku credits grant --user U --amount N`: an operator's grant, through the same code as the API."""
+"""An operator's grant, through the same code as the API. Ships with the credits service, so it runs in its
+image: `python -m lumiku_credits.cli grant --user U --amount N` (`lumiku credits grant` in development)."""
 
 from __future__ import annotations
 
@@ -44,5 +45,24 @@ async def _grant(settings: CreditsSettings, args: argparse.Namespace) -> str:
     return f"{verb} {entry['amount']} credits ({entry['type']}) to {args.user}; balance {outcome.body['balance']}"
 
 
+def add_grant_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--amount", type=int, required=True)
+    parser.add_argument("--type", default="adjustment", choices=["purchase", "bonus", "adjustment"])
+    parser.add_argument("--description", default="Operator grant")
+    parser.add_argument("--idempotency-key")
+
+
 def run(args: argparse.Namespace) -> None:
     print(asyncio.run(grant(CreditsSettings(), args)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lumiku_credits.cli")
+    grant_parser = parser.add_subparsers(dest="command", required=True).add_parser("grant", help="grant credits")
+    add_grant_arguments(grant_parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

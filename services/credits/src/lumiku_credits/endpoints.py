@@ -6,28 +6,33 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lumiku_common.auth import AdminUser, CurrentUser, ServiceCaller
-from lumiku_common.db import DbSession
+from lumiku_common.clients.credits import (
+    HOLDS,
+    CaptureRequest,
+    CaptureResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    ReserveRequest,
+    ReserveResponse,
+    capture_path,
+    release_path,
+)
+from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.schemas import Pagination
 from lumiku_credits import export, service
 from lumiku_credits.idempotency import Outcome
 from lumiku_credits.schemas import (
     BalanceResponse,
-    CaptureRequest,
-    CaptureResponse,
     EntryOut,
     GrantRequest,
     GrantResponse,
     HistoryParams,
-    ReleaseRequest,
-    ReleaseResponse,
-    ReserveRequest,
-    ReserveResponse,
     TransactionsResponse,
 )
 from lumiku_credits.settings import CreditsSettings
 
 router = APIRouter(prefix="/api/credits", tags=["credits"])
-internal = APIRouter(prefix="/internal/credits", tags=["internal"], include_in_schema=False)
+internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
 def _settings(request: Request) -> CreditsSettings:
@@ -59,6 +64,7 @@ async def transactions(
     request: Request,
     user: CurrentUser,
     session: DbSession,
+    db: DatabaseDep,
     settings: Settings,
     params: Annotated[HistoryParams, Query()],
 ) -> TransactionsResponse | StreamingResponse:
@@ -66,7 +72,7 @@ async def transactions(
     if _wants_csv(request, params):
         await service.ensure_wallet(session, settings, user.id)
         return StreamingResponse(
-            export.csv_lines(request.app.state.db, user.id, params),
+            export.csv_lines(db, user.id, params),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="credit-transactions.csv"'},
         )
@@ -82,16 +88,16 @@ async def grant(admin: AdminUser, session: DbSession, settings: Settings, body: 
     return _respond(await service.grant(session, settings, body, granted_by=f"admin:{admin.id}"))
 
 
-@internal.post("/holds", response_model=ReserveResponse, status_code=201)
+@internal.post(HOLDS, response_model=ReserveResponse, status_code=201)
 async def reserve(_: ServiceCaller, session: DbSession, settings: Settings, body: ReserveRequest) -> JSONResponse:
     return _respond(await service.reserve(session, settings, body))
 
 
-@internal.post("/holds/{hold_id}/capture", response_model=CaptureResponse)
+@internal.post(capture_path("{hold_id}"), response_model=CaptureResponse)
 async def capture(_: ServiceCaller, session: DbSession, hold_id: str, body: CaptureRequest) -> JSONResponse:
     return _respond(await service.capture(session, hold_id, body))
 
 
-@internal.post("/holds/{hold_id}/release", response_model=ReleaseResponse)
+@internal.post(release_path("{hold_id}"), response_model=ReleaseResponse)
 async def release(_: ServiceCaller, session: DbSession, hold_id: str, body: ReleaseRequest) -> JSONResponse:
     return _respond(await service.release(session, hold_id, body))

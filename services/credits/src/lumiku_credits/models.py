@@ -28,12 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from lumiku_common.clients.credits import MAX_AMOUNT
 from lumiku_common.db import new_metadata
 from lumiku_common.ids import new_id
 
 ENTRY_TYPES = ("purchase", "bonus", "usage", "refund", "adjustment")
 HOLD_STATUSES = ("active", "captured", "released", "expired")
-MAX_AMOUNT = 1_000_000
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

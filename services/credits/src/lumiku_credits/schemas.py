@@ -1,54 +1,25 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StrictInt, model_validator
 
-from lumiku_common.clients.credits import Hold
-from lumiku_common.schemas import CamelModel, PageParams, Pagination, RequestModel, UtcDatetime, text
-from lumiku_credits.models import MAX_AMOUNT
+from lumiku_common.clients.credits import MAX_AMOUNT, IdempotencyKey, Reason, UserId
+from lumiku_common.schemas import CamelModel, PageParams, Pagination, RequestModel, UtcDatetime
 
 EntryType = Literal["purchase", "bonus", "usage", "refund", "adjustment"]
 GrantType = Literal["purchase", "bonus", "adjustment"]
 
-# Strict: `true`, `15.0` and `"15"` are not amounts of money.
-Amount = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT)]
 SignedAmount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
-UserId = text(1, 128)
-Key = text(1, 200)
-RefId = text(1, 200)
-RefType = text(1, 100)
-Description = text(0, 500)
-Reason = text(1, 500)
-
-
-class ReserveRequest(RequestModel):
-    user_id: UserId  # type: ignore[valid-type]
-    amount: Amount
-    reference_id: RefId  # type: ignore[valid-type]
-    reference_type: RefType  # type: ignore[valid-type]
-    description: Description  # type: ignore[valid-type]
-    idempotency_key: Key  # type: ignore[valid-type]
-    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=604_800)] | None = None
-
-
-class CaptureRequest(RequestModel):
-    idempotency_key: Key  # type: ignore[valid-type]
-    amount: Amount | None = None  # None: the whole hold
-
-
-class ReleaseRequest(RequestModel):
-    idempotency_key: Key  # type: ignore[valid-type]
-    reason: Reason  # type: ignore[valid-type]
 
 
 class GrantRequest(RequestModel):
-    user_id: UserId  # type: ignore[valid-type]
+    user_id: UserId
     amount: SignedAmount
     type: GrantType
-    description: text(1, 500)  # type: ignore[valid-type]
-    idempotency_key: Key  # type: ignore[valid-type]
+    description: Reason
+    idempotency_key: IdempotencyKey
 
     @model_validator(mode="after")
     def _sign_fits_type(self) -> GrantRequest:
@@ -56,24 +27,6 @@ class GrantRequest(RequestModel):
         if self.amount == 0 or (self.amount < 0 and self.type != "adjustment"):
             raise ValueError("amount must be positive (negative only for type adjustment, never 0)")
         return self
-
-
-# One definition of a hold on the wire: the one its callers parse.
-HoldOut: TypeAlias = Hold
-
-
-class ReserveResponse(CamelModel):
-    hold: HoldOut
-    available: int
-
-
-class CaptureResponse(CamelModel):
-    hold: HoldOut
-    balance: int
-
-
-class ReleaseResponse(CamelModel):
-    hold: HoldOut
 
 
 class BalanceResponse(CamelModel):

@@ -11,6 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.clients.credits import (
+    CaptureRequest,
+    CaptureResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    ReserveRequest,
+    ReserveResponse,
+)
+from lumiku_common.clients.credits import Hold as HoldOut
 from lumiku_common.errors import AppError, BadRequest, Conflict, Gone, InsufficientCredits, NotFound
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import (
@@ -24,20 +33,7 @@ from lumiku_common.messaging.outbox import add_event
 from lumiku_credits.idempotency import Outcome, once
 from lumiku_credits.models import Hold, LedgerEntry
 from lumiku_credits.repository import CreditsRepository
-from lumiku_credits.schemas import (
-    BalanceResponse,
-    CaptureRequest,
-    CaptureResponse,
-    EntryOut,
-    GrantRequest,
-    GrantResponse,
-    HistoryParams,
-    HoldOut,
-    ReleaseRequest,
-    ReleaseResponse,
-    ReserveRequest,
-    ReserveResponse,
-)
+from lumiku_credits.schemas import BalanceResponse, EntryOut, GrantRequest, GrantResponse, HistoryParams
 from lumiku_credits.settings import CreditsSettings
 
 log = get_logger(__name__)

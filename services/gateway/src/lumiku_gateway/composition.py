@@ -1,95 +1,131 @@
 """Project responses composed with their avatars: projects own the projects, avatars own the avatars, and
 the gateway joins them so the frontend keeps the spec's single-call shape (`project.avatars`).
 
-If the avatars service cannot answer, the projects are still returned (with `avatars: []`) and the response
-says so in `X-Composition-Degraded`: a list of projects is more useful than an error.
+The projects service answers through the same `forward` as every other route (so its failures are the same
+502/503/504); a successful answer gets each project's newest avatars embedded. If the avatars service cannot
+answer, the projects are still returned (with `avatars: []`) and the response says so in
+`X-Composition-Degraded`: a list of projects is more useful than an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
-import httpx
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
 from lumiku_common.auth import User
+from lumiku_common.clients.avatars import AvatarJson, AvatarsClient
 from lumiku_common.errors import AppError
-from lumiku_common.internal import InternalClient
 from lumiku_common.logs import get_logger
-from lumiku_gateway.proxy import request_headers
+from lumiku_gateway.proxy import forward
 from lumiku_gateway.routes import APP
+from lumiku_gateway.upstreams import Upstream
 
 log = get_logger(__name__)
 
 _LIST = re.compile(rf"^{APP}/projects$")
 _ONE = re.compile(rf"^{APP}/projects/(?P<id>[^/]+)$")
-AvatarsByProject = dict[str, list[dict[str, Any]]]
+AvatarsByProject = dict[str, list[AvatarJson]]
+# Which project responses carry `avatars`: the list, one project (read or updated), a created project.
+_COMPOSED = {("GET", "list"), ("GET", "one"), ("PUT", "one"), ("POST", "list")}
 
 
 class ProjectComposer:
-    def __init__(self, avatars: InternalClient, per_project_in_list: int, per_project_in_detail: int):
+    def __init__(self, avatars: AvatarsClient | None, per_project_in_list: int, per_project_in_detail: int):
+        # No avatars service routed (a partial deployment): every project shows `avatars: []`.
         self.avatars = avatars
         self.per_project_in_list, self.per_project_in_detail = per_project_in_list, per_project_in_detail
 
     @staticmethod
-    def applies(request: Request) -> bool:
-        return request.method == "GET" and bool(_LIST.match(request.url.path) or _ONE.match(request.url.path))
+    def _shape(request: Request) -> str | None:
+        path = request.url.path
+        return "list" if _LIST.match(path) else "one" if _ONE.match(path) else None
 
-    async def respond(self, projects: httpx.AsyncClient, request: Request, user: User) -> Response:
+    def applies(self, request: Request) -> bool:
+        return (request.method, self._shape(request)) in _COMPOSED
+
+    async def respond(self, projects: Upstream, request: Request, user: User) -> Response:
         one = _ONE.match(request.url.path)
-        if one is None:
+        if request.method == "GET" and one is None:
             return await self._list(projects, request, user)
-        return await self._one(projects, request, user, one["id"])
+        # A project just created has no avatars yet; for one project, both are asked at once.
+        fetch = _no_avatars() if one is None else self._avatars(user.id, [one["id"]], self.per_project_in_detail)
+        avatars = asyncio.ensure_future(fetch)
+        try:
+            return await self._embedded(projects, request, avatars)
+        finally:
+            avatars.cancel()
 
-    async def _list(self, projects: httpx.AsyncClient, request: Request, user: User) -> Response:
-        upstream = await self._get_projects(projects, request)
-        if upstream.status_code != 200:
-            return _passthrough(upstream)
-        body = upstream.json()
+    async def _list(self, projects: Upstream, request: Request, user: User) -> Response:
+        response = await forward(projects, request, whole=True)
+        body = _json_of(response, "projects", list)
+        if body is None:
+            return response
         ids = [p["id"] for p in body["projects"]]
         avatars = await self._avatars(user.id, ids, self.per_project_in_list)
         for project in body["projects"]:
             project["avatars"] = (avatars or {}).get(project["id"], [])
-        return _json(body, avatars is None)
+        return _composed(response, body, avatars is None)
 
-    async def _one(self, projects: httpx.AsyncClient, request: Request, user: User, project_id: str) -> Response:
-        # Both asked at once: the avatars call does not wait for the project's.
-        upstream, avatars = await asyncio.gather(
-            self._get_projects(projects, request), self._avatars(user.id, [project_id], self.per_project_in_detail)
-        )
-        if upstream.status_code != 200:
-            return Response(upstream.content, upstream.status_code, media_type="application/json")
-        body = upstream.json()
-        body["project"]["avatars"] = (avatars or {}).get(project_id, [])
-        return _json(body, avatars is None)
-
-    @staticmethod
-    async def _get_projects(projects: httpx.AsyncClient, request: Request) -> httpx.Response:
-        return await projects.get(request.url.path, params=request.url.query, headers=request_headers(request))
+    async def _embedded(
+        self, projects: Upstream, request: Request, avatars: asyncio.Future[AvatarsByProject | None]
+    ) -> Response:
+        response = await forward(projects, request, whole=True)
+        body = _json_of(response, "project", dict)
+        if body is None:
+            return response
+        found = await avatars
+        body["project"]["avatars"] = (found or {}).get(body["project"]["id"], [])
+        return _composed(response, body, found is None)
 
     async def _avatars(self, user_id: str, project_ids: list[str], limit: int) -> AvatarsByProject | None:
-        if not project_ids:
+        if not project_ids or self.avatars is None:
             return {}
         try:
-            response = await self.avatars.request(
-                "GET",
-                "/internal/avatars/by-projects",
-                params={"userId": user_id, "projectIds": ",".join(project_ids), "limitPerProject": limit},
-            )
-            response.raise_for_status()
-            result: AvatarsByProject = response.json()["avatars"]
-            return result
-        except (AppError, httpx.HTTPError, KeyError, ValueError) as exc:
+            return (await self.avatars.newest_by_project(user_id, project_ids, limit)).avatars
+        except (AppError, ValueError) as exc:
             log.warning("composition_degraded", service="avatars", error=repr(exc))
             return None
 
 
-def _passthrough(upstream: httpx.Response) -> Response:
-    return Response(upstream.content, upstream.status_code, media_type=upstream.headers.get("content-type"))
+def declare_composed_schema(schemas: dict[str, Any]) -> None:
+    """The merged OpenAPI shows projects as the gateway answers them: with their avatars embedded."""
+    project, avatar = schemas.get("ProjectOut"), schemas.get("AvatarOut")
+    if project is not None and avatar is not None:
+        items = {"$ref": "#/components/schemas/AvatarOut"}
+        project.setdefault("properties", {})["avatars"] = {"type": "array", "items": items, "title": "Avatars"}
+        project.setdefault("required", []).append("avatars")
 
 
-def _json(body: dict[str, Any], degraded: bool) -> JSONResponse:
-    return JSONResponse(body, headers={"X-Composition-Degraded": "avatars"} if degraded else None)
+async def _no_avatars() -> AvatarsByProject | None:
+    return {}
+
+
+def _json_of(response: Response, key: str, kind: type) -> dict[str, Any] | None:
+    """The body of a successful answer in the projects contract's shape; None for anything to pass on as is
+    (errors, and whatever a projects service of another version might answer)."""
+    if response.status_code not in (200, 201) or not response.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
+        return None
+    try:
+        body = json.loads(bytes(response.body))
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get(key), kind):
+        return None
+    projects = body[key] if kind is list else [body[key]]
+    if not all(isinstance(p, dict) and isinstance(p.get("id"), str) for p in projects):
+        return None
+    return body
+
+
+def _composed(upstream: Response, body: dict[str, Any], degraded: bool) -> JSONResponse:
+    headers = {k: v for k, v in upstream.headers.items() if k not in ("content-length", "content-type")}
+    if degraded:
+        headers["X-Composition-Degraded"] = "avatars"
+    return JSONResponse(body, status_code=upstream.status_code, headers=headers)

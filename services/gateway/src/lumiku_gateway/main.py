@@ -14,18 +14,22 @@ from redis.asyncio import Redis
 from starlette.responses import Response
 
 from lumiku_common.auth import ServiceTokens, bearer_token, decode_user_token
+from lumiku_common.clients.avatars import AvatarsClient
 from lumiku_common.errors import NotFound
 from lumiku_common.internal import InternalClient
+from lumiku_common.media import MediaSigner
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
+from lumiku_common.storage import storage_from
 from lumiku_gateway import media
 from lumiku_gateway.composition import ProjectComposer
+from lumiku_gateway.dependencies import Gateway, GatewayDep, Media, UpstreamsDep
 from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
 from lumiku_gateway.proxy import forward
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
-from lumiku_gateway.upstreams import Upstream, Upstreams
+from lumiku_gateway.upstreams import Upstreams
 
 
 def _router(settings: GatewaySettings) -> APIRouter:
@@ -33,8 +37,8 @@ def _router(settings: GatewaySettings) -> APIRouter:
     started = time.monotonic()
 
     @router.get("/api/health", tags=["health"])
-    async def suite_health(request: Request) -> JSONResponse:
-        services = await request.app.state.upstreams.readiness()
+    async def suite_health(upstreams: UpstreamsDep) -> JSONResponse:
+        services = await upstreams.readiness()
         healthy = all(v == "ok" for v in services.values())
         body = {
             "status": "healthy" if healthy else "degraded",
@@ -48,65 +52,70 @@ def _router(settings: GatewaySettings) -> APIRouter:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @router.get("/openapi.json", include_in_schema=False)
-    async def openapi(request: Request) -> dict[str, Any]:
-        doc: dict[str, Any] = await request.app.state.openapi.document()
-        return doc
+    async def openapi(gateway: GatewayDep) -> dict[str, Any]:
+        return await gateway.openapi.document()
 
     @router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Lumiku Avatar Creator API")
 
     @router.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def proxy(request: Request) -> Response:
+    async def proxy(request: Request, gateway: GatewayDep) -> Response:
         route = match(request.url.path)
-        upstream: Upstream | None = request.app.state.upstreams.get(route.service) if route else None
+        upstream = gateway.upstreams.get(route.service) if route else None
         if route is None or upstream is None:
             raise NotFound()
         if route.authenticated:
             # Verified here so bad tokens never reach a service; services verify again (defence in depth).
             user = decode_user_token(bearer_token(request), settings.jwt_secret)
-            if request.app.state.limiter is not None:
-                await request.app.state.limiter.check(user.id, request.method, request.url.path)
-            composer: ProjectComposer | None = request.app.state.composer
-            if composer is not None and composer.applies(request):
-                return await composer.respond(upstream.client, request, user)
+            if gateway.limiter is not None:
+                await gateway.limiter.check(user.id, request.method, request.url.path)
+            if gateway.composer.applies(request):
+                return await gateway.composer.respond(upstream, request, user)
         return await forward(upstream, request)
 
     return router
 
 
-def _composer(
-    settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None
-) -> ProjectComposer | None:
-    url = settings.service_urls.get("avatars")
-    if url is None:
-        return None
-    tokens = ServiceTokens(settings.service_token_secret, "gateway")
-    client = InternalClient(url, tokens, transport=(transports or {}).get("avatars"))
+def _composer(settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None) -> ProjectComposer:
+    url, client = settings.service_urls.get("avatars"), None
+    if url is not None:
+        tokens = ServiceTokens(settings.service_token_secret, "gateway")
+        client = AvatarsClient(InternalClient(url, tokens, transport=(transports or {}).get("avatars")))
     return ProjectComposer(client, settings.avatars_per_project_in_list, settings.avatars_per_project_in_detail)
+
+
+def _gateway(settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None) -> Gateway:
+    upstreams = Upstreams(settings, transports)
+    limiter = None
+    if settings.rate_limit_enabled:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        limiter = RateLimiter(redis, settings.rate_limits)
+    return Gateway(
+        upstreams=upstreams,
+        openapi=SuiteOpenAPI(upstreams, "Lumiku Avatar Creator", settings.version),
+        composer=_composer(settings, transports),
+        limiter=limiter,
+        media=Media(storage_from(settings), MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds)),
+    )
 
 
 def create_app(
     settings: GatewaySettings | None = None, transports: dict[str, httpx.AsyncBaseTransport] | None = None
 ) -> FastAPI:
     settings = settings or GatewaySettings()
+    gateway = _gateway(settings, transports)
 
-    async def startup(app: FastAPI) -> None:
-        app.state.upstreams = Upstreams(settings, transports)
-        app.state.openapi = SuiteOpenAPI(app.state.upstreams, "Lumiku Avatar Creator", settings.version)
-        app.state.composer = _composer(settings, transports)
-        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        app.state.limiter = RateLimiter(app.state.redis, settings.rate_limits) if settings.rate_limit_enabled else None
+    async def shutdown(_: FastAPI) -> None:
+        await gateway.upstreams.aclose()
+        if gateway.limiter is not None:
+            await gateway.limiter.redis.aclose()
+        if gateway.composer.avatars is not None:
+            await gateway.composer.avatars.aclose()
+        await gateway.media.storage.close()
 
-    async def shutdown(app: FastAPI) -> None:
-        await app.state.upstreams.aclose()
-        await app.state.redis.aclose()
-        if app.state.composer is not None:
-            await app.state.composer.avatars.aclose()
-
-    async def readiness(app: FastAPI) -> dict[str, str]:
-        result: dict[str, str] = await app.state.upstreams.readiness()
-        return result
+    async def readiness(_: FastAPI) -> dict[str, str]:
+        return await gateway.upstreams.readiness()
 
     app = create_service(
         ServiceSpec(
@@ -114,10 +123,10 @@ def create_app(
             routers=[_router(settings), media.router],
             stateless=True,
             readiness=readiness,
-            on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku gateway",
             own_docs=False,
         )
     )
+    app.state.gateway = gateway
     return app

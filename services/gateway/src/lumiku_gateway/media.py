@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from lumiku_common.errors import error_response
-from lumiku_common.media import MediaSigner
-from lumiku_common.storage import InvalidKey, ObjectInfo, ObjectNotFound, Storage, storage_from
-from lumiku_gateway.settings import GatewaySettings
+from lumiku_common.storage import InvalidKey, ObjectInfo, ObjectNotFound
+from lumiku_gateway.dependencies import MediaDep
 
 router = APIRouter(include_in_schema=False)
-
-
-def _media(app: FastAPI) -> tuple[Storage, MediaSigner]:
-    media: tuple[Storage, MediaSigner] | None = getattr(app.state, "media", None)
-    if media is None:
-        settings: GatewaySettings = app.state.settings
-        media = (storage_from(settings), MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds))
-        app.state.media = media
-    return media
 
 
 def _headers(info: ObjectInfo, exp: int) -> dict[str, str]:
@@ -47,8 +37,10 @@ def _not_modified(request: Request, etag: str) -> bool:
 
 
 @router.api_route("/media/{key:path}", methods=["GET", "HEAD"])
-async def media(request: Request, key: str, exp: str | None = None, sig: str | None = None) -> Response:
-    storage, signer = _media(request.app)
+async def media(
+    request: Request, media: MediaDep, key: str, exp: str | None = None, sig: str | None = None
+) -> Response:
+    storage, signer = media.storage, media.signer
     if not signer.verify(key, exp, sig):
         return error_response(403, {"error": "Invalid or expired media URL"})
     try:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from lumiku_gateway.composition import declare_composed_schema
 from lumiku_gateway.upstreams import Upstreams
 
 _CACHE_SECONDS = 60.0
@@ -44,6 +45,7 @@ class SuiteOpenAPI:
                 continue
             paths.update({p: item for p, item in spec.get("paths", {}).items() if p.startswith("/api/")})
             schemas.update(spec.get("components", {}).get("schemas", {}))
+        declare_composed_schema(schemas)
         return {
             "openapi": "3.1.0",
             "info": {

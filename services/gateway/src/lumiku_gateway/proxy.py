@@ -28,10 +28,11 @@ _HOP_BY_HOP = {
 }
 _BUFFERED_BODY_LIMIT = 256 * 1024
 _CONTEXT_HEADERS = {"x-request-id", "x-correlation-id", "traceparent"}
+_IDENTITY = frozenset({"accept-encoding"})
 
 
-def request_headers(request: Request) -> list[tuple[str, str]]:
-    headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS]
+def request_headers(request: Request, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS | drop]
     headers += context_headers().items()
     if request.client:
         headers.append(("x-forwarded-for", request.client.host))
@@ -43,8 +44,11 @@ def _response_headers(response: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS}
 
 
-async def forward(upstream: Upstream, request: Request) -> Response:
-    """Streams the request to the upstream and its response back; the path goes on byte for byte."""
+async def forward(upstream: Upstream, request: Request, *, whole: bool = False) -> Response:
+    """Streams the request to the upstream and its response back; the path goes on byte for byte.
+
+    `whole`: the gateway will rewrite the answer (composition), so it asks for it unencoded and in one piece.
+    """
     service = upstream.name
     query: bytes = request.scope["query_string"]
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
@@ -52,7 +56,7 @@ async def forward(upstream: Upstream, request: Request) -> Response:
     outgoing = httpx.Request(
         request.method,
         upstream.base_url.copy_with(raw_path=raw_path + (b"?" + query if query else b"")),
-        headers=request_headers(request),
+        headers=request_headers(request, _IDENTITY if whole else frozenset()),
         content=request.stream() if has_body else None,
         extensions={"timeout": upstream.timeout},
     )
@@ -68,7 +72,7 @@ async def forward(upstream: Upstream, request: Request) -> Response:
         log.warning("upstream_failed", service=service, path=request.url.path, error=repr(exc))
         return error_response(502, {"error": "Bad gateway", "service": service})
     length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= _BUFFERED_BODY_LIMIT:
+    if whole or (length is not None and length.isdigit() and int(length) <= _BUFFERED_BODY_LIMIT):
         # Small bodies (most JSON) in one piece: streaming them costs a task group per response, and a
         # StreamingResponse keeps reading the client's body (to watch for a disconnect) after an early 413.
         try:

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from lumiku_common.auth import CurrentUser, ServiceCaller
+from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
 from lumiku_common.db import DbSession
 from lumiku_common.schemas import PageParams, Pagination
 from lumiku_projects import service
@@ -19,7 +20,7 @@ from lumiku_projects.schemas import (
 )
 
 router = APIRouter(prefix="/api/apps/avatar-creator/projects", tags=["projects"])
-internal = APIRouter(prefix="/internal/projects", tags=["internal"], include_in_schema=False)
+internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
 @router.get("", response_model=ProjectListResponse)
@@ -59,9 +60,9 @@ async def delete_project(user: CurrentUser, session: DbSession, project_id: str)
     return DeletedResponse(message="Project deleted successfully")
 
 
-@internal.get("/{project_id}", response_model=ProjectOut)
+@internal.get(project_path("{project_id}"), response_model=ProjectInfo)
 async def get_project_internal(
-    _: ServiceCaller, session: DbSession, project_id: str, user_id: Annotated[str, Query(alias="userId")]
-) -> ProjectOut:
+    _: ServiceCaller, session: DbSession, project_id: str, user_id: Annotated[str, Query(alias=USER_ID_PARAM)]
+) -> ProjectInfo:
     """Ownership check for other services: 404 unless the project exists and belongs to `userId`."""
-    return ProjectOut.model_validate(await service.get_project(session, user_id, project_id))
+    return ProjectInfo.model_validate(await service.get_project(session, user_id, project_id))

@@ -1,32 +1,29 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from lumiku_common.schemas import CamelModel, Pagination, RequestModel, UtcDatetime, text
+from pydantic import StringConstraints
 
-Name = text(1, 100)
-Description = text(None, 500)
+from lumiku_common.clients.projects import ProjectInfo
+from lumiku_common.schemas import CamelModel, CleanStr, Pagination, RequestModel
+
+Name = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
+Description = Annotated[CleanStr, StringConstraints(max_length=500)]
 
 
 class ProjectCreate(RequestModel):
-    name: Name  # type: ignore[valid-type]
-    description: Description | None = None  # type: ignore[valid-type]
+    name: Name
+    description: Description | None = None
 
 
 class ProjectUpdate(RequestModel):
-    name: Name | None = None  # type: ignore[valid-type]
-    description: Description | None = None  # type: ignore[valid-type]
+    name: Name | None = None
+    description: Description | None = None
 
 
-class ProjectOut(CamelModel):
-    id: str
-    user_id: str
-    name: str
-    description: str | None
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
-    # Filled by the gateway, which composes projects with their avatars from the avatars service.
-    avatars: list[dict[str, Any]] = []
+class ProjectOut(ProjectInfo):
+    """A project as this service answers it. The gateway adds `avatars` (its composed view), see
+    lumiku_gateway.composition."""
 
 
 class ProjectResponse(CamelModel):

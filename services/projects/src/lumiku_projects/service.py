@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import apply_changes
-from lumiku_common.errors import NotFound
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
 from lumiku_projects.models import Project
 from lumiku_projects.repository import ProjectRepository
 from lumiku_projects.schemas import ProjectCreate, ProjectUpdate
-
-
-class ProjectNotFound(NotFound):
-    message = "Project not found"
 
 
 async def get_project(session: AsyncSession, user_id: str, project_id: str) -> Project:

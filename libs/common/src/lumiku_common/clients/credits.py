@@ -1,13 +1,11 @@
 """Client of the credits service's holds: reserve before work, capture after it, release on failure.
 
-Contract (credits service, `/internal/credits/holds`, service token):
-  POST /internal/credits/holds  {userId, amount, referenceId, referenceType, description, idempotencyKey,
-                                 ttlSeconds?}
-      201 {"hold": Hold, "available": int}
+Contract (credits service, service token); the models below are the only definition of these bodies:
+  POST HOLDS                     ReserveRequest → 201 ReserveResponse
       402 {"error": "Insufficient credits", "required": int, "current": int}
       409 {"error": ...}  same idempotency key, different body
-  POST /internal/credits/holds/{id}/capture  {idempotencyKey, amount?}   200 {"hold": Hold, "balance": int}
-  POST /internal/credits/holds/{id}/release  {idempotencyKey, reason}    200 {"hold": Hold}
+  POST capture_path(hold id)     CaptureRequest → 200 CaptureResponse
+  POST release_path(hold id)     ReleaseRequest → 200 ReleaseResponse
       409 already captured/released; 410 expired; 404 unknown hold
 Capture and release also travel as `credits.capture` / `credits.release` commands through the caller's
 outbox (see `capture_command`), so a caller that crashes after committing its work still pays exactly once.
@@ -15,8 +13,9 @@ outbox (see `capture_command`), so a caller that crashes after committing its wo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
+from pydantic import BaseModel, Field, StrictInt, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.errors import AppError, Conflict, Gone, InsufficientCredits, NotFound, ServiceUnavailable
@@ -24,7 +23,20 @@ from lumiku_common.internal import InternalClient
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import CaptureCredits, ReleaseCredits
 from lumiku_common.messaging.outbox import add_event
-from lumiku_common.schemas import CamelModel, UtcDatetime
+from lumiku_common.schemas import CamelModel, CleanStr, RequestModel, UtcDatetime
+
+# --- the contract: one definition, used by the credits service and by this client ----------------------
+
+MAX_AMOUNT = 1_000_000  # per operation; the ledger's CHECK enforces it too
+
+# Strict: `true`, `15.0` and `"15"` are not amounts of money.
+Amount = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT)]
+UserId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=128)]
+IdempotencyKey = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
+RefId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
+RefType = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
+Description = Annotated[CleanStr, StringConstraints(max_length=500)]
+Reason = Annotated[CleanStr, StringConstraints(min_length=1, max_length=500)]
 
 HoldStatus = Literal["active", "captured", "released", "expired"]
 
@@ -40,6 +52,53 @@ class Hold(CamelModel):
     captured_amount: int | None = None
 
 
+class ReserveRequest(RequestModel):
+    user_id: UserId
+    amount: Amount
+    reference_id: RefId
+    reference_type: RefType
+    description: Description
+    idempotency_key: IdempotencyKey
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=604_800)] | None = None
+
+
+class CaptureRequest(RequestModel):
+    idempotency_key: IdempotencyKey
+    amount: Amount | None = None  # None: the whole hold
+
+
+class ReleaseRequest(RequestModel):
+    idempotency_key: IdempotencyKey
+    reason: Reason
+
+
+class ReserveResponse(CamelModel):
+    hold: Hold
+    available: int
+
+
+class CaptureResponse(CamelModel):
+    hold: Hold
+    balance: int
+
+
+class ReleaseResponse(CamelModel):
+    hold: Hold
+
+
+HOLDS = "/internal/credits/holds"
+
+
+def capture_path(hold_id: str) -> str:
+    return f"{HOLDS}/{hold_id}/capture"
+
+
+def release_path(hold_id: str) -> str:
+    return f"{HOLDS}/{hold_id}/release"
+
+
+# --- the client ------------------------------------------------------------------------------------------
+
 log = get_logger(__name__)
 _ERRORS: dict[int, type[AppError]] = {404: NotFound, 409: Conflict, 410: Gone}
 
@@ -51,16 +110,21 @@ class CreditsRequestRejected(AppError):
     message = "Internal server error"
 
 
+R = TypeVar("R", bound=BaseModel)
+
+
 class CreditsClient:
     def __init__(self, client: InternalClient):
         self.client = client
 
-    async def _post(self, path: str, body: dict) -> dict:
-        response = await self.client.request("POST", path, json=body)
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _post(self, path: str, body: RequestModel, answer: type[R]) -> R:
+        response = await self.client.request("POST", path, json=body.model_dump(mode="json", exclude_none=True))
         payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
         if response.status_code in (200, 201):
-            result: dict = payload
-            return result
+            return answer.model_validate(payload)
         if response.status_code == 402:
             raise InsufficientCredits(required=payload["required"], current=payload["current"])
         if response.status_code in _ERRORS:
@@ -70,38 +134,16 @@ class CreditsClient:
             raise CreditsRequestRejected()
         raise ServiceUnavailable()
 
-    async def reserve(
-        self,
-        *,
-        user_id: str,
-        amount: int,
-        reference_id: str,
-        reference_type: str,
-        description: str,
-        idempotency_key: str,
-        ttl_seconds: int | None = None,
-    ) -> Hold:
-        body = {
-            "userId": user_id,
-            "amount": amount,
-            "referenceId": reference_id,
-            "referenceType": reference_type,
-            "description": description,
-            "idempotencyKey": idempotency_key,
-        }
-        if ttl_seconds is not None:
-            body["ttlSeconds"] = ttl_seconds
-        return Hold.model_validate((await self._post("/internal/credits/holds", body))["hold"])
+    async def reserve(self, request: ReserveRequest) -> Hold:
+        return (await self._post(HOLDS, request, ReserveResponse)).hold
 
     async def capture(self, hold_id: str, idempotency_key: str, amount: int | None = None) -> Hold:
-        body: dict = {"idempotencyKey": idempotency_key}
-        if amount is not None:
-            body["amount"] = amount
-        return Hold.model_validate((await self._post(f"/internal/credits/holds/{hold_id}/capture", body))["hold"])
+        request = CaptureRequest(idempotency_key=idempotency_key, amount=amount)
+        return (await self._post(capture_path(hold_id), request, CaptureResponse)).hold
 
     async def release(self, hold_id: str, idempotency_key: str, reason: str) -> Hold:
-        body = {"idempotencyKey": idempotency_key, "reason": reason}
-        return Hold.model_validate((await self._post(f"/internal/credits/holds/{hold_id}/release", body))["hold"])
+        request = ReleaseRequest(idempotency_key=idempotency_key, reason=reason)
+        return (await self._post(release_path(hold_id), request, ReleaseResponse)).hold
 
 
 async def capture_command(session: AsyncSession, user_id: str, hold_id: str, amount: int | None = None) -> None:

@@ -1,23 +1,49 @@
+"""Client of the projects service's ownership check, and its contract.
+
+GET project_path(project id)?userId=U   (service token)
+    200 ProjectInfo   when the project exists and belongs to U
+    404 {"error": "Project not found"}   otherwise (another user's project is not revealed)
+"""
+
 from __future__ import annotations
 
 from lumiku_common.errors import NotFound, ServiceUnavailable
 from lumiku_common.internal import InternalClient
+from lumiku_common.schemas import CamelModel, UtcDatetime
+
+PROJECTS = "/internal/projects"
+USER_ID_PARAM = "userId"
+
+
+def project_path(project_id: str) -> str:
+    return f"{PROJECTS}/{project_id}"
 
 
 class ProjectNotFound(NotFound):
     message = "Project not found"
 
 
+class ProjectInfo(CamelModel):
+    id: str
+    user_id: str
+    name: str
+    description: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
 class ProjectsClient:
     def __init__(self, client: InternalClient):
         self.client = client
 
-    async def ensure_owned(self, user_id: str, project_id: str) -> dict:
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def ensure_owned(self, user_id: str, project_id: str) -> ProjectInfo:
         """The project, if it exists and belongs to `user_id`; 404 `Project not found` otherwise."""
-        response = await self.client.request("GET", f"/internal/projects/{project_id}", params={"userId": user_id})
+        response = await self.client.request("GET", project_path(project_id), params={USER_ID_PARAM: user_id})
         if response.status_code == 404:
             raise ProjectNotFound()
         if response.status_code != 200:
             raise ServiceUnavailable()
-        project: dict = response.json()
-        return project
+        return ProjectInfo.model_validate_json(response.content)

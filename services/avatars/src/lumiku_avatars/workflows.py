@@ -1,7 +1,9 @@
-"""The upload use case: validate, decode, reserve credits, store, commit; undo everything on any failure.
+"""Workflows: the avatar use cases that call other services or storage and so own their unit of work
+(service.py functions never commit and never leave the database; the request or message scope commits them).
 
-Order matters. Every check that can refuse the request (form, project ownership, image decoding) runs before
-credits are reserved, so bad input never touches money. Objects are stored before the row commits and
+Creating an avatar (upload, save-preview): validate, decode, reserve credits, store, commit; undo everything on
+any failure. Order matters. Every check that can refuse the request (form, project ownership, image decoding)
+runs before credits are reserved, so bad input never touches money. Objects are stored before the row commits and
 removed again if the commit does not happen; the credits are captured through the outbox in the avatar's own
 transaction and released if it never commits. A failure therefore leaves no row, no object and no charge.
 """
@@ -24,8 +26,8 @@ from lumiku_avatars.objects import object_keys
 from lumiku_avatars.repository import AvatarRepository
 from lumiku_avatars.schemas import AvatarUploadFields, SavePreviewRequest
 from lumiku_avatars.settings import AvatarsSettings
-from lumiku_common.clients.credits import CreditsClient, Hold
-from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
+from lumiku_common.clients.projects import ProjectInfo, ProjectsClient
 from lumiku_common.db import Database
 from lumiku_common.errors import BadRequest
 from lumiku_common.ids import new_id
@@ -36,7 +38,7 @@ log = get_logger(__name__)
 
 
 @dataclass
-class Uploads:
+class AvatarWorkflows:
     settings: AvatarsSettings
     db: Database
     storage: Storage
@@ -52,37 +54,47 @@ class Uploads:
         if not form.image:
             raise ImageRequired()
         fields = _validated(AvatarUploadFields, form.fields)
-        kind = _Kind("upload", self.settings.upload_cost, "avatar_upload", "Upload avatar")
-        return await self._create(user_id, project_id, form.image, fields.name, fields.model_dump(by_alias=False), kind)
+        origin = AvatarOrigin("upload", self.settings.upload_cost, "avatar_upload", "Upload avatar")
+        return await self._create(
+            user_id, project_id, form.image, fields.name, fields.model_dump(by_alias=False), origin
+        )
 
     async def save_preview(self, user_id: str, project_id: str, body: bytes) -> Avatar:
         """The spec's save-preview: the client's copy of an AI preview, checked and charged like an upload."""
         request = _validated_json(SavePreviewRequest, body)
         image = _decoded(request.image_base64, self.settings.max_upload_bytes)
         attributes = request.model_dump(by_alias=False, exclude={"image_base64", "thumbnail_base64"})
-        kind = _Kind("ai_generated", self.settings.save_preview_cost, "avatar_generation", "Generate avatar")
-        return await self._create(user_id, project_id, image, request.name, attributes, kind)
+        origin = AvatarOrigin("ai_generated", self.settings.save_preview_cost, "avatar_generation", "Generate avatar")
+        return await self._create(user_id, project_id, image, request.name, attributes, origin)
+
+    async def detail(self, user_id: str, avatar_id: str) -> tuple[Avatar, ProjectInfo]:
+        """The avatar and the project it belongs to (`GET /avatars/:id` shows both)."""
+        async with self.db.unit_of_work() as session:
+            avatar = await service.get_avatar(session, user_id, avatar_id)
+        return avatar, await self.projects.ensure_owned(user_id, avatar.project_id)
 
     async def _create(
-        self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], kind: _Kind
+        self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], origin: AvatarOrigin
     ) -> Avatar:
         await self.projects.ensure_owned(user_id, project_id)
         original, thumbnail = await images.process(image, self.limits)
         avatar_id = new_id()  # also the upload's id: names the objects and keys the credit hold
         hold = await self.credits.reserve(
-            user_id=user_id,
-            amount=kind.cost,
-            reference_id=avatar_id,
-            reference_type=kind.reference_type,
-            description=f"{kind.label}: {name}",
-            idempotency_key=f"avatar-upload:{avatar_id}",
-            ttl_seconds=self.settings.credit_hold_ttl_seconds,
+            ReserveRequest(
+                user_id=user_id,
+                amount=origin.cost,
+                reference_id=avatar_id,
+                reference_type=origin.reference_type,
+                description=f"{origin.label}: {name}",
+                idempotency_key=f"avatar-upload:{avatar_id}",
+                ttl_seconds=self.settings.credit_hold_ttl_seconds,
+            )
         )
         keys = object_keys(user_id, avatar_id, original.extension, thumbnail.extension)
         try:
             await asyncio.gather(self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data))
             async with self.db.unit_of_work() as session:
-                avatar = _avatar(avatar_id, user_id, project_id, attributes, kind.source_type, keys, original)
+                avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
                 await service.create_avatar(session, avatar, hold.id)
         except BaseException:
             await asyncio.shield(self._undo(avatar_id, list(keys), hold))
@@ -105,8 +117,8 @@ class Uploads:
 
 
 @dataclass(frozen=True)
-class _Kind:
-    """What differs between an upload and a saved AI preview."""
+class AvatarOrigin:
+    """Where a new avatar comes from, and so what it costs and how the ledger names it."""
 
     source_type: str
     cost: int

@@ -1,9 +1,9 @@
-"""`lumiku` — operator and developer commands.
+"""`lumiku` — developer commands (dev tooling: not installed in service images).
 
 lumiku token --user U [--email E] [--admin] [--days N]   mint a user JWT signed with JWT_SECRET
 lumiku migrate SERVICE                                   migrate a service's database to head
 lumiku revision SERVICE -m MESSAGE                       autogenerate a migration for a service
-lumiku credits grant --user U --amount N [...]           grant credits (runs in the credits service code)
+lumiku credits grant --user U --amount N [...]           grant credits (lumiku_credits.cli, which ships with credits)
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 from lumiku_common.auth import Role, mint_user_token
 from lumiku_common.settings import ServiceSettings
+from lumiku_credits import cli as credits_cli
 
 
 def _service_settings(service: str) -> tuple[ServiceSettings, Path]:
@@ -56,16 +56,8 @@ def _revision(args: argparse.Namespace) -> None:
     command.revision(alembic_config(path, settings.database_url), message=args.message, autogenerate=True)
 
 
-def _credits(args: argparse.Namespace) -> None:
-    try:
-        from lumiku_credits.cli import run  # type: ignore[import-not-found]
-    except ImportError:
-        sys.exit("the credits service is not installed in this environment")
-    run(args)
-
-
 def _dev(_: argparse.Namespace) -> None:
-    from lumiku_common.dev import run
+    from lumiku_devtools.dev import run
 
     run()
 
@@ -95,12 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     credits = sub.add_parser("credits", help="credits operations")
     credits_sub = credits.add_subparsers(dest="credits_command", required=True)
     grant = credits_sub.add_parser("grant", help="grant credits to a user")
-    grant.add_argument("--user", required=True)
-    grant.add_argument("--amount", type=int, required=True)
-    grant.add_argument("--type", default="adjustment", choices=["purchase", "bonus", "adjustment"])
-    grant.add_argument("--description", default="Operator grant")
-    grant.add_argument("--idempotency-key")
-    grant.set_defaults(func=_credits)
+    credits_cli.add_grant_arguments(grant)
+    grant.set_defaults(func=credits_cli.run)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from lumiku_common.auth import mint_user_token
 from lumiku_common.settings import ServiceSettings
-from lumiku_common.suite import GATEWAY, SERVICES, uvicorn_command
+from lumiku_devtools.suite import GATEWAY, SERVICES, uvicorn_command
 
 
 def _reachable(url: str, default_port: int) -> bool:

@@ -1,0 +1,39 @@
+"""Test support: the gateway in front of in-process services, as the suite's clients see it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from lumiku_devtools.testing import running, settings_for_tests, workers_started
+from lumiku_gateway.main import create_app
+from lumiku_gateway.settings import GatewaySettings
+
+Transports = dict[str, httpx.AsyncBaseTransport]
+# An app, or a factory given the transports of the services listed before it (for services that call them).
+ServiceApp = FastAPI | Callable[[Transports], FastAPI]
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(services: dict[str, ServiceApp], **gateway_settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Starts each service in order (lifespan and workers included) and yields a client of a gateway routing to
+    them; `gateway_settings` override the gateway's test settings."""
+    async with contextlib.AsyncExitStack() as stack:
+        transports: Transports = {}
+        for name, service in services.items():
+            app = service if isinstance(service, FastAPI) else service(dict(transports))
+            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
+            transports[name] = httpx.ASGITransport(app=manager.app)
+            await workers_started(app)
+        # Rate limits count per user across tests in the shared Redis; their own tests switch them on.
+        settings = settings_for_tests(
+            GatewaySettings,
+            **{"service_urls": {n: f"http://{n}" for n in services}, "rate_limit_enabled": False, **gateway_settings},
+        )
+        async with running(create_app(settings, transports)) as client:
+            yield client
