@@ -15,7 +15,7 @@ from lumiku_common.messaging import consumer as consumer_module
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.consumer import Consumer, EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted
-from lumiku_devtools.testing import TcpProxy, delete_queues, publish_raw, read_dlq
+from lumiku_devtools.testing import TcpProxy, delete_queues, eventually, publish_raw, read_dlq
 
 from .conftest import effects
 
@@ -43,12 +43,6 @@ def recording_handlers(fail_times: int = 0) -> tuple[EventHandlers, list[str]]:
 async def effect_count(db: Database) -> int:
     async with db.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(effects)) or 0)
-
-
-async def eventually(check, timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture

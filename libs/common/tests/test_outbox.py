@@ -14,7 +14,7 @@ from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.events import ProjectCreated
 from lumiku_common.messaging.outbox import OutboxRelay, add_event
 from lumiku_common.messaging.tables import outbox
-from lumiku_devtools.testing import EventSpy, TcpProxy
+from lumiku_devtools.testing import EventSpy, TcpProxy, eventually
 
 
 async def stage(db: Database, count: int, prefix: str = "p") -> list[str]:
@@ -31,12 +31,14 @@ async def pending(db: Database) -> int:
         return int(await session.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0)
 
 
+async def drained(db: Database) -> bool:
+    return await pending(db) == 0
+
+
 async def run_until_drained(db: Database, *relays: OutboxRelay, timeout: float = 30) -> None:
     tasks = [asyncio.create_task(r.run()) for r in relays]
     try:
-        async with asyncio.timeout(timeout):
-            while await pending(db):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: drained(db), timeout, what="outbox drained")
     finally:
         for t in tasks:
             t.cancel()

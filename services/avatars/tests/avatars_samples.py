@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from lumiku_devtools.testing import eventually
 
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
@@ -55,9 +56,9 @@ def decoded(data: bytes) -> Image.Image:
 
 async def events_about(spy: Any, event_type: str, subjects: set[str], timeout: float = 15) -> list[dict[str, Any]]:
     """Waits until `spy` has seen an `event_type` event for each of `subjects`; returns those events."""
-    for _ in range(int(timeout / 0.05)):
+
+    async def all_seen() -> list[dict[str, Any]]:
         found = [e for e in spy.of_type(event_type) if e["subject"] in subjects]
-        if {e["subject"] for e in found} == subjects:
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {event_type} for {subjects}")
+        return found if {e["subject"] for e in found} == subjects else []
+
+    return await eventually(all_seen, timeout, what=f"{event_type} for {subjects}")

@@ -6,7 +6,6 @@ and each user starts with the credits service's signup bonus (100 credits)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +34,7 @@ from lumiku_devtools.testing import (
     EventSpy,
     auth,
     delete_queues,
+    eventually,
     prepare_database,
     s3_server,
     settings_for_tests,
@@ -115,16 +115,20 @@ class Suite:
         prefix = object_keys(user_id, "x", "", "")[0].rsplit("/", 2)[0] + "/"
         return [info.key async for info in self.storage.list(prefix)]
 
+    async def no_objects(self, user_id: str) -> bool:
+        return await self.objects(user_id) == []
+
     async def balance(self, headers: dict[str, str], settled: bool = True) -> dict[str, Any]:
         """The caller's credits; `settled` waits until no hold is pending (captures travel through the outbox)."""
-        for _ in range(200):
+
+        async def read() -> dict[str, Any]:
             response = await self.api.get("/api/credits/balance", headers=headers)
             assert response.status_code == 200, response.text
             body: dict[str, Any] = response.json()
-            if not settled or body["held"] == 0:
-                return body
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"credits never settled: {body}")
+            assert not settled or body["held"] == 0, f"credits never settled: {body}"
+            return body
+
+        return await eventually(read, timeout=10)
 
     async def assert_untouched(self, user_id: str, headers: dict[str, str]) -> None:
         """No row, no object, no charge."""

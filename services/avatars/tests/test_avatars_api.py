@@ -12,16 +12,9 @@ from sqlalchemy import text
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
-from lumiku_devtools.testing import publish_raw
+from lumiku_devtools.testing import eventually, publish_raw
 
 APP = "/api/apps/avatar-creator"
-
-
-async def eventually(check, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_get_returns_the_avatar_with_its_project(suite):
@@ -117,10 +110,7 @@ async def test_delete_removes_row_objects_and_media(suite, spy):
     assert response.json() == {"success": True, "message": "Avatar deleted successfully"}
     assert await suite.rows(user) == 0
 
-    async def objects_gone():
-        return await suite.objects(user) == []
-
-    await eventually(objects_gone)
+    await eventually(lambda: suite.no_objects(user))
     for url in (avatar["baseImageUrl"], avatar["thumbnailUrl"]):
         gone = await suite.api.get(url)
         assert gone.status_code == 404 and gone.json() == {"error": "Not found"}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from avatars_samples import decoded, jpeg
 
 from lumiku_common.storage import S3Storage
+from lumiku_devtools.testing import eventually
 
 
 async def test_upload_serve_and_delete_on_s3(s3_suite):
@@ -26,9 +25,5 @@ async def test_upload_serve_and_delete_on_s3(s3_suite):
 
     deleted = await suite.api.delete(f"/api/apps/avatar-creator/avatars/{avatar['id']}", headers=headers)
     assert deleted.status_code == 200
-    for _ in range(200):
-        if await suite.objects(user) == []:
-            break
-        await asyncio.sleep(0.05)
-    assert await suite.objects(user) == []
+    await eventually(lambda: suite.no_objects(user), what="objects removed")
     assert (await suite.api.get(avatar["baseImageUrl"])).status_code == 404

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -12,15 +12,7 @@ import pytest
 from lumiku_common.clients.credits import capture_command, release_command
 from lumiku_common.messaging.events import CaptureCredits, Event, ReleaseCredits, envelope_for
 from lumiku_credits.handlers import QUEUE
-from lumiku_devtools.testing import publish_raw, read_dlq
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition never held")
-        await asyncio.sleep(0.05)
+from lumiku_devtools.testing import eventually, publish_raw, read_dlq
 
 
 class Commands:
@@ -49,7 +41,7 @@ class Commands:
     async def handled(self, count: int) -> None:
         """Waits until `count` commands are committed as handled (the inbox is written with their effects)."""
         query = "SELECT count(*) FROM inbox WHERE consumer = $1"
-        await until(lambda: self._count(query, count))
+        await eventually(lambda: self._count(query, count), timeout=10)
 
     async def _count(self, query: str, expected: int) -> bool:
         return bool(await self.db.fetchval(query, self.queue) >= expected)
@@ -69,7 +61,7 @@ class Commands:
 @pytest.fixture
 async def commands(credits, db) -> AsyncIterator[Commands]:
     consumer = credits.app.state.workers.consumers[0]
-    await until(lambda: asyncio.sleep(0, consumer.queue is not None))
+    await eventually(lambda: asyncio.sleep(0, consumer.queue is not None), timeout=10)
     connection = await aio_pika.connect(credits.settings.amqp_url)
     async with connection:
         channel = await connection.channel()

@@ -17,7 +17,7 @@ import pytest
 
 import lumiku_projects
 from lumiku_devtools.suite import uvicorn_command
-from lumiku_devtools.testing import EventSpy, auth, free_port, prepare_database, settings_for_tests
+from lumiku_devtools.testing import EventSpy, auth, eventually, free_port, prepare_database, settings_for_tests
 from lumiku_projects.settings import ProjectsSettings
 
 URL = "/api/apps/avatar-creator/projects"
@@ -43,14 +43,14 @@ class Process:
         self.proc.wait(timeout=10)
 
     async def wait_ready(self, timeout: float = 60) -> None:
-        async with httpx.AsyncClient() as client, asyncio.timeout(timeout):
-            while True:
-                try:
-                    if (await client.get(f"http://127.0.0.1:{self.port}/ready")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
+        async def ready() -> bool:
+            try:
+                return (await client.get(f"http://127.0.0.1:{self.port}/ready")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        async with httpx.AsyncClient() as client:
+            await eventually(ready, timeout, 0.2, f"port {self.port} ready")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from lumiku_common.migrations import upgrade
 from lumiku_common.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
 
 # One id per test run (and xdist worker): queue and exchange names never collide with `make dev` or other runs.
 RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
@@ -88,6 +89,25 @@ async def running(app: FastAPI, base_url: str = "http://test") -> AsyncIterator[
 async def workers_started(app: FastAPI, timeout: float = 30) -> None:
     """Waits until the app's consumers are bound, so events published from now on reach them."""
     await asyncio.wait_for(app.state.workers.consumers_started.wait(), timeout)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Polls `check` until it returns something truthy, and returns that. A check may also assert: an
+    AssertionError counts as "not yet", and the last one is re-raised at the deadline, so a failure says why."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if result := await check():
+                return result
+            failure: AssertionError = AssertionError(f"{what} never held within {timeout} s")
+        except AssertionError as exc:
+            failure = exc
+        if loop.time() >= deadline:
+            raise failure
+        await asyncio.sleep(interval)
 
 
 def token_for(settings: ServiceSettings, user_id: str, role: Role = "user", email: str | None = None) -> str:
@@ -177,15 +197,9 @@ async def read_dlq(amqp_url: str, queue: str, timeout: float = 15) -> aio_pika.a
     async with connection:
         channel = await connection.channel()
         q = await channel.get_queue(queue)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            message = await q.get(fail=False)
-            if message is not None:
-                await message.ack()
-                return message
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"nothing arrived on {queue}")
-            await asyncio.sleep(0.1)
+        message = await eventually(lambda: q.get(fail=False), timeout, 0.1, f"a message on {queue}")
+        await message.ack()
+        return message
 
 
 async def publish_raw(settings: ServiceSettings, routing_key: str, body: bytes, message_id: str = "") -> None:
