@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-fast lint typecheck bench infra clean
+.PHONY: install dev test test-unit test-fast lint typecheck bench infra clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -23,8 +23,14 @@ lint: install
 typecheck: install
 	$(UV) run mypy libs/*/src services/*/src bench
 
-test: install infra lint typecheck
-	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile
+# Unreachable servers on purpose: a unit test that touches PostgreSQL, RabbitMQ or Redis fails here.
+NO_SERVERS = POSTGRES_URL=postgresql+asyncpg://unit@127.0.0.1:9 AMQP_URL=amqp://unit@127.0.0.1:9/ REDIS_URL=redis://127.0.0.1:9/0
+
+test: install lint typecheck test-unit infra
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not unit"
+
+test-unit: install
+	$(NO_SERVERS) $(UV) run pytest -m unit -q
 
 test-fast: install
 	$(UV) run pytest -x -q

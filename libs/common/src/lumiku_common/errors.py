@@ -124,89 +124,61 @@ def _path(loc: tuple[Any, ...]) -> list[Any]:
     return list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header", "form") else list(loc)
 
 
+# pydantic's bound errors → zod's too_small/too_big: (code, bound key, pydantic's ctx key, inclusive, words).
+_STRING_BOUNDS = {
+    "string_too_short": ("too_small", "minimum", "min_length", True, "at least"),
+    "string_too_long": ("too_big", "maximum", "max_length", True, "at most"),
+}
+_NUMBER_BOUNDS = {
+    "greater_than_equal": ("too_small", "minimum", "ge", True, "greater than or equal to"),
+    "greater_than": ("too_small", "minimum", "gt", False, "greater than"),
+    "less_than_equal": ("too_big", "maximum", "le", True, "less than or equal to"),
+    "less_than": ("too_big", "maximum", "lt", False, "less than"),
+}
+
+
+def _bound(kind: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    is_string = kind in _STRING_BOUNDS
+    code, key, ctx_key, inclusive, words = (_STRING_BOUNDS if is_string else _NUMBER_BOUNDS)[kind]
+    n = ctx.get(ctx_key)
+    message = f"String must contain {words} {n} character(s)" if is_string else f"Number must be {words} {n}"
+    kind_name = "string" if is_string else "number"
+    return {"code": code, key: n, "type": kind_name, "inclusive": inclusive, "exact": False, "message": message}
+
+
+def _enum(value: Any, ctx: dict[str, Any]) -> dict[str, Any]:
+    options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+    listed = " | ".join(f"'{o}'" for o in options)
+    message = f"Invalid enum value. Expected {listed}, received '{value}'"
+    return {"code": "invalid_enum_value", "received": value, "options": options, "message": message}
+
+
+def _wrong_type(kind: str, value: Any) -> dict[str, Any]:
+    expected, received = _EXPECTED[kind], "float" if kind == "int_from_float" else _received(value)
+    message = f"Expected {expected}, received {received}"
+    return {"code": "invalid_type", "expected": expected, "received": received, "message": message}
+
+
+_MISSING = {"code": "invalid_type", "expected": "string", "received": "undefined", "message": "Required"}
+
+
 def _issue(err: dict[str, Any]) -> dict[str, Any] | None:
-    kind, ctx, value, path = err["type"], err.get("ctx") or {}, err.get("input"), _path(err["loc"])
-    if kind == "missing":
-        return {
-            "code": "invalid_type",
-            "expected": "string",
-            "received": "undefined",
-            "path": path,
-            "message": "Required",
-        }
-    if kind == "string_too_short":
-        n = ctx.get("min_length")
-        return {
-            "code": "too_small",
-            "minimum": n,
-            "type": "string",
-            "inclusive": True,
-            "exact": False,
-            "path": path,
-            "message": f"String must contain at least {n} character(s)",
-        }
-    if kind == "string_too_long":
-        n = ctx.get("max_length")
-        return {
-            "code": "too_big",
-            "maximum": n,
-            "type": "string",
-            "inclusive": True,
-            "exact": False,
-            "path": path,
-            "message": f"String must contain at most {n} character(s)",
-        }
-    if kind in ("greater_than_equal", "greater_than"):
-        inclusive = kind == "greater_than_equal"
-        n = ctx.get("ge", ctx.get("gt"))
-        words = "greater than or equal to" if inclusive else "greater than"
-        return {
-            "code": "too_small",
-            "minimum": n,
-            "type": "number",
-            "inclusive": inclusive,
-            "exact": False,
-            "path": path,
-            "message": f"Number must be {words} {n}",
-        }
-    if kind in ("less_than_equal", "less_than"):
-        inclusive = kind == "less_than_equal"
-        n = ctx.get("le", ctx.get("lt"))
-        words = "less than or equal to" if inclusive else "less than"
-        return {
-            "code": "too_big",
-            "maximum": n,
-            "type": "number",
-            "inclusive": inclusive,
-            "exact": False,
-            "path": path,
-            "message": f"Number must be {words} {n}",
-        }
-    if kind in ("literal_error", "enum"):
-        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        listed = " | ".join(f"'{o}'" for o in options)
-        return {
-            "code": "invalid_enum_value",
-            "received": value,
-            "options": options,
-            "path": path,
-            "message": f"Invalid enum value. Expected {listed}, received '{value}'",
-        }
-    if kind in _EXPECTED:
-        expected, received = _EXPECTED[kind], _received(value)
-        if kind == "int_from_float":
-            received = "float"
-        return {
-            "code": "invalid_type",
-            "expected": expected,
-            "received": received,
-            "path": path,
-            "message": f"Expected {expected}, received {received}",
-        }
+    """One pydantic error as the zod issue the spec shows; None for unknown keys (folded per object below)."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
-        return None  # folded into one unrecognized_keys issue per object below
-    message = str(ctx.get("error") or err.get("msg", "Invalid input"))
-    return {"code": "custom", "path": path, "message": message.removeprefix("Value error, ")}
+        return None
+    if kind == "missing":
+        issue = dict(_MISSING)
+    elif kind in _STRING_BOUNDS or kind in _NUMBER_BOUNDS:
+        issue = _bound(kind, ctx)
+    elif kind in ("literal_error", "enum"):
+        issue = _enum(value, ctx)
+    elif kind in _EXPECTED:
+        issue = _wrong_type(kind, value)
+    else:
+        message = str(ctx.get("error") or err.get("msg", "Invalid input"))
+        issue = {"code": "custom", "message": message.removeprefix("Value error, ")}
+    return {**issue, "path": _path(err["loc"])}
 
 
 def zod_issues(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Literal
 
-import asyncpg
 import jwt
 import pytest
 from pydantic import BaseModel, StringConstraints, ValidationError
 
 from lumiku_common.auth import InvalidToken, ServiceTokens, decode_user_token, mint_user_token
-from lumiku_common.db import ensure_database
 from lumiku_common.errors import zod_issues
 from lumiku_common.ids import new_id
 from lumiku_common.schemas import CleanStr, RequestModel, iso_utc
@@ -128,15 +125,3 @@ def test_nested_paths():
     with pytest.raises(ValidationError) as refused:
         Wrapper.model_validate({"inner": {"name": ""}})
     assert zod_issues(refused.value.errors())[0]["path"] == ["inner", "name"]
-
-
-async def test_concurrent_database_creation_is_safe():
-    """An API pod and its worker starting at once against a new database must both come up."""
-    name = f"lumiku_create_race_{new_id()}"
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
-        await asyncio.gather(*(ensure_database(url) for _ in range(6)))
-    finally:
-        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.close()
