@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 causation_id_var: ContextVar[str | None] = ContextVar("causation_id", default=None)
 traceparent_var: ContextVar[str | None] = ContextVar("traceparent", default=None)
+
+
+@contextmanager
+def bound(*values: tuple[ContextVar[str | None], str | None]) -> Iterator[None]:
+    """Sets the context ids for the duration of one request or message, and restores them after."""
+    tokens = [(var, var.set(value)) for var, value in values]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
 
 
 def context_headers() -> dict[str, str]:

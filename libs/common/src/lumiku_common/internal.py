@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
@@ -28,9 +30,11 @@ class InternalClient:
     def _headers(self) -> dict[str, str]:
         return {SERVICE_TOKEN_HEADER: self.tokens.token(), **context_headers()}
 
-    async def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json: Any = None
+    ) -> httpx.Response:
         try:
-            return await self.http.request(method, path, headers=self._headers(), **kwargs)  # type: ignore[arg-type]
+            return await self.http.request(method, path, headers=self._headers(), params=params, json=json)
         except httpx.TransportError as exc:
             raise ServiceUnavailable() from exc
 

@@ -10,6 +10,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lumiku_common.context import (
+    bound,
     child_traceparent,
     correlation_id_var,
     request_id_var,
@@ -42,11 +43,10 @@ class RequestContextMiddleware:
         request_id = _header(scope, b"x-request-id") or new_id()
         correlation_id = _header(scope, b"x-correlation-id") or request_id
         traceparent = child_traceparent(_header(scope, b"traceparent"))
-        tokens = (
-            request_id_var.set(request_id),
-            correlation_id_var.set(correlation_id),
-            traceparent_var.set(traceparent),
-        )
+        with bound((request_id_var, request_id), (correlation_id_var, correlation_id), (traceparent_var, traceparent)):
+            await self._handle(scope, receive, send, request_id, correlation_id)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str, correlation_id: str) -> None:
         started, status, response_started = time.perf_counter(), 500, False
 
         async def send_with_ids(message: Message) -> None:
@@ -76,8 +76,6 @@ class RequestContextMiddleware:
                     status=status,
                     durationMs=round((time.perf_counter() - started) * 1000, 2),
                 )
-            for var, token in zip((request_id_var, correlation_id_var, traceparent_var), tokens, strict=True):
-                var.reset(token)  # type: ignore[attr-defined]
 
     @staticmethod
     async def _internal_error(send: Send, request_id: str) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lumiku_common.context import causation_id_var, correlation_id_var, traceparent_var
+from lumiku_common.context import bound, causation_id_var, correlation_id_var, traceparent_var
 from lumiku_common.db import Database, utcnow
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.broker import DLX_NAME, Broker
@@ -114,16 +114,12 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
-        tokens = [
-            correlation_id_var.set(_str(headers.get("x-correlation-id"))),
-            causation_id_var.set(message.message_id),
-            traceparent_var.set(_str(headers.get("traceparent"))),
-        ]
-        try:
+        with bound(
+            (correlation_id_var, _str(headers.get("x-correlation-id"))),
+            (causation_id_var, message.message_id),
+            (traceparent_var, _str(headers.get("traceparent"))),
+        ):
             await self._handle(message)
-        finally:
-            for var, token in zip((correlation_id_var, causation_id_var, traceparent_var), tokens, strict=True):
-                var.reset(token)  # type: ignore[attr-defined]
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
