@@ -16,7 +16,9 @@ Contract the samples encode (see ``/work/shared/spec/original-implementation.md`
   (so appended HTML, HTML in COM/APP segments, EXIF, GPS, XMP and comments are gone), EXIF orientation is applied,
   CMYK is converted, only the first frame of an animation is kept;
 - the thumbnail is a 200x200 cover crop and is never upscaled (each side ≤ min(200, source side));
-- client file names are never used for storage (path traversal, NUL bytes and empty names are all 201).
+- client file names are never used for storage (path traversal, NUL bytes and empty names are all 201);
+- an ICC profile stays on the original only if it parses and is at most 64 KB (otherwise it is applied to the
+  pixels, or dropped when it is no profile); thumbnails are sRGB and never carry one.
 
 Decisions the endpoint must match:
 
@@ -36,7 +38,7 @@ Decisions the endpoint must match:
 
 How an API test uses it::
 
-    corpus = load_corpus()  # see the loader in test_attack_corpus_generator.py (--import-mode=importlib)
+    import attack_corpus as corpus  # conftest.py puts this directory on sys.path, for unit/ too
 
     @pytest.mark.parametrize("case", corpus.cases(), ids=lambda c: c.name)
     async def test_upload(api, case):
@@ -47,6 +49,9 @@ How an API test uses it::
             assert r.json()["error"] == case.expected_error
         if case.expected_status == 201:
             corpus.check_stored(case, original_bytes, thumbnail_bytes)
+
+(``test_attack_corpus.py`` does exactly this; ``unit/test_images.py`` feeds the same cases to the image functions
+directly. ``test_attack_corpus_generator.py`` loads the module by path instead, so it runs without conftest.py.)
 
 Use ``multipart_body`` rather than ``httpx``'s ``files=``: httpx drops ``filename=""`` (the part then becomes a plain
 text field) and percent-encodes NUL bytes, so the empty-name and NUL-name cases would not reach the server as built.
@@ -62,7 +67,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from PIL import Image, ImageStat
+from PIL import Image, ImageCms, ImageStat
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PIXEL_CAP = 40_000_000
@@ -111,9 +116,27 @@ SHORT_STRIP_SIZE = (16_000, 1)
 TINY_SIZE = (10, 10)
 BOMB_SIZES = {"png_bomb_64mp": (8000, 8000), "png_bomb_400mp": (20_000, 20_000)}
 
+# ICC profiles (issue 8.7). A profile is kept on the original only if it parses and is at most ICC_KEEP_LIMIT
+# bytes; thumbnails never carry one. The samples are solid ICC_COLOUR, which a wide-gamut profile makes a
+# visibly different sRGB colour (so a thumbnail that skipped the conversion is caught).
+ICC_KEEP_LIMIT = 64 * 1024
+ICC_COLOUR: Rgb = (200, 40, 40)
+ICC_SIZE = (64, 64)
+OVERSIZED_ICC_BYTES = 8 * 1024 * 1024
+# The largest a 64x64 sample's stored file may be: an 8 MB profile that survived would show.
+ICC_SAMPLE_MAX_STORED = 50 * 1024
+# Display P3's colorants (D50-adapted, as in Apple's profile), written into lcms's own sRGB profile.
+P3_COLORANTS = {
+    b"rXYZ": (0.515102, 0.241182, -0.001050),
+    b"gXYZ": (0.291965, 0.692236, 0.041882),
+    b"bXYZ": (0.157153, 0.066582, 0.784378),
+}
+
 BOUNDARY = "lumiku-attack-corpus-6b1f0c9e2d"
 
-CHECKS = frozenset({"rotated", "no_metadata", "cmyk_converted", "first_frame", "not_upscaled", "strip"})
+CHECKS = frozenset(
+    {"rotated", "no_metadata", "cmyk_converted", "first_frame", "not_upscaled", "strip", "icc_kept", "icc_dropped"}
+)
 
 
 @dataclass(frozen=True)
@@ -313,6 +336,47 @@ def _avif_like() -> bytes:
     return struct.pack(">I", 4 + len(ftyp)) + ftyp + b"\x00" * 64
 
 
+def _icc_tags(profile: bytes) -> dict[bytes, tuple[int, int]]:
+    """Tag signature → (offset, size) from an ICC profile's tag table."""
+    (count,) = struct.unpack(">I", profile[128:132])
+    entries = (profile[132 + 12 * i : 144 + 12 * i] for i in range(count))
+    return {e[:4]: struct.unpack(">II", e[4:]) for e in entries}
+
+
+def wide_gamut_profile() -> bytes:
+    """A small, valid Display-P3-like RGB profile (588 bytes): lcms's sRGB with P3's colorants."""
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = _icc_tags(bytes(profile))
+    for tag, xyz in P3_COLORANTS.items():
+        offset, _ = tags[tag]
+        profile[offset + 8 : offset + 20] = b"".join(struct.pack(">i", round(v * 65536)) for v in xyz)
+    profile[24:36] = bytes(12)  # lcms stamps the creation time: zero it to keep the corpus deterministic
+    profile[84:100] = bytes(16)  # the profile ID (an MD5 of the old contents) would no longer match
+    return bytes(profile)
+
+
+def _oversized_profile() -> bytes:
+    """A profile that parses (header size updated) padded to OVERSIZED_ICC_BYTES."""
+    profile = bytearray(wide_gamut_profile())
+    profile += bytes(OVERSIZED_ICC_BYTES - len(profile))
+    profile[:4] = struct.pack(">I", len(profile))
+    return bytes(profile)
+
+
+def _icc_jpeg(icc: bytes) -> bytes:
+    return _encode(Image.new("RGB", ICC_SIZE, ICC_COLOUR), "JPEG", quality=95, icc_profile=icc)
+
+
+def icc_colour_in_srgb(profile: bytes) -> Rgb:
+    """What ICC_COLOUR looks like in sRGB when it is described by ``profile``."""
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    pixel = Image.new("RGB", (1, 1), ICC_COLOUR)
+    converted = ImageCms.profileToProfile(pixel, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    assert converted is not None
+    r, g, b = converted.getpixel((0, 0))  # type: ignore[misc]
+    return (r, g, b)
+
+
 SVG_WITH_SCRIPT = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
     b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">'
@@ -401,6 +465,13 @@ def _build() -> tuple[Case, ...]:
         # Metadata (item 7) and orientation.
         Case("exif_orientation_6", _exif_rotated_jpeg(), "avatar.jpg", "image/jpeg", ok, check="rotated"),
         Case("gps_jpeg", _gps_jpeg(), "avatar.jpg", "image/jpeg", ok, check="no_metadata"),
+        # ICC profiles (issue 8.7): attacker bytes posing as a profile are dropped, an 8 MB one is applied to
+        # the pixels rather than stored, a small valid wide-gamut one stays on the original.
+        Case(
+            "jpeg_html_as_icc_profile", _icc_jpeg(SEGMENT_PAYLOAD), "avatar.jpg", "image/jpeg", ok, check="icc_dropped"
+        ),
+        Case("jpeg_8mb_icc_profile", _icc_jpeg(_oversized_profile()), "a.jpg", "image/jpeg", ok, check="icc_dropped"),
+        Case("jpeg_wide_gamut_icc", _icc_jpeg(wide_gamut_profile()), "avatar.jpg", "image/jpeg", ok, check="icc_kept"),
         # Item 10: small images are never upscaled into thumbnails.
         Case("tiny_10x10_png", tiny, "avatar.png", "image/png", ok, check="not_upscaled"),
         # Real images of formats that are not accepted; some are declared honestly, some disguised.
@@ -568,6 +639,7 @@ def check_stored(
         assert thumbnail_content_type.split(";")[0].strip() == _MIME[thumb.format or ""], (
             "thumbnail: type/bytes mismatch"
         )
+    assert "icc_profile" not in thumb.info, "thumbnail: carries an ICC profile (thumbnails are sRGB, untagged)"
     for what, data in (("original", original), ("thumbnail", thumbnail)):
         leftovers = metadata_leftovers(data)
         assert not leftovers, f"{what}: {leftovers}"
@@ -602,4 +674,20 @@ def check_stored(
         assert th == 1 and tw <= THUMBNAIL_SIDE, f"strip thumbnail {thumb.size}"
     elif c.check == "not_upscaled":
         assert tw <= TINY_SIZE[0] and th <= TINY_SIZE[1], f"tiny thumbnail {thumb.size}"
+    elif c.check in ("icc_kept", "icc_dropped"):
+        _check_icc(c, orig, thumb, original, thumbnail)
     # "no_metadata" is covered by the common checks above (metadata_leftovers on both files).
+
+
+def _check_icc(c: Case, orig: Image.Image, thumb: Image.Image, original: bytes, thumbnail: bytes) -> None:
+    uploaded = Image.open(io.BytesIO(c.data)).info.get("icc_profile", b"")
+    for what, data in (("original", original), ("thumbnail", thumbnail)):
+        assert len(data) < ICC_SAMPLE_MAX_STORED, f"{what}: {len(data)} bytes for a {ICC_SIZE} image"
+    if c.check == "icc_kept":
+        assert orig.info.get("icc_profile") == uploaded, "original: the small valid profile was not kept"
+        assert close(_mean(orig, (0, 0, *orig.size)), ICC_COLOUR, 12), "original: pixels changed under the profile"
+        want = icc_colour_in_srgb(uploaded)
+        got = _mean(thumb, (0, 0, *thumb.size))
+        assert close(got, want, 12), f"thumbnail: {got}, want {want} (the profile applied, in sRGB)"
+    else:
+        assert "icc_profile" not in orig.info, "original: kept a profile it should have dropped or applied"

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 
 def load_corpus() -> ModuleType:
@@ -392,6 +392,32 @@ def test_metadata_leftovers_is_empty_for_a_clean_file() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ICC profiles
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_html_as_icc_profile_is_carried_whole_and_is_no_profile() -> None:
+    data = BY_NAME["jpeg_html_as_icc_profile"].data
+    assert decode(data).info["icc_profile"] == ac.SEGMENT_PAYLOAD
+    with pytest.raises(OSError):
+        ImageCms.ImageCmsProfile(io.BytesIO(ac.SEGMENT_PAYLOAD))
+
+
+def test_8mb_icc_profile_parses_and_makes_a_tiny_image_huge() -> None:
+    image = decode(BY_NAME["jpeg_8mb_icc_profile"].data)
+    icc = image.info["icc_profile"]
+    assert len(icc) == ac.OVERSIZED_ICC_BYTES > ac.ICC_KEEP_LIMIT and image.size == ac.ICC_SIZE
+    assert ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space == "RGB "
+
+
+def test_wide_gamut_profile_is_small_valid_and_not_srgb() -> None:
+    icc = decode(BY_NAME["jpeg_wide_gamut_icc"].data).info["icc_profile"]
+    assert icc == ac.wide_gamut_profile() and len(icc) <= ac.ICC_KEEP_LIMIT
+    assert ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space == "RGB "
+    assert not ac.close(ac.icc_colour_in_srgb(icc), ac.ICC_COLOUR, 12), "P3 colorants must visibly move the colour"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Formats that are not accepted
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -522,15 +548,31 @@ def _cover(image: Image.Image, upscale: bool) -> Image.Image:
     return resized.crop((left, top, left + w, top + h))
 
 
-def _save(image: Image.Image, keep_info: bool) -> bytes:
+def _save(image: Image.Image, keep_info: bool, icc: bytes | None = None) -> bytes:
     if not keep_info:
         image.info = {}
     buf = io.BytesIO()
+    extra = {"icc_profile": icc} if icc else {}
     if image.mode == "CMYK" or image.mode == "RGB":
-        image.save(buf, "JPEG", quality=90)
+        image.save(buf, "JPEG", quality=90, **extra)
     else:
-        image.save(buf, "PNG")
+        image.save(buf, "PNG", **extra)
     return buf.getvalue()
+
+
+def _profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc)) if icc else None
+    except OSError:
+        return None
+
+
+def _in_srgb(image: Image.Image, profile: ImageCms.ImageCmsProfile | None) -> Image.Image:
+    if profile is None:
+        return image
+    converted = ImageCms.profileToProfile(image, profile, ImageCms.createProfile("sRGB"), outputMode=image.mode)
+    assert converted is not None
+    return converted
 
 
 def pipeline(
@@ -543,9 +585,11 @@ def pipeline(
     keep_info: bool = False,
     thumb_from_raw: bool = False,
     stretch: bool = False,
+    icc_unchecked: bool = False,
 ) -> tuple[bytes, bytes]:
     """A reference of the endpoint's processing, with switches that each reintroduce one defect."""
     image = open_image(data)
+    icc = image.info.get("icc_profile")
     image.seek(frame)
     image.load()
     raw = image
@@ -556,7 +600,12 @@ def pipeline(
         raw = raw.convert("RGBA" if "A" in raw.getbands() else "RGB")
     source = raw if thumb_from_raw else image
     thumbnail = source.resize((ac.THUMBNAIL_SIDE,) * 2) if stretch else _cover(source, upscale)
-    return _save(image, keep_info), _save(thumbnail, keep_info)
+    if icc_unchecked:  # the profile copied onto both files, whatever it is
+        return _save(image, keep_info, icc), _save(thumbnail, keep_info, icc)
+    profile = _profile(icc)
+    keep = profile is not None and icc is not None and len(icc) <= ac.ICC_KEEP_LIMIT
+    original = _save(image, keep_info, icc) if keep else _save(_in_srgb(image, profile), keep_info)
+    return original, _save(_in_srgb(thumbnail, profile), keep_info)
 
 
 ACCEPTED = [c for c in CASES if c.expected_status == 201]
@@ -587,6 +636,10 @@ DEFECTS = [
     ("strip_50000x1_png", "thumbnail stretched to 200x200", {"stretch": True}),
     ("strip_16000x1_png", "thumbnail stretched to 200x200", {"stretch": True}),
     ("valid_webp", "thumbnail upscaled", {"upscale": True}),
+    ("jpeg_html_as_icc_profile", "stored as uploaded", None),
+    ("jpeg_html_as_icc_profile", "profile copied unchecked", {"icc_unchecked": True}),
+    ("jpeg_8mb_icc_profile", "profile copied unchecked", {"icc_unchecked": True}),
+    ("jpeg_wide_gamut_icc", "profile copied unchecked", {"icc_unchecked": True}),
 ]
 
 

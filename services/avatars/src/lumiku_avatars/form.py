@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
 from lumiku_common.errors import BadRequest, PayloadTooLarge
@@ -135,9 +135,12 @@ async def read_upload_form(request: Request, max_file_bytes: int) -> UploadForm:
             if received > max_file_bytes + FORM_ALLOWANCE:
                 raise too_large(max_file_bytes)
             parser.write(chunk)
-        parser.finalize()
     except MultipartParseError as exc:
         raise MalformedForm() from exc
+    if parser.state != MultipartState.END:
+        # python-multipart's finalize() does not check this: a body cut off mid-part would otherwise look like a
+        # form without its image ("Image file is required") or, worse, with the parts that did arrive.
+        raise MalformedForm()
     return collector.form
 
 

@@ -7,7 +7,15 @@ class AvatarsSettings(ServiceSettings, StorageSettings):
 
     max_upload_bytes: int = 10 * 1024 * 1024  # the spec's 10 MB, counted while the body streams in
     max_image_pixels: int = 40_000_000  # checked from the header, before any decoding
-    max_image_side: int = 65_535  # JPEG's own limit; the pixel cap is what bounds memory
+    max_image_side: int = 65_535  # JPEG's own limit; the decoded-bytes budget is what bounds memory
+    # The most pixel memory one upload may hold at its peak, estimated from the header before decoding (decoder
+    # buffers and the worst conversion step included). With max_concurrent_decodes uploads at once that is
+    # 256 MiB of pixels, which beside the service itself and in-flight 10 MB bodies fits the pod's 768 Mi
+    # limit. It admits an upright 33 MP RGB photo (4 bytes a pixel), a 16 MP one with EXIF rotation, a 40 MP
+    # 16-bit greyscale PNG, but only an 8 MP WebP (libwebp needs 16 bytes a pixel).
+    max_decoded_bytes: int = 128 * 1024 * 1024
+    max_concurrent_decodes: int = 2  # uploads decoding at once per process: the machine has 2 cores
+    max_icc_bytes: int = 64 * 1024  # a larger profile is applied to the original's pixels, not stored
     thumbnail_size: int = 200
     jpeg_quality: int = 90
 
