@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from avatars_samples import GPS_IFD, decoded, events_about, exif_jpeg, jpeg, png, webp
 
-from lumiku_avatars import service
+from lumiku_avatars import images, service
 from lumiku_common.media import MediaSigner
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -276,3 +276,23 @@ async def test_database_failure_leaves_nothing_and_releases_the_hold(suite, monk
     response = await suite.upload(headers, project, jpeg())
     assert response.status_code == 500
     await suite.assert_untouched(user, headers)
+
+
+async def test_a_caller_who_cannot_pay_gets_402_before_any_pixel_is_decoded(suite, monkeypatch):
+    """The credits are reserved from the header's verdict, so an empty wallet never costs us a decode."""
+    user, headers = suite.user()
+    project = await suite.project(headers)
+    for _ in range(10):
+        assert (await suite.upload(headers, project, jpeg(32, 32))).status_code == 201
+    decodes = 0
+    decode = images._decode_for_both
+
+    def counting(data: bytes, limits: images.Limits):
+        nonlocal decodes
+        decodes += 1
+        return decode(data, limits)
+
+    monkeypatch.setattr(images, "_decode_for_both", counting)
+    response = await suite.upload(headers, project, jpeg(4000, 3000))
+    assert response.status_code == 402 and response.json()["required"] == 10
+    assert decodes == 0 and await suite.rows(user) == 10

@@ -7,8 +7,8 @@ after the image) dropped. An ICC colour profile is kept on the original only whe
 small, since dropping it shifts the colours of wide-gamut phone photos; otherwise the pixels are converted to
 sRGB (or the bytes that are no profile are dropped). Thumbnails are always sRGB and carry no profile.
 
-Everything here is CPU-bound and synchronous but `process`, which runs it in worker threads, a bounded number
-of uploads at a time per process.
+Everything here is CPU-bound and synchronous but `process`, which runs it in worker threads once the decode's
+memory fits in the process's `DecodeBudget`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import io
 import math
 import struct
 import warnings
-import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFile, ImageOps
@@ -56,9 +57,8 @@ class Limits:
     thumbnail_size: int = 200
     jpeg_quality: int = 90
     # What one upload may hold in pixel buffers at its peak; see AvatarsSettings.max_decoded_bytes.
-    max_decoded_bytes: int = 128 * _MB
+    max_decoded_bytes: int = 200 * _MB
     max_icc_bytes: int = 64 * 1024
-    max_concurrent_decodes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,15 +115,22 @@ def sniff(data: bytes) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _checked(data: bytes, limits: Limits) -> tuple[ImageFile.ImageFile, _Source]:
+def admit(data: bytes, limits: Limits) -> int:
+    """Checks an upload from its header alone and returns the memory its decode will take at the peak; raises
+    the client's error for anything that is no acceptable image. Cheap: nothing is decoded."""
+    return _checked(data, limits)[2]
+
+
+def _checked(data: bytes, limits: Limits) -> tuple[ImageFile.ImageFile, _Source, int]:
     fmt = sniff(data)
     im = _open(data, fmt, limits)
     _decode_16bit_grey_as_8bit(im)
     icc = im.info.get("icc_profile") or None
     src = _Source(fmt, icc, _parse_profile(icc), _header_orientation(im))
-    if _peak_bytes(im, src, data, limits) > limits.max_decoded_bytes:
+    peak = _peak_bytes(im, src, data, limits)
+    if peak > limits.max_decoded_bytes:
         raise ImageTooLarge(f"Image too large to process (max {limits.max_decoded_bytes // _MB} MB decoded)")
-    return im, src
+    return im, src, peak
 
 
 def _open(data: bytes, fmt: str, limits: Limits) -> ImageFile.ImageFile:
@@ -368,13 +375,13 @@ def _thumbnail(small: Image.Image, src: _Source, limits: Limits) -> Encoded:
 
 def make_original(data: bytes, limits: Limits) -> Encoded:
     """The stored original: same format family as uploaded, re-encoded from pixels, metadata stripped."""
-    im, src = _checked(data, limits)
+    im, src, _ = _checked(data, limits)
     return _original(_decode(im, src), src, limits)
 
 
 def make_thumbnail(data: bytes, limits: Limits) -> Encoded:
     """A square cover crop of at most `thumbnail_size`, never larger than the source's short side."""
-    im, src = _checked(data, limits)
+    im, src, _ = _checked(data, limits)
     if src.fmt == "JPEG":
         # Fast path: libjpeg decodes at 1/2, 1/4 or 1/8 scale, still at least the thumbnail's size.
         im.draft(im.mode if im.mode in ("RGB", "L") else None, (limits.thumbnail_size, limits.thumbnail_size))
@@ -385,24 +392,35 @@ def make_thumbnail(data: bytes, limits: Limits) -> Encoded:
 # One upload
 # ---------------------------------------------------------------------------------------------------------------
 
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary()
-)
 
+class DecodeBudget:
+    """The image memory of one process: an upload decodes once its estimated peak fits beside the uploads
+    already decoding, so many small photos decode side by side while a few large ones take turns, and the
+    total stays under `capacity` (a single upload is never more than `Limits.max_decoded_bytes`)."""
 
-def _gate(size: int) -> asyncio.Semaphore:
-    """One semaphore per event loop (asyncio primitives belong to the loop they first wait on)."""
-    loop = asyncio.get_running_loop()
-    current = _gates.get(loop)
-    if current is None or current[0] != size:
-        current = _gates[loop] = (size, asyncio.Semaphore(size))
-    return current[1]
+    def __init__(self, capacity: int):
+        self.capacity, self.in_use = capacity, 0
+        self._changed: asyncio.Condition | None = None  # made on first use, in the loop that uses it
+
+    @asynccontextmanager
+    async def hold(self, need: int) -> AsyncIterator[None]:
+        need = min(need, self.capacity)
+        changed = self._changed = self._changed or asyncio.Condition()
+        async with changed:
+            await changed.wait_for(lambda: self.in_use + need <= self.capacity)
+            self.in_use += need
+        try:
+            yield
+        finally:
+            async with changed:
+                self.in_use -= need
+                changed.notify_all()
 
 
 def _decode_for_both(data: bytes, limits: Limits) -> tuple[_Source, Image.Image, Image.Image]:
     """One decode serves both outputs. The thumbnail is cut before the original's encode starts, so the two
     encoder threads never share an image; the file image goes when this returns."""
-    im, src = _checked(data, limits)
+    im, src, _ = _checked(data, limits)
     pixels = _decode(im, src)
     return src, pixels, _cover(pixels, limits.thumbnail_size)
 
@@ -416,13 +434,14 @@ async def _decode_and_encode(data: bytes, limits: Limits) -> tuple[Encoded, Enco
     return original, thumbnail
 
 
-async def process(data: bytes, limits: Limits) -> tuple[Encoded, Encoded]:
+async def process(
+    data: bytes, limits: Limits, budget: DecodeBudget, cost: int | None = None
+) -> tuple[Encoded, Encoded]:
     """Original and thumbnail from one decode, encoded in two threads (Pillow releases the GIL meanwhile).
 
-    The header is checked before waiting for a slot, so refused images never queue (and parsing a header
-    again once admitted costs microseconds). At most `max_concurrent_decodes` uploads per process hold
-    decoded pixels at a time, each at most `max_decoded_bytes`: that bounds the process's image memory.
+    The header is checked before waiting for memory (`cost`: what `admit` already returned), so refused images
+    never queue; the decode starts once its peak fits in the process's `budget`.
     """
-    await asyncio.to_thread(_checked, data, limits)
-    async with _gate(limits.max_concurrent_decodes):
+    need = cost if cost is not None else await asyncio.to_thread(admit, data, limits)
+    async with budget.hold(need):
         return await _decode_and_encode(data, limits)

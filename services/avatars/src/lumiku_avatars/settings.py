@@ -9,12 +9,14 @@ class AvatarsSettings(ServiceSettings, StorageSettings):
     max_image_pixels: int = 40_000_000  # checked from the header, before any decoding
     max_image_side: int = 65_535  # JPEG's own limit; the decoded-bytes budget is what bounds memory
     # The most pixel memory one upload may hold at its peak, estimated from the header before decoding (decoder
-    # buffers and the worst conversion step included). With max_concurrent_decodes uploads at once that is
-    # 256 MiB of pixels, which beside the service itself and in-flight 10 MB bodies fits the pod's 768 Mi
-    # limit. It admits an upright 33 MP RGB photo (4 bytes a pixel), a 16 MP one with EXIF rotation, a 40 MP
-    # 16-bit greyscale PNG, but only an 8 MP WebP (libwebp needs 16 bytes a pixel).
-    max_decoded_bytes: int = 128 * 1024 * 1024
-    max_concurrent_decodes: int = 2  # uploads decoding at once per process: the machine has 2 cores
+    # buffers and the worst conversion step included). 200 MiB admits a 24 MP phone photo with EXIF rotation
+    # (4 bytes a pixel, twice while it turns), an upright 40 MP photo, a 40 MP 16-bit greyscale PNG and a
+    # 12 MP WebP (libwebp needs 16 bytes a pixel).
+    max_decoded_bytes: int = 200 * 1024 * 1024
+    # All uploads of one process decoding at once stay within this: two 12 MP rotated photos, or a 24 MP one and
+    # a 12 MP one, decode side by side; larger ones take turns. Beside the service itself and in-flight 10 MB
+    # bodies it fits the pod's 768 Mi limit.
+    decode_memory_bytes: int = 288 * 1024 * 1024
     max_icc_bytes: int = 64 * 1024  # a larger profile is applied to the original's pixels, not stored
     thumbnail_size: int = 200
     jpeg_quality: int = 90

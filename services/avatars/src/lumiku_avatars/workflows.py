@@ -1,9 +1,11 @@
 """Workflows: the avatar use cases that call other services or storage and so own their unit of work
 (service.py functions never commit and never leave the database; the request or message scope commits them).
 
-Creating an avatar (upload, save-preview): validate, decode, reserve credits, store, commit; undo everything on
-any failure. Order matters. Every check that can refuse the request (form, project ownership, image decoding)
-runs before credits are reserved, so bad input never touches money. Objects are stored before the row commits and
+Creating an avatar (upload, save-preview): validate, reserve credits, decode, store, commit; undo everything on
+any failure. Order matters. Every check that can refuse the request (form, project ownership, the image's
+header: format, size, decoded memory) runs before credits are reserved, so bad input never touches money, and
+no pixel is decoded for a caller who cannot pay; an image that passes its header but fails to decode releases
+its hold. Objects are stored before the row commits and
 removed again if the commit does not happen; the credits are captured through the outbox in the avatar's own
 transaction and released if it never commits. A failure therefore leaves no row, no object and no charge.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi.exceptions import RequestValidationError
@@ -44,11 +46,15 @@ class AvatarWorkflows:
     storage: Storage
     projects: ProjectsClient
     credits: CreditsClient
+    limits: images.Limits = field(init=False)
+    decodes: images.DecodeBudget = field(init=False)  # this process's image memory, shared by its uploads
 
-    @property
-    def limits(self) -> images.Limits:
+    def __post_init__(self) -> None:
         s = self.settings
-        return images.Limits(s.max_image_pixels, s.max_image_side, s.thumbnail_size, s.jpeg_quality)
+        self.limits = images.Limits(
+            s.max_image_pixels, s.max_image_side, s.thumbnail_size, s.jpeg_quality, s.max_decoded_bytes, s.max_icc_bytes
+        )
+        self.decodes = images.DecodeBudget(s.decode_memory_bytes)
 
     async def upload(self, user_id: str, project_id: str, form: UploadForm) -> Avatar:
         if not form.image:
@@ -77,7 +83,8 @@ class AvatarWorkflows:
         self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], origin: AvatarOrigin
     ) -> Avatar:
         await self.projects.ensure_owned(user_id, project_id)
-        original, thumbnail = await images.process(image, self.limits)
+        # From the header alone: what is no acceptable image is refused before any money moves or pixel decodes.
+        cost = await asyncio.to_thread(images.admit, image, self.limits)
         avatar_id = new_id()  # also the upload's id: names the objects and keys the credit hold
         hold = await self.credits.reserve(
             ReserveRequest(
@@ -90,8 +97,10 @@ class AvatarWorkflows:
                 ttl_seconds=self.settings.credit_hold_ttl_seconds,
             )
         )
-        keys = object_keys(user_id, avatar_id, original.extension, thumbnail.extension)
+        keys: tuple[str, ...] = ()
         try:
+            original, thumbnail = await images.process(image, self.limits, self.decodes, cost)
+            keys = object_keys(user_id, avatar_id, original.extension, thumbnail.extension)
             await asyncio.gather(self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data))
             async with self.db.unit_of_work() as session:
                 avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)

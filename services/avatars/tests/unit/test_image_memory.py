@@ -34,17 +34,18 @@ def status(key):
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
 async def run(data, limits, n):
-    results = await asyncio.gather(*(images.process(data, limits) for _ in range(n)), return_exceptions=True)
+    budget = images.DecodeBudget(288 * 1024 * 1024)  # AvatarsSettings.decode_memory_bytes
+    results = await asyncio.gather(*(images.process(data, limits, budget) for _ in range(n)), return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, AppError):
             raise r
     return [r.status_code if isinstance(r, AppError) else 201 for r in results]
 
 data = open(sys.argv[1], "rb").read()
-limits = images.Limits(40_000_000, 65_535)
+limits = images.Limits(40_000_000, 65_535)  # the service defaults
 images.configure(limits.max_pixels)
 try:
-    estimate = images._peak_bytes(*images._checked(data, limits), data, limits)
+    estimate = images.admit(data, limits)
 except AppError:
     estimate = None
 gc.collect()
@@ -132,6 +133,12 @@ def _rotated_15mp() -> bytes:
     return _jpeg(_gradient((5000, 3000)), quality=85, exif=exif.tobytes())
 
 
+def _rotated_24mp() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _jpeg(_gradient((6000, 4000)), quality=85, exif=exif.tobytes())
+
+
 def _webp_8mp() -> bytes:
     out = io.BytesIO()
     _gradient((3000, 2600)).save(out, "WEBP", quality=50, method=0)
@@ -154,8 +161,8 @@ def _webp() -> bytes:
 # accepted ones sit near the decoded-bytes budget, so they show what the largest allowed images cost.
 IMAGES = {
     "grey16_8000x5000_png": (_grey16, 201),  # decoded straight to 8 bits: 1 byte a pixel
-    "rgb16_8000x5000_png": (_rgb16, 400),
-    "palette_8000x5000_png": (_palette, 400),
+    "rgb16_8000x5000_png": (_rgb16, 201),  # 4 bytes a pixel once normalised: 160 MB, under the 200 MB cap
+    "palette_8000x5000_png": (_palette, 201),
     "progressive_444_35mp_jpeg": (_progressive, 400),
     "cmyk_40mp_jpeg": (_cmyk, 400),
     "webp_40mp": (_webp, 400),
@@ -164,6 +171,7 @@ IMAGES = {
     "progressive_444_12mp_jpeg": (_progressive_12mp, 201),
     "cmyk_16mp_jpeg": (_cmyk_16mp, 201),
     "rotated_15mp_jpeg": (_rotated_15mp, 201),
+    "rotated_24mp_jpeg": (_rotated_24mp, 201),  # a phone photo held sideways: must never be refused
     "webp_8mp": (_webp_8mp, 201),
 }
 

@@ -16,6 +16,13 @@ from lumiku_avatars import images
 from lumiku_common.errors import AppError
 
 LIMITS = images.Limits(corpus.PIXEL_CAP, 65_535)
+MB = 1024 * 1024
+
+
+async def process(data: bytes, limits: images.Limits) -> tuple[images.Encoded, images.Encoded]:
+    return await images.process(data, limits, images.DecodeBudget(288 * MB))
+
+
 MIME = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 
@@ -61,10 +68,10 @@ def _refused(c: corpus.Case, call) -> None:
 @pytest.mark.parametrize("c", IMAGE_CASES, ids=lambda c: c.name)
 async def test_process_matches_the_corpus(c: corpus.Case) -> None:
     if c.expected_status == 201:
-        _check(c, *await images.process(c.data, LIMITS))
+        _check(c, *await process(c.data, LIMITS))
         return
     with pytest.raises(AppError) as raised:
-        await images.process(c.data, LIMITS)
+        await process(c.data, LIMITS)
     assert raised.value.status_code == 400
     if c.expected_error is not None:
         assert raised.value.message == c.expected_error
@@ -92,7 +99,7 @@ def _profile(data: bytes) -> bytes | None:
 
 
 async def test_html_posing_as_a_profile_is_dropped_everywhere() -> None:
-    original, thumbnail = await images.process(corpus.case("jpeg_html_as_icc_profile").data, LIMITS)
+    original, thumbnail = await process(corpus.case("jpeg_html_as_icc_profile").data, LIMITS)
     for encoded in (original, thumbnail):
         assert _profile(encoded.data) is None
         assert not [needle for needle in corpus.FORBIDDEN_IN_STORED if needle in encoded.data]
@@ -100,7 +107,7 @@ async def test_html_posing_as_a_profile_is_dropped_everywhere() -> None:
 
 async def test_an_8mb_profile_is_applied_to_the_pixels_not_stored() -> None:
     c = corpus.case("jpeg_8mb_icc_profile")
-    original, thumbnail = await images.process(c.data, LIMITS)
+    original, thumbnail = await process(c.data, LIMITS)
     assert len(thumbnail.data) < 50 * 1024 and len(original.data) < 50 * 1024
     assert _profile(original.data) is None and _profile(thumbnail.data) is None
     want = corpus.icc_colour_in_srgb(_profile(c.data) or b"")
@@ -110,7 +117,7 @@ async def test_an_8mb_profile_is_applied_to_the_pixels_not_stored() -> None:
 
 async def test_a_small_valid_profile_stays_on_the_original_and_the_thumbnail_is_srgb() -> None:
     profile = corpus.wide_gamut_profile()
-    original, thumbnail = await images.process(corpus.case("jpeg_wide_gamut_icc").data, LIMITS)
+    original, thumbnail = await process(corpus.case("jpeg_wide_gamut_icc").data, LIMITS)
     assert _profile(original.data) == profile
     assert _profile(thumbnail.data) is None
     pixel = Image.open(io.BytesIO(thumbnail.data)).convert("RGB").getpixel((32, 32))
@@ -119,7 +126,7 @@ async def test_a_small_valid_profile_stays_on_the_original_and_the_thumbnail_is_
 
 async def test_a_profile_over_the_limit_is_applied_even_when_valid() -> None:
     data = corpus.case("jpeg_wide_gamut_icc").data
-    original, _ = await images.process(data, images.Limits(corpus.PIXEL_CAP, 65_535, max_icc_bytes=100))
+    original, _ = await process(data, images.Limits(corpus.PIXEL_CAP, 65_535, max_icc_bytes=100))
     assert _profile(original.data) is None
 
 
@@ -129,7 +136,7 @@ async def test_a_valid_profile_for_other_pixels_is_not_kept() -> None:
     for icc in (lab, corpus.wide_gamut_profile()):
         out = io.BytesIO()
         Image.new("L", (32, 32), 128).save(out, "PNG", icc_profile=icc)
-        original, thumbnail = await images.process(out.getvalue(), LIMITS)
+        original, thumbnail = await process(out.getvalue(), LIMITS)
         assert _profile(original.data) is None and _profile(thumbnail.data) is None
         assert Image.open(io.BytesIO(original.data)).getpixel((5, 5)) == 128
 
@@ -173,21 +180,43 @@ def test_16bit_greyscale_decodes_straight_to_8_bits_with_the_full_range() -> Non
     images.make_original(_png("I;16", (1000, 1000)), limits)
 
 
-async def test_process_decodes_at_most_max_concurrent_decodes_uploads_at_once(monkeypatch) -> None:
-    running, most = 0, 0
+def _counting_decodes(monkeypatch) -> dict[str, int]:
+    """Replaces the decode with one that counts how many run at once (each long enough to overlap)."""
+    count = {"running": 0, "most": 0}
     decode = images._decode_for_both
 
     def counting(data: bytes, limits: images.Limits):
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        time.sleep(0.05)  # long enough for every upload that is let through to overlap
+        count["running"] += 1
+        count["most"] = max(count["most"], count["running"])
+        time.sleep(0.05)
         try:
             return decode(data, limits)
         finally:
-            running -= 1
+            count["running"] -= 1
 
     monkeypatch.setattr(images, "_decode_for_both", counting)
+    return count
+
+
+@pytest.mark.parametrize(("fits", "expected"), [(1, 1), (2, 2), (3, 3)])
+async def test_decodes_run_side_by_side_only_while_their_memory_fits(monkeypatch, fits: int, expected: int) -> None:
+    count = _counting_decodes(monkeypatch)
     data = corpus.case("valid_png").data
-    await asyncio.gather(*(images.process(data, LIMITS) for _ in range(6)))
-    assert most == LIMITS.max_concurrent_decodes == 2
+    budget = images.DecodeBudget(fits * images.admit(data, LIMITS))
+    await asyncio.gather(*(images.process(data, LIMITS, budget) for _ in range(6)))
+    assert count["most"] == expected and budget.in_use == 0
+
+
+async def test_an_upload_larger_than_the_whole_budget_decodes_alone_instead_of_waiting_forever(monkeypatch) -> None:
+    count = _counting_decodes(monkeypatch)
+    data = corpus.case("valid_png").data
+    budget = images.DecodeBudget(images.admit(data, LIMITS) // 2)
+    await asyncio.wait_for(asyncio.gather(*(images.process(data, LIMITS, budget) for _ in range(3))), 10)
+    assert count["most"] == 1
+
+
+async def test_refused_images_never_take_memory_from_the_budget() -> None:
+    budget = images.DecodeBudget(1)
+    with pytest.raises(AppError):
+        await images.process(corpus.case("png_bomb_64mp").data, LIMITS, budget)
+    assert budget.in_use == 0
