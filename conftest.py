@@ -1,16 +1,51 @@
 """Test tiers: a test under a `unit/` folder is in the fast tier (`make test-unit`, `pytest -m unit`): no
-PostgreSQL, RabbitMQ, Redis or network, seconds in all. Everything else runs against the real servers."""
+PostgreSQL, RabbitMQ, Redis or network, seconds in all. Everything else runs against the real servers.
+Any test fails if a service logged an unhandled error meanwhile (the no_unhandled_errors fixture)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
+
+from lumiku_common.middleware import LOGGER_NAME as MIDDLEWARE_LOGGER
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: fast tier, needs no server (any test under a unit/ folder)")
+    config.addinivalue_line("markers", "unhandled_errors: the test provokes an unhandled error (500) on purpose")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "unit" in item.path.parent.parts:
             item.add_marker(pytest.mark.unit)
+
+
+class _UnhandledErrors(logging.Handler):
+    """Collects the `unhandled_error` lines the request middleware logs (every 500 that is our bug)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = record.msg if isinstance(record.msg, dict) else {}
+        if event.get("event") == "unhandled_error":
+            self.seen.append(f"{event.get('method')} {event.get('path')}")
+
+
+@pytest.fixture(autouse=True)
+def no_unhandled_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test fails if any service answered a request with an unhandled error while it ran, even when the test's
+    own assertions were satisfied; tests that provoke one on purpose say so with @pytest.mark.unhandled_errors."""
+    collector = _UnhandledErrors()
+    logger = logging.getLogger(MIDDLEWARE_LOGGER)  # its own handler: services reset the root's at start-up
+    logger.addHandler(collector)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collector)
+    if collector.seen and request.node.get_closest_marker("unhandled_errors") is None:
+        pytest.fail(f"unhandled errors were logged: {collector.seen}", pytrace=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi import APIRouter
 
 from lumiku_common.service import ServiceSpec, create_service
@@ -25,6 +26,7 @@ def broken_service():
     return create_service(ServiceSpec(settings=settings, routers=[router], stateless=True, readiness=always_ready))
 
 
+@pytest.mark.unhandled_errors
 async def test_unknown_errors_are_500_with_the_request_id_and_no_traceback(capsys):
     async with running(broken_service()) as client:
         response = await client.get("/boom", headers={"x-request-id": "req-42"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -256,15 +257,16 @@ async def test_storage_failure_leaves_nothing_and_releases_the_hold(suite, monke
     async def put(key, data):
         if "thumbnail" in key:
             await asyncio.sleep(0.05)  # let the original land first, so there is something to undo
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
         return await real_put(key, data)
 
     monkeypatch.setattr(storage, "put", put)
     response = await suite.upload(headers, project, jpeg())
-    assert response.status_code == 500
+    assert (response.status_code, response.headers["retry-after"]) == (503, "5")  # storage is down, not a bug
     await suite.assert_untouched(user, headers)
 
 
+@pytest.mark.unhandled_errors  # a bug in our own code (faked): the one case where 500 is the right answer
 async def test_database_failure_leaves_nothing_and_releases_the_hold(suite, monkeypatch):
     user, headers = suite.user()
     project = await suite.project(headers)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import socket
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lumiku_common.logs import get_logger
@@ -82,8 +86,44 @@ class RateLimited(AppError):
 
 
 class ServiceUnavailable(AppError):
+    """A dependency (database, broker, storage, another service) cannot be reached: the client may retry."""
+
     status_code = 503
     message = "Service unavailable"
+    retry_after = 5
+
+    def __init__(self, message: str | None = None, **extra: Any):
+        super().__init__(message, headers={"Retry-After": str(self.retry_after)}, **extra)
+
+
+# What a lost or unreachable dependency raises, as opposed to a bug: connection errors of the database driver
+# (raw or wrapped by SQLAlchemy), pool timeouts, and the OS failing a socket or a disk.
+_UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
+
+
+def is_unavailable(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) means a dependency is down rather than our code being wrong."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, _UNAVAILABLE_TYPES):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _UNAVAILABLE_ERRNOS:
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None), seen + 1
+    return False
 
 
 def error_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -220,6 +260,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
         return error_response(exc.status_code, exc.body(), exc.headers)
+
+    async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
+        if not is_unavailable(exc):
+            raise exc  # a bug: the request middleware logs it and answers 500
+        log.warning("dependency_unavailable", method=request.method, path=request.url.path, error=repr(exc)[:500])
+        unavailable = ServiceUnavailable()
+        return error_response(unavailable.status_code, unavailable.body(), unavailable.headers)
+
+    for kind in (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(kind, _dependency_down)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

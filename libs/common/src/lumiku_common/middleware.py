@@ -19,7 +19,8 @@ from lumiku_common.context import (
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 
-log = get_logger("http")
+LOGGER_NAME = "http"
+log = get_logger(LOGGER_NAME)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = {"/health", "/ready"}
 

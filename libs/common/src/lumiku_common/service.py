@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from lumiku_common.db import Database
-from lumiku_common.errors import install_error_handlers
+from lumiku_common.errors import ServiceUnavailable, install_error_handlers
 from lumiku_common.logs import configure_logging, get_logger
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.consumer import Consumer, EventHandlers, prune_inbox
@@ -216,6 +216,7 @@ def health_router(settings: ServiceSettings, readiness: Callable[[FastAPI], Awai
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "service": settings.service_name, "checks": checks},
             status_code=200 if ok else 503,
+            headers=None if ok else {"Retry-After": str(ServiceUnavailable.retry_after)},
         )
 
     return router

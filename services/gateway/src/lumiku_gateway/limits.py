@@ -30,7 +30,8 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("api", frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"}), re.compile(r"^/api/")),
     Rule("create-project", frozenset({"POST"}), re.compile(rf"^{APP}/projects$")),
-    Rule("upload-avatar", frozenset({"POST"}), re.compile(rf"^{APP}/projects/[^/]+/avatars$")),
+    # save-preview creates an avatar too: it counts against the same limit as an upload.
+    Rule("upload-avatar", frozenset({"POST"}), re.compile(rf"^{APP}/projects/[^/]+/avatars(/save-preview)?$")),
     Rule("generate-avatar", frozenset({"POST"}), re.compile(rf"^{APP}/projects/[^/]+/avatars/generate$")),
 )
 
