@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-unit test-fast lint typecheck bench infra clean
+.PHONY: install dev test test-unit test-fast coverage lint typecheck bench infra clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -31,6 +31,9 @@ test: install lint typecheck test-unit infra
 
 test-unit: install
 	$(NO_SERVERS) $(UV) run pytest -m unit -q
+
+coverage: install infra
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile -q --cov --cov-report=term:skip-covered --cov-report=json:.coverage.json
 
 test-fast: install
 	$(UV) run pytest -x -q

@@ -21,10 +21,10 @@ from sqlalchemy import text
 import lumiku_avatars
 import lumiku_credits
 import lumiku_projects
-from lumiku_avatars.dependencies import AvatarsParts
 from lumiku_avatars.main import create_app as create_avatars
 from lumiku_avatars.objects import ObjectJanitor, object_keys
 from lumiku_avatars.settings import AvatarsSettings
+from lumiku_avatars.workflows import AvatarWorkflows
 from lumiku_common.ids import new_id
 from lumiku_common.storage import Storage
 from lumiku_credits.main import create_app as create_credits
@@ -61,17 +61,14 @@ class Suite:
     settings: AvatarsSettings
 
     @property
-    def parts(self) -> AvatarsParts:
-        parts: AvatarsParts = self.avatars_app.state.avatars
-        return parts
-
-    @property
     def storage(self) -> Storage:
-        return self.parts.workflows.storage
+        workflows: AvatarWorkflows = self.avatars_app.state.parts[AvatarWorkflows]
+        return workflows.storage
 
     @property
     def janitor(self) -> ObjectJanitor:
-        return self.parts.janitor
+        janitor: ObjectJanitor = self.avatars_app.state.parts[ObjectJanitor]
+        return janitor
 
     def direct(self) -> httpx.AsyncClient:
         """A client of the avatars service itself, bypassing the gateway."""

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -27,6 +28,7 @@ from lumiku_common.settings import ServiceSettings
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
 Hook = Callable[[FastAPI], Awaitable[None]]
 BackgroundLoop = Callable[[], Awaitable[None]]
 
@@ -44,6 +46,9 @@ class ServiceSpec:
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     background: Sequence[BackgroundLoop] = ()  # long-running worker loops, e.g. `periodic(...)`
+    # The service's own parts (workflows, clients, ...), built by its create_app; endpoints get them with
+    # `Annotated[Kind, Depends(part(Kind))]`.
+    parts: Sequence[object] = ()
     title: str = ""
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
     stateless: bool = False  # no database, broker or workers (the gateway)
@@ -161,6 +166,7 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     )
     app.state.settings = settings
     app.state.spec = spec
+    app.state.parts = {type(p): p for p in spec.parts}
     if not spec.stateless:
         app.state.db = spec.db or database_for(settings)
     app.add_middleware(RequestContextMiddleware)
@@ -169,6 +175,19 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     for router in spec.routers:
         app.include_router(router)
     return app
+
+
+@cache
+def part(kind: type[T]) -> Callable[[Request], T]:
+    """The dependency provider of the service's part of type `kind` (one provider per kind, so tests can
+    override it: `app.dependency_overrides[part(Kind)] = ...`)."""
+
+    def provide(request: Request) -> T:
+        found: T = request.app.state.parts[kind]
+        return found
+
+    provide.__name__ = f"part_{kind.__name__}"
+    return provide
 
 
 def database_for(settings: ServiceSettings) -> Database:

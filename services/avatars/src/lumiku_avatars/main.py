@@ -6,7 +6,6 @@ import httpx
 from fastapi import FastAPI
 
 from lumiku_avatars import images
-from lumiku_avatars.dependencies import AvatarsParts
 from lumiku_avatars.endpoints import internal, router
 from lumiku_avatars.handlers import project_handlers, usage_handlers
 from lumiku_avatars.objects import ObjectJanitor
@@ -48,7 +47,7 @@ def create_app(
         await workflows.credits.aclose()
         await storage.close()
 
-    app = create_service(
+    return create_service(
         ServiceSpec(
             settings=settings,
             routers=[router, internal],
@@ -59,7 +58,6 @@ def create_app(
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku avatars",
+            parts=[workflows, media, janitor],
         )
     )
-    app.state.avatars = AvatarsParts(workflows, media, janitor)
-    return app
