@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from lumiku_devtools.testing import RUN_ID, auth, running, settings_for_tests
+from lumiku_common.http_server import LimitedHttpToolsProtocol
+from lumiku_devtools.testing import RUN_ID, auth, free_port, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
@@ -277,3 +279,71 @@ async def test_an_early_413_stops_the_gateway_reading_the_upload():
         response = await api.post(f"{APP}/projects/p/avatars", content=fifty_megabytes())
     assert (response.status_code, response.json()["error"]) == (413, "File too large (max 10MB)")
     assert sent < 2_000_000
+
+
+@contextlib.asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """`app` behind a real uvicorn on a free port: the gateway reaches it through its real pooled client,
+    which (unlike an in-process transport) refuses malformed headers, and gets uvicorn's Date/Server."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", http=LimitedHttpToolsProtocol)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.mark.parametrize("path", [f"{APP}/avatars", f"{APP}/projects"])  # forwarded, and composed
+async def test_header_whitespace_is_trimmed_and_control_characters_dropped(path):
+    async with served(echo_app()) as url, gateway({"avatars": url, "projects": url}) as api:
+        response = await api.get(
+            path,
+            headers={"Accept-Language": "en ", "User-Agent": " quirky\t", "Accept": "a\x00b", "If-Match": "x\ry"},
+        )
+    assert response.status_code == 200, response.text
+    seen = response.json()["headers"]
+    assert (seen["accept-language"], seen["user-agent"]) == ("en", "quirky")
+    assert "accept" not in seen and "if-match" not in seen
+
+
+async def test_only_allowlisted_request_headers_reach_a_service():
+    async with served(echo_app()) as url, gateway({"avatars": url}) as api:
+        response = await api.post(
+            f"{APP}/avatars",
+            content=b"{}",
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": "k-1",
+                "Cookie": "session=secret",
+                "X-Service-Token": "forged",
+                "X-Forwarded-For": "6.6.6.6",
+                "X-Custom": "1",
+                "Connection": "keep-alive, X-Custom",
+            },
+        )
+    seen = response.json()["headers"]
+    assert seen["content-type"] == "application/json" and seen["idempotency-key"] == "k-1"
+    assert seen["content-length"] == "2" and response.json()["size"] == 2
+    assert seen["x-forwarded-for"] == "127.0.0.1"  # the gateway's peer, never what the client claims
+    assert not {"cookie", "x-service-token", "x-custom"} & set(seen)
+    assert seen["host"] == url.removeprefix("http://")  # the upstream's, not the client's
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_a_body_on_get_or_delete_is_dropped_not_forwarded(method):
+    async with served(echo_app()) as url, gateway({"avatars": url}) as api:
+        response = await api.request(method, f"{APP}/avatars/a1", content=b"x" * 1000)
+    assert response.status_code == 200, response.text
+    seen = response.json()
+    assert seen["size"] == 0 and "content-length" not in seen["headers"]
+
+
+async def test_proxied_responses_carry_one_date_and_no_upstream_server():
+    async with served(echo_app()) as url, gateway({"avatars": url}) as api:
+        response = await api.get(f"{APP}/avatars")
+    # In-process the gateway has no server of its own to add them: any Date/Server here came from upstream.
+    assert "date" not in response.headers and "server" not in response.headers
