@@ -116,3 +116,17 @@ async def test_four_100_mb_headers_leave_memory_flat_and_health_responsive(suite
     assert max(sent) < 20 * 1024 * 1024  # hung up early, not after reading 100 MB
     assert after - before < 16, (before, after)
     assert gateway.alive and (await exchange(gateway.port, get("/health"))).status == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    ],
+    ids=["nul-in-header", "length-and-chunked", "bad-chunk-size"],
+)
+async def test_unparseable_requests_are_400_in_the_spec_shape(port, request_bytes):
+    response = await exchange(port, request_bytes)
+    assert (response.status, response.json()) == (400, {"error": "Invalid HTTP request"})

@@ -4,6 +4,7 @@ httptools buffers a request line or header of any size before uvicorn sees it (a
 four of 100 MB took a process to 590 MB), so the limits are enforced here, while the head is being read:
 a request line over `MAX_URL_BYTES` answers 414, a header over `MAX_HEADER_BYTES` or a header section over
 `MAX_HEADERS_BYTES` answers 431, in the spec's error shape, and the connection is closed without reading on.
+A request the parser refuses answers 400 in the same shape.
 
 Used as `uvicorn --http lumiku_common.http_server:LimitedHttpToolsProtocol` (see lumiku_devtools.suite and
 deploy/) and by `python -m lumiku_common.worker`.
@@ -36,6 +37,7 @@ class Refusal:
     message: str
 
 
+MALFORMED = Refusal(400, "Invalid HTTP request")
 URL_TOO_LONG = Refusal(414, "Request URI too long")
 HEADERS_TOO_LARGE = Refusal(431, "Request header fields too large")
 
@@ -99,10 +101,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(refusal.message)
 
     def send_400_response(self, msg: str) -> None:
-        if self._refusal is None:
-            super().send_400_response(msg)
-        else:
-            self._answer_refusal()
+        # Every request httptools cannot parse (bad chunk sizes, Content-Length with Transfer-Encoding, a NUL
+        # in a header...) is answered in the spec's error shape too, instead of uvicorn's text/plain.
+        self._refusal = self._refusal or MALFORMED
+        self._answer_refusal()
 
     def _answer_refusal(self) -> None:
         assert self._refusal is not None
