@@ -347,3 +347,151 @@ async def test_proxied_responses_carry_one_date_and_no_upstream_server():
         response = await api.get(f"{APP}/avatars")
     # In-process the gateway has no server of its own to add them: any Date/Server here came from upstream.
     assert "date" not in response.headers and "server" not in response.headers
+
+
+def counting_echo() -> tuple[FastAPI, list[str]]:
+    app, calls = echo_app(), []
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        calls.append(request.url.path)
+        return await call_next(request)
+
+    return app, calls
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (f"{APP}/projects/%00", "Invalid request path"),
+        (f"{APP}/avatars/a%00b", "Invalid request path"),
+        (f"{APP}/avatars/a%0Ab", "Invalid request path"),
+        (f"{APP}/avatars/%C3%28", "Invalid request path"),  # not UTF-8
+        (f"{APP}/avatars/%zz", "Invalid request path"),
+        (f"{APP}/avatars/50%", "Invalid request path"),
+        (f"{APP}/avatars?search=%00", "Invalid query string"),
+        (f"{APP}/avatars?projectId=%00", "Invalid query string"),
+        (f"{APP}/avatars?search=%FF", "Invalid query string"),
+        (f"{APP}/avatars?search=%G1", "Invalid query string"),
+        (f"{APP}/avatars?search=a%7Fb", "Invalid query string"),
+    ],
+)
+async def test_junk_in_path_or_query_is_400_before_any_route(target, error):
+    app, calls = counting_echo()
+    transports = {name: httpx.ASGITransport(app=app) for name in ("projects", "avatars")}
+    async with gateway({"projects": "http://projects", "avatars": "http://avatars"}, transports) as api:
+        response = await api.get(target)
+    assert (response.status_code, response.json()) == (400, {"error": error})
+    assert calls == []
+
+
+async def test_clean_unicode_and_escapes_pass():
+    app, calls = counting_echo()
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
+        response = await api.get(f"{APP}/avatars?search=caf%C3%A9+%26+%E2%9C%93%09")
+        tab_free = await api.get(f"{APP}/avatars?search=caf%C3%A9+%26+%E2%9C%93")
+    assert response.status_code == 400  # a tab is a control character too
+    assert tab_free.status_code == 200 and calls == [f"{APP}/avatars"]
+
+
+def _security_headers(response: httpx.Response) -> tuple[str, str]:
+    return response.headers.get("cache-control", ""), response.headers.get("x-content-type-options", "")
+
+
+async def test_api_answers_and_docs_are_no_store_and_nosniff():
+    transports = {"projects": httpx.ASGITransport(app=_ready_app(200)), "avatars": httpx.ASGITransport(app=echo_app())}
+    async with gateway({"projects": "http://projects", "avatars": "http://avatars"}, transports) as api:
+        answers = [
+            await api.get(f"{APP}/avatars"),  # proxied
+            await api.get(f"{APP}/avatars", headers={"Authorization": ""}),  # the gateway's own 401
+            await api.get(f"{APP}/nowhere"),
+            await api.get("/docs"),
+            await api.get("/api/health"),
+        ]
+    for response in answers:
+        assert _security_headers(response) == ("no-store", "nosniff"), response.request.url
+        assert len(response.headers.get_list("cache-control")) == 1
+
+
+async def test_a_response_with_its_own_caching_keeps_it():
+    app = FastAPI()
+
+    @app.get(f"{APP}/avatars")
+    async def cached() -> JSONResponse:
+        return JSONResponse({}, headers={"Cache-Control": "private, max-age=60"})
+
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
+        response = await api.get(f"{APP}/avatars")
+    assert response.headers.get_list("cache-control") == ["private, max-age=60"]
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer nope", "Basic abc"])
+async def test_401_names_the_bearer_scheme(authorization):
+    async with gateway({"avatars": "http://127.0.0.1:9"}) as api:
+        response = await api.get(f"{APP}/avatars", headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert response.headers.get_list("www-authenticate") == ["Bearer"]
+
+
+ORIGIN = "https://app.lumiku.test"
+
+
+def cors_upstream() -> FastAPI:
+    app = echo_app()
+
+    @app.middleware("http")
+    async def careless_cors(request, call_next):  # a service must never decide CORS for the suite
+        response = await call_next(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    return app
+
+
+async def test_cors_only_for_listed_origins_with_credentials():
+    transports = {"avatars": httpx.ASGITransport(app=cors_upstream())}
+    async with gateway({"avatars": "http://avatars"}, transports, cors_origins=[ORIGIN]) as api:
+        listed = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN})
+        unlisted = await api.get(f"{APP}/avatars", headers={"Origin": "https://evil.test"})
+        error = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN, "Authorization": ""})
+    assert listed.headers.get_list("access-control-allow-origin") == [ORIGIN]
+    assert listed.headers["access-control-allow-credentials"] == "true"
+    assert "retry-after" in listed.headers["access-control-expose-headers"].lower()
+    assert "access-control-allow-origin" not in unlisted.headers
+    assert "access-control-allow-credentials" not in unlisted.headers
+    assert "origin" in unlisted.headers["vary"].lower()
+    assert error.status_code == 401 and error.headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_no_cors_by_default():
+    transports = {"avatars": httpx.ASGITransport(app=cors_upstream())}
+    async with gateway({"avatars": "http://avatars"}, transports) as api:
+        response = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN})
+        preflight = await api.options(
+            f"{APP}/avatars", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+        )
+    assert not [k for k in response.headers if k.startswith("access-control-")]
+    assert (preflight.status_code, preflight.json()) == (403, {"error": "Origin not allowed"})
+
+
+async def test_preflight_is_answered_by_the_gateway():
+    app, calls = counting_echo()
+    async with gateway(
+        {"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}, cors_origins=[ORIGIN]
+    ) as api:
+        preflight = await api.options(
+            f"{APP}/avatars",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+                "Authorization": "",  # browsers send no credentials with a preflight
+            },
+        )
+    assert preflight.status_code == 204 and calls == []
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert {"authorization", "content-type"} <= {
+        h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")
+    }

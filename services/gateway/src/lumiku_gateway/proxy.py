@@ -79,7 +79,8 @@ def _allowed(has_body: bool, whole: bool) -> frozenset[bytes]:
 
 
 def _response_headers(response: httpx.Response) -> dict[str, str]:
-    return {k: v for k, v in response.headers.items() if k not in _NOT_RETURNED}
+    # CORS is the gateway's decision alone (lumiku_gateway.cors): a service's would contradict it.
+    return {k: v for k, v in response.headers.items() if k not in _NOT_RETURNED and not k.startswith("access-control-")}
 
 
 async def forward(upstream: Upstream, request: Request, *, whole: bool = False) -> Response:
