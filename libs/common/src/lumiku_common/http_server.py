@@ -21,6 +21,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from lumiku_common.middleware import DEFAULT_HEADERS
+
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024  # one header: name and value
 MAX_HEADERS_BYTES = 64 * 1024  # the header section, framing (": " and CRLF) included
@@ -111,6 +113,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         body = json.dumps({"error": self._refusal.message}).encode()
         head = [STATUS_LINE[self._refusal.status]]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [name + b": " + value + b"\r\n" for name, value in DEFAULT_HEADERS]  # as every app answer
         head += [
             b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",

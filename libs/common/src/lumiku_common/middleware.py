@@ -31,7 +31,7 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Added to every response that does not set its own (the gateway's /media sets its own caching): answers
 # are per user and must not be cached or sniffed into another content type.
-_DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 
 
 def _is_clean(raw: bytes) -> bool:
@@ -56,7 +56,7 @@ def _refusal(scope: Scope) -> str | None:
 
 def _with_defaults(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     present = {name.lower() for name, _ in headers}
-    added = [(name, value) for name, value in _DEFAULT_HEADERS if name not in present]
+    added = [(name, value) for name, value in DEFAULT_HEADERS if name not in present]
     if status == 401 and b"www-authenticate" not in present:
         added.append((b"www-authenticate", b"Bearer"))  # RFC 9110 §15.5.2: a 401 names its scheme
     return [*headers, *added]

@@ -11,6 +11,8 @@ import json
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lumiku_common.middleware import DEFAULT_HEADERS
+
 METHODS = b"GET, POST, PUT, PATCH, DELETE"
 ALLOWED_HEADERS = b"Authorization, Content-Type, Idempotency-Key, X-Request-Id, X-Correlation-Id, Traceparent"
 # Beyond the CORS-safelisted response headers, what a browser client needs to read.
@@ -55,18 +57,20 @@ class CorsMiddleware:
         ]
 
     async def _preflight(self, send: Send, origin: str) -> None:
+        # Answered outside RequestContextMiddleware (so that every other answer gets CORS headers): the
+        # headers it adds to every answer are added here.
+        headers = [*DEFAULT_HEADERS, (b"vary", b"Origin")]
         if origin not in self.origins:
             body = json.dumps({"error": "Origin not allowed"}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 403, "headers": [*headers, (b"vary", b"Origin")]})
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
-        headers = [
+        headers += [
             *self._allow(origin),
             (b"access-control-allow-methods", METHODS),
             (b"access-control-allow-headers", ALLOWED_HEADERS),
             (b"access-control-max-age", MAX_AGE),
-            (b"vary", b"Origin"),
         ]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
