@@ -145,6 +145,9 @@ async def exchange(port: int, request: bytes, timeout: float = 15) -> RawRespons
         writer.write(request)
         await writer.drain()
         return await asyncio.wait_for(_final_response(reader, request.startswith(b"HEAD ")), timeout)
+    except (asyncio.IncompleteReadError, ValueError) as exc:
+        # A head that promised a body and then broke off: the server failed after it started answering.
+        raise AssertionError(f"response cut off: {exc!r}") from exc
     finally:
         writer.close()
         with contextlib.suppress(OSError):
