@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from lumiku_devtools.testing import RUN_ID, auth, running, settings_for_tests
+from lumiku_common.http_server import LimitedHttpToolsProtocol
+from lumiku_devtools.testing import RUN_ID, auth, free_port, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
@@ -277,3 +279,219 @@ async def test_an_early_413_stops_the_gateway_reading_the_upload():
         response = await api.post(f"{APP}/projects/p/avatars", content=fifty_megabytes())
     assert (response.status_code, response.json()["error"]) == (413, "File too large (max 10MB)")
     assert sent < 2_000_000
+
+
+@contextlib.asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """`app` behind a real uvicorn on a free port: the gateway reaches it through its real pooled client,
+    which (unlike an in-process transport) refuses malformed headers, and gets uvicorn's Date/Server."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", http=LimitedHttpToolsProtocol)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.mark.parametrize("path", [f"{APP}/avatars", f"{APP}/projects"])  # forwarded, and composed
+async def test_header_whitespace_is_trimmed_and_control_characters_dropped(path):
+    async with served(echo_app()) as url, gateway({"avatars": url, "projects": url}) as api:
+        response = await api.get(
+            path,
+            headers={"Accept-Language": "en ", "User-Agent": " quirky\t", "Accept": "a\x00b", "If-Match": "x\ry"},
+        )
+    assert response.status_code == 200, response.text
+    seen = response.json()["headers"]
+    assert (seen["accept-language"], seen["user-agent"]) == ("en", "quirky")
+    assert "accept" not in seen and "if-match" not in seen
+
+
+async def test_only_allowlisted_request_headers_reach_a_service():
+    async with served(echo_app()) as url, gateway({"avatars": url}) as api:
+        response = await api.post(
+            f"{APP}/avatars",
+            content=b"{}",
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": "k-1",
+                "Cookie": "session=secret",
+                "X-Service-Token": "forged",
+                "X-Forwarded-For": "6.6.6.6",
+                "X-Custom": "1",
+                "Connection": "keep-alive, X-Custom",
+            },
+        )
+    seen = response.json()["headers"]
+    assert seen["content-type"] == "application/json" and seen["idempotency-key"] == "k-1"
+    assert seen["content-length"] == "2" and response.json()["size"] == 2
+    assert seen["x-forwarded-for"] == "127.0.0.1"  # the gateway's peer, never what the client claims
+    assert not {"cookie", "x-service-token", "x-custom"} & set(seen)
+    assert seen["host"] == url.removeprefix("http://")  # the upstream's, not the client's
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_a_body_on_get_or_delete_is_dropped_not_forwarded(method):
+    async with served(echo_app()) as url, gateway({"avatars": url}) as api:
+        response = await api.request(method, f"{APP}/avatars/a1", content=b"x" * 1000)
+    assert response.status_code == 200, response.text
+    seen = response.json()
+    assert seen["size"] == 0 and "content-length" not in seen["headers"]
+
+
+async def test_proxied_responses_carry_one_date_and_no_upstream_server():
+    async with served(echo_app()) as url, gateway({"avatars": url}) as api:
+        response = await api.get(f"{APP}/avatars")
+    # In-process the gateway has no server of its own to add them: any Date/Server here came from upstream.
+    assert "date" not in response.headers and "server" not in response.headers
+
+
+def counting_echo() -> tuple[FastAPI, list[str]]:
+    app, calls = echo_app(), []
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        calls.append(request.url.path)
+        return await call_next(request)
+
+    return app, calls
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (f"{APP}/projects/%00", "Invalid request path"),
+        (f"{APP}/avatars/a%00b", "Invalid request path"),
+        (f"{APP}/avatars/a%0Ab", "Invalid request path"),
+        (f"{APP}/avatars/%C3%28", "Invalid request path"),  # not UTF-8
+        (f"{APP}/avatars/%zz", "Invalid request path"),
+        (f"{APP}/avatars/50%", "Invalid request path"),
+        (f"{APP}/avatars?search=%00", "Invalid query string"),
+        (f"{APP}/avatars?projectId=%00", "Invalid query string"),
+        (f"{APP}/avatars?search=%FF", "Invalid query string"),
+        (f"{APP}/avatars?search=%G1", "Invalid query string"),
+        (f"{APP}/avatars?search=a%7Fb", "Invalid query string"),
+    ],
+)
+async def test_junk_in_path_or_query_is_400_before_any_route(target, error):
+    app, calls = counting_echo()
+    transports = {name: httpx.ASGITransport(app=app) for name in ("projects", "avatars")}
+    async with gateway({"projects": "http://projects", "avatars": "http://avatars"}, transports) as api:
+        response = await api.get(target)
+    assert (response.status_code, response.json()) == (400, {"error": error})
+    assert calls == []
+
+
+async def test_clean_unicode_and_escapes_pass():
+    app, calls = counting_echo()
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
+        response = await api.get(f"{APP}/avatars?search=caf%C3%A9+%26+%E2%9C%93%09")
+        tab_free = await api.get(f"{APP}/avatars?search=caf%C3%A9+%26+%E2%9C%93")
+    assert response.status_code == 400  # a tab is a control character too
+    assert tab_free.status_code == 200 and calls == [f"{APP}/avatars"]
+
+
+def _security_headers(response: httpx.Response) -> tuple[str, str]:
+    return response.headers.get("cache-control", ""), response.headers.get("x-content-type-options", "")
+
+
+async def test_api_answers_and_docs_are_no_store_and_nosniff():
+    transports = {"projects": httpx.ASGITransport(app=_ready_app(200)), "avatars": httpx.ASGITransport(app=echo_app())}
+    async with gateway({"projects": "http://projects", "avatars": "http://avatars"}, transports) as api:
+        answers = [
+            await api.get(f"{APP}/avatars"),  # proxied
+            await api.get(f"{APP}/avatars", headers={"Authorization": ""}),  # the gateway's own 401
+            await api.get(f"{APP}/nowhere"),
+            await api.get("/docs"),
+            await api.get("/api/health"),
+        ]
+    for response in answers:
+        assert _security_headers(response) == ("no-store", "nosniff"), response.request.url
+        assert len(response.headers.get_list("cache-control")) == 1
+
+
+async def test_a_response_with_its_own_caching_keeps_it():
+    app = FastAPI()
+
+    @app.get(f"{APP}/avatars")
+    async def cached() -> JSONResponse:
+        return JSONResponse({}, headers={"Cache-Control": "private, max-age=60"})
+
+    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
+        response = await api.get(f"{APP}/avatars")
+    assert response.headers.get_list("cache-control") == ["private, max-age=60"]
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer nope", "Basic abc"])
+async def test_401_names_the_bearer_scheme(authorization):
+    async with gateway({"avatars": "http://127.0.0.1:9"}) as api:
+        response = await api.get(f"{APP}/avatars", headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert response.headers.get_list("www-authenticate") == ["Bearer"]
+
+
+ORIGIN = "https://app.lumiku.test"
+
+
+def cors_upstream() -> FastAPI:
+    app = echo_app()
+
+    @app.middleware("http")
+    async def careless_cors(request, call_next):  # a service must never decide CORS for the suite
+        response = await call_next(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    return app
+
+
+async def test_cors_only_for_listed_origins_with_credentials():
+    transports = {"avatars": httpx.ASGITransport(app=cors_upstream())}
+    async with gateway({"avatars": "http://avatars"}, transports, cors_origins=[ORIGIN]) as api:
+        listed = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN})
+        unlisted = await api.get(f"{APP}/avatars", headers={"Origin": "https://evil.test"})
+        error = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN, "Authorization": ""})
+    assert listed.headers.get_list("access-control-allow-origin") == [ORIGIN]
+    assert listed.headers["access-control-allow-credentials"] == "true"
+    assert "retry-after" in listed.headers["access-control-expose-headers"].lower()
+    assert "access-control-allow-origin" not in unlisted.headers
+    assert "access-control-allow-credentials" not in unlisted.headers
+    assert "origin" in unlisted.headers["vary"].lower()
+    assert error.status_code == 401 and error.headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_no_cors_by_default():
+    transports = {"avatars": httpx.ASGITransport(app=cors_upstream())}
+    async with gateway({"avatars": "http://avatars"}, transports) as api:
+        response = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN})
+        preflight = await api.options(
+            f"{APP}/avatars", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+        )
+    assert not [k for k in response.headers if k.startswith("access-control-")]
+    assert (preflight.status_code, preflight.json()) == (403, {"error": "Origin not allowed"})
+
+
+async def test_preflight_is_answered_by_the_gateway():
+    app, calls = counting_echo()
+    async with gateway(
+        {"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}, cors_origins=[ORIGIN]
+    ) as api:
+        preflight = await api.options(
+            f"{APP}/avatars",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+                "Authorization": "",  # browsers send no credentials with a preflight
+            },
+        )
+    assert preflight.status_code == 204 and calls == []
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert {"authorization", "content-type"} <= {
+        h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")
+    }

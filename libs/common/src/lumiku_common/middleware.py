@@ -1,11 +1,16 @@
-"""Request context for every service: request/correlation ids, trace context, one access log line, and a
-last-resort 500 in the spec's error shape (never a traceback)."""
+"""Request context for every service: request/correlation ids, trace context, one access log line, the
+response headers every answer carries, and a last-resort 500 in the spec's error shape (never a traceback).
+
+A path or query string that decodes to control characters (NUL above all), to bytes that are not UTF-8, or
+that holds a `%` not followed by two hex digits is refused here with 400, before any route sees it: such a
+value can only be junk, and deeper down it fails in surprising places (PostgreSQL refuses NUL in text)."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +28,39 @@ LOGGER_NAME = "http"
 log = get_logger(LOGGER_NAME)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = {"/health", "/ready"}
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Added to every response that does not set its own (the gateway's /media sets its own caching): answers
+# are per user and must not be cached or sniffed into another content type.
+DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+
+
+def _is_clean(raw: bytes) -> bool:
+    """True when `raw` percent-decodes to UTF-8 text without control characters."""
+    if _BAD_ESCAPE.search(raw):
+        return False
+    try:
+        text = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not _CONTROL.search(text)
+
+
+def _refusal(scope: Scope) -> str | None:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    if not _is_clean(raw_path):
+        return "Invalid request path"
+    if not _is_clean(scope.get("query_string", b"")):
+        return "Invalid query string"
+    return None
+
+
+def _with_defaults(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    present = {name.lower() for name, _ in headers}
+    added = [(name, value) for name, value in DEFAULT_HEADERS if name not in present]
+    if status == 401 and b"www-authenticate" not in present:
+        added.append((b"www-authenticate", b"Bearer"))  # RFC 9110 §15.5.2: a 401 names its scheme
+    return [*headers, *added]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -54,20 +92,22 @@ class RequestContextMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
-                message.setdefault("headers", [])
                 message["headers"] = [
-                    *message["headers"],
+                    *_with_defaults(status, list(message.get("headers", []))),
                     (b"x-request-id", request_id.encode()),
                     (b"x-correlation-id", correlation_id.encode()),
                 ]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_ids)
+            if refusal := _refusal(scope):
+                await _send_json(send_with_ids, 400, {"error": refusal})
+            else:
+                await self.app(scope, receive, send_with_ids)
         except Exception:
             log.exception("unhandled_error", method=scope["method"], path=scope["path"])
             if not response_started:
-                await self._internal_error(send_with_ids, request_id)
+                await _send_json(send_with_ids, 500, {"error": "Internal server error", "requestId": request_id})
         finally:
             if scope["path"] not in _QUIET_PATHS:
                 log.info(
@@ -78,17 +118,9 @@ class RequestContextMiddleware:
                     durationMs=round((time.perf_counter() - started) * 1000, 2),
                 )
 
-    @staticmethod
-    async def _internal_error(send: Send, request_id: str) -> None:
-        body = json.dumps({"error": "Internal server error", "requestId": request_id}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
+    content = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})

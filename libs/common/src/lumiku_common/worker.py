@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 
+from lumiku_common.http_server import LimitedHttpToolsProtocol
 from lumiku_common.service import is_stateless
 
 PROBE_PATHS = frozenset({"/health", "/ready"})
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         access_log=False,
+        http=LimitedHttpToolsProtocol,  # probes are served over HTTP too: the same bounded request heads
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
         lifespan="on",  # a failing start-up (migration, settings) must stop the process, not be ignored
         timeout_graceful_shutdown=20,

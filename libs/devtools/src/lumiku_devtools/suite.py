@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from lumiku_common.http_server import PROTOCOL
+
 
 @dataclass(frozen=True)
 class ServiceEntry:
@@ -26,7 +28,8 @@ GATEWAY = ServiceEntry("gateway", 8080, "lumiku_gateway.main:create_app")
 
 
 def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
-    """How every local process of the suite is started (`lumiku dev`, benchmarks, process tests)."""
+    """How every local process of the suite is started (`lumiku dev`, benchmarks, process tests); with the
+    bounded request heads of lumiku_common.http_server, like deploy/Dockerfile."""
     return [
         sys.executable,
         "-m",
@@ -38,5 +41,7 @@ def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
         "--port",
         str(port),
         "--no-access-log",
+        "--http",
+        PROTOCOL,
         *options,
     ]

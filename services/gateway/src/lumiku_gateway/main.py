@@ -23,6 +23,7 @@ from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.storage import storage_from
 from lumiku_gateway import media
 from lumiku_gateway.composition import ProjectComposer
+from lumiku_gateway.cors import CorsMiddleware
 from lumiku_gateway.dependencies import Gateway, GatewayDep, Media, UpstreamsDep
 from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
@@ -128,5 +129,6 @@ def create_app(
             own_docs=False,
         )
     )
+    app.add_middleware(CorsMiddleware, origins=settings.cors_origins)  # outermost: errors carry CORS too
     app.state.gateway = gateway
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 from fastapi import Request
 from starlette.background import BackgroundTask
@@ -14,34 +16,71 @@ from lumiku_gateway.upstreams import Upstream
 
 log = get_logger(__name__)
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never forwarded.
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-}
+# What a service may act on, and nothing else: cookies (the API authenticates by bearer token), a client's
+# X-Service-Token or X-Forwarded-*, Host and hop-by-hop headers (RFC 9110 §7.6.1) all stay here.
+_FORWARDED = frozenset(
+    {
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"authorization",
+        b"content-type",
+        b"idempotency-key",
+        b"if-match",
+        b"if-modified-since",
+        b"if-none-match",
+        b"if-unmodified-since",
+        b"user-agent",
+    }
+)
+# A body's length goes on only with the body itself (a chunked body goes on chunked, without one).
+_WITH_BODY = _FORWARDED | {b"content-length"}
+# Control characters (tab aside) cannot go into an outgoing header; a header carrying them is dropped.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Methods whose body the services read; the body of any other (a GET or DELETE with one) is not forwarded.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+# Not returned from an upstream: hop-by-hop, the ids the gateway's middleware sets, and Date/Server, which
+# the gateway's own server adds (the upstream's would make duplicates).
+_NOT_RETURNED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "date",
+        "server",
+        "x-request-id",
+        "x-correlation-id",
+        "traceparent",
+    }
+)
 _BUFFERED_BODY_LIMIT = 256 * 1024
-_CONTEXT_HEADERS = {"x-request-id", "x-correlation-id", "traceparent"}
-_IDENTITY = frozenset({"accept-encoding"})
 
 
-def request_headers(request: Request, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS | drop]
-    headers += context_headers().items()
+def request_headers(request: Request, allowed: frozenset[bytes] = _FORWARDED) -> list[tuple[bytes, bytes]]:
+    """The client's `allowed` headers, values trimmed (a stray space is harmless, and the outgoing client
+    refuses it), then this request's ids and the client's address."""
+    trimmed = [(name, value.strip(b" \t")) for name, value in request.scope["headers"] if name in allowed]
+    headers = [(name, value) for name, value in trimmed if not _CONTROL.search(value)]
+    headers += [(name.encode(), value.encode()) for name, value in context_headers().items()]
     if request.client:
-        headers.append(("x-forwarded-for", request.client.host))
+        headers.append((b"x-forwarded-for", request.client.host.encode()))
     return headers
 
 
+def _allowed(has_body: bool, whole: bool) -> frozenset[bytes]:
+    allowed = _WITH_BODY if has_body else _FORWARDED
+    return allowed - {b"accept-encoding"} if whole else allowed  # whole: read here, so asked for unencoded
+
+
 def _response_headers(response: httpx.Response) -> dict[str, str]:
-    # The gateway's own middleware sets the id headers; the upstream's would duplicate them.
-    return {k: v for k, v in response.headers.items() if k not in _HOP_BY_HOP | _CONTEXT_HEADERS}
+    # CORS is the gateway's decision alone (lumiku_gateway.cors): a service's would contradict it.
+    return {k: v for k, v in response.headers.items() if k not in _NOT_RETURNED and not k.startswith("access-control-")}
 
 
 async def forward(upstream: Upstream, request: Request, *, whole: bool = False) -> Response:
@@ -52,11 +91,11 @@ async def forward(upstream: Upstream, request: Request, *, whole: bool = False) 
     service = upstream.name
     query: bytes = request.scope["query_string"]
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    has_body = request.method not in ("GET", "HEAD", "DELETE", "OPTIONS")
+    has_body = request.method in _BODY_METHODS
     outgoing = httpx.Request(
         request.method,
         upstream.base_url.copy_with(raw_path=raw_path + (b"?" + query if query else b"")),
-        headers=request_headers(request, _IDENTITY if whole else frozenset()),
+        headers=request_headers(request, _allowed(has_body, whole)),
         content=request.stream() if has_body else None,
         extensions={"timeout": upstream.timeout},
     )

@@ -17,6 +17,10 @@ class GatewaySettings(ServiceSettings, StorageSettings):  # storage: the /media 
         }
     )
 
+    # Browser origins allowed to call the API (with credentials), e.g. '["https://app.lumiku.com"]'; none by
+    # default, so a browser on any other site can read nothing. Exact matches: scheme, host and port.
+    cors_origins: list[str] = Field(default_factory=list)
+
     # Project responses embed their newest avatars (the spec's performance section limits the list view).
     avatars_per_project_in_list: int = 10
     avatars_per_project_in_detail: int = 100

@@ -1,0 +1,185 @@
+"""The suite as real processes on free ports, started with `uvicorn_command` exactly as `make dev` starts it:
+what a client's raw bytes meet (uvicorn's parser, the middleware, the gateway, the services) is what runs in
+production, which an in-process ASGI client cannot show."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lumiku_avatars.settings import AvatarsSettings
+from lumiku_common.settings import ServiceSettings
+from lumiku_credits.handlers import QUEUE as CREDITS_QUEUE
+from lumiku_credits.settings import CreditsSettings
+from lumiku_devtools.suite import GATEWAY, SERVICES, uvicorn_command
+from lumiku_devtools.testing import delete_queues, eventually, free_port, settings_for_tests
+from lumiku_gateway.settings import GatewaySettings
+from lumiku_projects.settings import ProjectsSettings
+
+SETTINGS: dict[str, type[ServiceSettings]] = {
+    "projects": ProjectsSettings,
+    "avatars": AvatarsSettings,
+    "credits": CreditsSettings,
+}
+QUEUES = {"avatars": ("avatars.project-events", "avatars.usage-events"), "credits": (CREDITS_QUEUE,)}
+
+
+class Process:
+    def __init__(self, command: list[str], port: int, env: dict[str, str]):
+        self.command, self.port, self.env = command, port, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def uvicorn(cls, factory: str, port: int, env: dict[str, str]) -> Process:
+        return cls(uvicorn_command(factory, port), port, env)
+
+    def start(self, **extra_env: str) -> None:
+        self.proc = subprocess.Popen(
+            self.command,
+            env={**os.environ, **self.env, **extra_env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_mib(self) -> float:
+        """Resident memory of the process (Linux), in MiB."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        return kib / 1024
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        async def ready() -> bool:
+            try:
+                return (await client.get(f"http://127.0.0.1:{self.port}/ready")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        async with httpx.AsyncClient() as client:
+            await eventually(ready, timeout, 0.2, f"port {self.port} ready")
+
+
+@dataclass
+class RealSuite:
+    gateway: Process
+    services: dict[str, Process]
+    settings: dict[str, ServiceSettings] = field(default_factory=dict)
+
+    @property
+    def processes(self) -> list[Process]:
+        return [*self.services.values(), self.gateway]
+
+
+def _env(settings: ServiceSettings) -> dict[str, str]:
+    return {
+        "ENVIRONMENT": "test",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_NAME": settings.database_name,
+        "QUEUE_PREFIX": settings.queue_prefix,
+        "EVENTS_EXCHANGE": settings.events_exchange,
+        "OUTBOX_POLL_SECONDS": "0.05",
+    }
+
+
+@contextlib.asynccontextmanager
+async def real_suite(names: tuple[str, ...], namespace: str, **gateway_env: str) -> AsyncIterator[RealSuite]:
+    """Starts the named services and a gateway in front of them; each migrates its own test database."""
+    factories = {s.name: s.factory for s in SERVICES}
+    ports = {name: free_port() for name in names}
+    urls = json.dumps({name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
+    settings = {name: settings_for_tests(SETTINGS[name], namespace) for name in names}
+    gateway_settings = settings_for_tests(GatewaySettings, namespace)
+    with tempfile.TemporaryDirectory() as storage:
+        common = {"SERVICE_URLS": urls, "STORAGE_PATH": storage, "RATE_LIMIT_ENABLED": "false"}
+        services = {n: Process.uvicorn(factories[n], ports[n], {**_env(settings[n]), **common}) for n in names}
+        gateway = Process.uvicorn(GATEWAY.factory, free_port(), {**_env(gateway_settings), **common, **gateway_env})
+        suite = RealSuite(gateway, services, {**settings, "gateway": gateway_settings})
+        try:
+            for process in suite.processes:
+                process.start()
+            await asyncio.gather(*(p.wait_ready() for p in suite.processes))
+            yield suite
+        finally:
+            for process in suite.processes:
+                process.stop()
+            for name in names:
+                await delete_queues(settings[name], *QUEUES.get(name, ()))
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name.lower()]
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+async def exchange(port: int, request: bytes, timeout: float = 15) -> RawResponse:
+    """Sends `request` byte for byte over a new connection and reads one response (httpx would normalise
+    much of what the quirk tests send)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(_final_response(reader, request.startswith(b"HEAD ")), timeout)
+    except (asyncio.IncompleteReadError, ValueError) as exc:
+        # A head that promised a body and then broke off: the server failed after it started answering.
+        raise AssertionError(f"response cut off: {exc!r}") from exc
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _final_response(reader: asyncio.StreamReader, head_only: bool) -> RawResponse:
+    while (response := await _read_response(reader, head_only)).status < 200:
+        pass  # an interim answer (100 Continue): the final one follows
+    return response
+
+
+async def _read_response(reader: asyncio.StreamReader, head_only: bool) -> RawResponse:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ")[1])
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in head[1:] if line)]
+    values = dict(headers)
+    if head_only or status in (204, 304) or status < 200:
+        body = b""
+    elif "content-length" in values:
+        body = await reader.readexactly(int(values["content-length"]))
+    elif values.get("transfer-encoding") == "chunked":
+        body = await _read_chunked(reader)
+    else:
+        body = await reader.read()
+    return RawResponse(status, headers, body)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while size := int((await reader.readline()).split(b";")[0], 16):
+        body += await reader.readexactly(size)
+        await reader.readline()
+    await reader.readline()
+    return body

@@ -1,0 +1,132 @@
+"""Bounded request heads on every port (lumiku_common.http_server), against real uvicorn processes started
+with the suite's one command line: 431 for a header or header section too large, 414 for a request line too
+long, in the spec's error shape, and memory that stays flat while clients send 100 MB headers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the process helpers beside this file
+
+from suite_processes import Process, RealSuite, exchange, real_suite
+
+from lumiku_common.http_server import MAX_HEADER_BYTES, MAX_HEADERS_BYTES, MAX_URL_BYTES
+from lumiku_devtools.testing import free_port
+
+TOO_LARGE = {"error": "Request header fields too large"}
+
+
+@pytest.fixture(scope="module")
+async def suite() -> AsyncIterator[RealSuite]:
+    async with real_suite(("projects",), "limits") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def worker(suite: RealSuite) -> AsyncIterator[Process]:
+    """`python -m lumiku_common.worker projects`: its probe port is served by its own uvicorn.run."""
+    port = free_port()
+    command = [sys.executable, "-m", "lumiku_common.worker", "projects", "--host", "127.0.0.1", "--port", str(port)]
+    process = Process(command, port, suite.services["projects"].env)
+    process.start()
+    try:
+        await process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(params=["gateway", "projects", "projects-worker"])
+def port(request: pytest.FixtureRequest, suite: RealSuite) -> int:
+    if request.param == "projects-worker":
+        process: Process = request.getfixturevalue("worker")
+        return process.port
+    return suite.gateway.port if request.param == "gateway" else suite.services["projects"].port
+
+
+def get(path: str, *headers: bytes) -> bytes:
+    return b"".join([f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode(), *headers, b"Connection: close\r\n\r\n"])
+
+
+async def test_one_header_over_16_kb_is_431(port):
+    response = await exchange(port, get("/health", b"X-Big: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n"))
+    assert (response.status, response.json()) == (431, TOO_LARGE)
+    assert response.header("connection") == ["close"]
+    under = await exchange(port, get("/health", b"X-Big: " + b"a" * (MAX_HEADER_BYTES - 100) + b"\r\n"))
+    assert under.status == 200
+
+
+async def test_headers_summing_over_64_kb_are_431(port):
+    each = b"a" * 8000  # every one well under the per-header limit
+    headers = [b"X-H%d: %s\r\n" % (i, each) for i in range(MAX_HEADERS_BYTES // len(each) + 1)]
+    response = await exchange(port, get("/health", *headers))
+    assert (response.status, response.json()) == (431, TOO_LARGE)
+
+
+async def test_many_tiny_headers_are_431(suite):
+    headers = [b"a%d: b\r\n" % i for i in range(15_000)]  # 2-6 bytes each: the framing counts
+    response = await exchange(suite.gateway.port, get("/health", *headers))
+    assert (response.status, response.json()) == (431, TOO_LARGE)
+
+
+async def test_request_line_over_8_kb_is_414(port):
+    response = await exchange(port, get("/health?q=" + "a" * MAX_URL_BYTES))
+    assert (response.status, response.json()) == (414, {"error": "Request URI too long"})
+    path = await exchange(port, get("/" + "a" * (MAX_URL_BYTES * 4)))
+    assert path.status == 414
+
+
+async def _send_huge_header(port: int, megabytes: int) -> int:
+    """Writes a header of `megabytes` MB until the server hangs up; returns the bytes it got to write."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent, chunk = 0, b"a" * (1024 * 1024)
+    try:
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Huge: ")
+        for _ in range(megabytes):
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 10)
+            sent += len(chunk)
+    except (ConnectionError, TimeoutError):
+        pass  # the server refused and closed: what we want
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return sent
+
+
+async def test_four_100_mb_headers_leave_memory_flat_and_health_responsive(suite: RealSuite):
+    gateway: Process = suite.gateway
+    before = gateway.rss_mib()
+    senders = [asyncio.create_task(_send_huge_header(gateway.port, 100)) for _ in range(4)]
+    started = time.monotonic()
+    health = await exchange(gateway.port, get("/health"))
+    health_seconds = time.monotonic() - started
+    sent = await asyncio.gather(*senders)
+    after = gateway.rss_mib()
+    print(f"gateway RSS before {before:.1f} MiB, after 4 x 100 MB headers {after:.1f} MiB; sent {sent} bytes")
+    assert health.status == 200 and health_seconds < 2
+    assert max(sent) < 20 * 1024 * 1024  # hung up early, not after reading 100 MB
+    assert after - before < 16, (before, after)
+    assert gateway.alive and (await exchange(gateway.port, get("/health"))).status == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    ],
+    ids=["nul-in-header", "length-and-chunked", "bad-chunk-size"],
+)
+async def test_unparseable_requests_are_400_in_the_spec_shape(port, request_bytes):
+    response = await exchange(port, request_bytes)
+    assert (response.status, response.json()) == (400, {"error": "Invalid HTTP request"})
