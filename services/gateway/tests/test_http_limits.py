@@ -15,9 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the process helpers beside this file
 
-from suite_processes import Process, RealSuite, exchange, real_suite
-
 from lumiku_common.http_server import MAX_HEADER_BYTES, MAX_HEADERS_BYTES, MAX_URL_BYTES
+from lumiku_devtools.processes import Process, RealSuite, exchange, real_suite
 from lumiku_devtools.testing import free_port
 
 TOO_LARGE = {"error": "Request header fields too large"}

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,41 +13,12 @@ import httpx
 import pytest
 
 import lumiku_projects
-from lumiku_devtools.suite import uvicorn_command
-from lumiku_devtools.testing import EventSpy, auth, eventually, free_port, prepare_database, settings_for_tests
+from lumiku_devtools.processes import Process
+from lumiku_devtools.testing import EventSpy, auth, free_port, prepare_database, settings_for_tests
 from lumiku_projects.settings import ProjectsSettings
 
 URL = "/api/apps/avatar-creator/projects"
 MIGRATIONS = Path(lumiku_projects.__file__).parent / "migrations"
-
-
-class Process:
-    def __init__(self, factory: str, port: int, env: dict[str, str]):
-        self.factory, self.port, self.env = factory, port, env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, **extra_env: str) -> None:
-        self.proc = subprocess.Popen(
-            uvicorn_command(self.factory, self.port),
-            env={**os.environ, **self.env, **extra_env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    async def wait_ready(self, timeout: float = 60) -> None:
-        async def ready() -> bool:
-            try:
-                return (await client.get(f"http://127.0.0.1:{self.port}/ready")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        async with httpx.AsyncClient() as client:
-            await eventually(ready, timeout, 0.2, f"port {self.port} ready")
 
 
 @pytest.fixture
@@ -71,14 +39,12 @@ def processes(settings: ProjectsSettings) -> Iterator[dict[str, Process]]:
         "SERVICE_URLS": json.dumps({"projects": f"http://127.0.0.1:{projects_port}"}),
     }
     procs = {
-        "projects": Process("lumiku_projects.main:create_app", projects_port, env),
-        "gateway": Process("lumiku_gateway.main:create_app", gateway_port, env),
+        "projects": Process.uvicorn("lumiku_projects.main:create_app", projects_port, env),
+        "gateway": Process.uvicorn("lumiku_gateway.main:create_app", gateway_port, env),
     }
     yield procs
     for p in procs.values():
-        if p.proc and p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(timeout=10)
+        p.stop()
 
 
 async def test_sigkill_loses_no_event_and_gateway_recovers(settings, processes):
@@ -93,7 +59,7 @@ async def test_sigkill_loses_no_event_and_gateway_recovers(settings, processes):
     async with EventSpy(settings.amqp_url, settings.events_exchange, "project.created") as spy:
         async with httpx.AsyncClient(base_url=base, headers=headers) as api:
             created = [(await api.post(URL, json={"name": f"P{i}"})).json()["project"]["id"] for i in range(5)]
-            projects.kill()
+            projects.stop()  # SIGKILL
             down = await api.get(URL)
             assert (down.status_code, down.json()["error"]) == (503, "Service unavailable")
             health = await api.get("/api/health")

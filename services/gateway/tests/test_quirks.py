@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # the corpus and process helpers beside this file
 
 import quirk_corpus as corpus
-from suite_processes import RawResponse, RealSuite, exchange, real_suite
 
+from lumiku_devtools.processes import RawResponse, RealSuite, exchange, real_suite
 from lumiku_devtools.testing import RUN_ID, token_for
 
 USER = f"quirks-{RUN_ID}"

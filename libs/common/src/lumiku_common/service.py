@@ -46,8 +46,8 @@ class ServiceSpec:
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     background: Sequence[BackgroundLoop] = ()  # long-running worker loops, e.g. `periodic(...)`
-    # The service's own parts (workflows, clients, ...), built by its create_app; endpoints get them with
-    # `Annotated[Kind, Depends(part(Kind))]`.
+    # The service's own parts (workflows, clients, ...), built by its create_app; endpoints get them (and the
+    # settings) with `Annotated[Kind, Depends(part(Kind))]`.
     parts: Sequence[object] = ()
     title: str = ""
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
@@ -166,7 +166,7 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     )
     app.state.settings = settings
     app.state.spec = spec
-    app.state.parts = {type(p): p for p in spec.parts}
+    app.state.parts = {type(p): p for p in (settings, *spec.parts)}
     if not spec.stateless:
         app.state.db = spec.db or database_for(settings)
     app.add_middleware(RequestContextMiddleware)

@@ -19,6 +19,7 @@ from lumiku_common.clients.credits import (
 )
 from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.schemas import Pagination
+from lumiku_common.service import part
 from lumiku_credits import export, service
 from lumiku_credits.idempotency import Outcome
 from lumiku_credits.schemas import (
@@ -35,12 +36,7 @@ router = APIRouter(prefix="/api/credits", tags=["credits"])
 internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
-def _settings(request: Request) -> CreditsSettings:
-    settings: CreditsSettings = request.app.state.settings
-    return settings
-
-
-Settings = Annotated[CreditsSettings, Depends(_settings)]
+Settings = Annotated[CreditsSettings, Depends(part(CreditsSettings))]
 
 
 def _respond(outcome: Outcome) -> JSONResponse:

@@ -24,7 +24,7 @@ from lumiku_common.storage import storage_from
 from lumiku_gateway import media
 from lumiku_gateway.composition import ProjectComposer
 from lumiku_gateway.cors import CorsMiddleware
-from lumiku_gateway.dependencies import Gateway, GatewayDep, Media, UpstreamsDep
+from lumiku_gateway.dependencies import ComposerDep, LimiterDep, Media, OpenAPIDep, UpstreamsDep
 from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
 from lumiku_gateway.proxy import forward
@@ -53,26 +53,25 @@ def _router(settings: GatewaySettings) -> APIRouter:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @router.get("/openapi.json", include_in_schema=False)
-    async def openapi(gateway: GatewayDep) -> dict[str, Any]:
-        return await gateway.openapi.document()
+    async def openapi(suite_openapi: OpenAPIDep) -> dict[str, Any]:
+        return await suite_openapi.document()
 
     @router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Lumiku Avatar Creator API")
 
     @router.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def proxy(request: Request, gateway: GatewayDep) -> Response:
+    async def proxy(request: Request, upstreams: UpstreamsDep, limiter: LimiterDep, composer: ComposerDep) -> Response:
         route = match(request.url.path)
-        upstream = gateway.upstreams.get(route.service) if route else None
+        upstream = upstreams.get(route.service) if route else None
         if route is None or upstream is None:
             raise NotFound()
         if route.authenticated:
             # Verified here so bad tokens never reach a service; services verify again (defence in depth).
             user = decode_user_token(bearer_token(request), settings.jwt_secret)
-            if gateway.limiter is not None:
-                await gateway.limiter.check(user.id, request.method, request.url.path)
-            if gateway.composer.applies(request):
-                return await gateway.composer.respond(upstream, request, user)
+            await limiter.check(user.id, request.method, request.url.path)
+            if composer.applies(request):
+                return await composer.respond(upstream, request, user)
         return await forward(upstream, request)
 
     return router
@@ -86,37 +85,31 @@ def _composer(settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTr
     return ProjectComposer(client, settings.avatars_per_project_in_list, settings.avatars_per_project_in_detail)
 
 
-def _gateway(settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None) -> Gateway:
-    upstreams = Upstreams(settings, transports)
-    limiter = None
-    if settings.rate_limit_enabled:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        limiter = RateLimiter(redis, settings.rate_limits)
-    return Gateway(
-        upstreams=upstreams,
-        openapi=SuiteOpenAPI(upstreams, "Lumiku Avatar Creator", settings.version),
-        composer=_composer(settings, transports),
-        limiter=limiter,
-        media=Media(storage_from(settings), MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds)),
-    )
+def _limiter(settings: GatewaySettings) -> RateLimiter:
+    enabled = settings.rate_limit_enabled
+    redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5) if enabled else None
+    return RateLimiter(redis, settings.rate_limits)
 
 
 def create_app(
     settings: GatewaySettings | None = None, transports: dict[str, httpx.AsyncBaseTransport] | None = None
 ) -> FastAPI:
     settings = settings or GatewaySettings()
-    gateway = _gateway(settings, transports)
+    upstreams, limiter, composer = Upstreams(settings, transports), _limiter(settings), _composer(settings, transports)
+    signer = MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds)
+    media_parts = Media(storage_from(settings), signer)
+    suite_openapi = SuiteOpenAPI(upstreams, "Lumiku Avatar Creator", settings.version)
 
     async def shutdown(_: FastAPI) -> None:
-        await gateway.upstreams.aclose()
-        if gateway.limiter is not None:
-            await gateway.limiter.redis.aclose()
-        if gateway.composer.avatars is not None:
-            await gateway.composer.avatars.aclose()
-        await gateway.media.storage.close()
+        await upstreams.aclose()
+        if limiter.redis is not None:
+            await limiter.redis.aclose()
+        if composer.avatars is not None:
+            await composer.avatars.aclose()
+        await media_parts.storage.close()
 
     async def readiness(_: FastAPI) -> dict[str, str]:
-        return await gateway.upstreams.readiness()
+        return await upstreams.readiness()
 
     app = create_service(
         ServiceSpec(
@@ -127,8 +120,8 @@ def create_app(
             on_shutdown=[shutdown],
             title="Lumiku gateway",
             own_docs=False,
+            parts=[upstreams, limiter, composer, media_parts, suite_openapi],
         )
     )
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins)  # outermost: errors carry CORS too
-    app.state.gateway = gateway
     return app

@@ -51,6 +51,7 @@ class Process:
         )
 
     def stop(self) -> None:
+        """SIGKILL: nothing of the process's own shutdown runs, as in a crash."""
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
