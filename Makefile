@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-unit test-fast lint typecheck bench infra clean
+.PHONY: install dev test test-unit test-fast fuzz lint typecheck bench infra clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -31,6 +31,11 @@ test: install lint typecheck test-unit infra
 
 test-unit: install
 	$(NO_SERVERS) $(UV) run pytest -m unit -q
+
+# Schema fuzzing at length (make test runs a small sample of the same): FUZZ_EXAMPLES per operation, FUZZ_SEED.
+FUZZ_EXAMPLES ?= 200
+fuzz: install infra
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(UV) run pytest -q -s services/gateway/tests/test_fuzz.py
 
 test-fast: install
 	$(UV) run pytest -x -q
