@@ -122,19 +122,20 @@ async def test_schema_fuzzing(gateway_url: tuple[str, AvatarsSettings], tmp_path
         "--suppress-health-check",
         "all",
         "--generation-database",
-        "none",  # the same cases every run (and nothing written into the work tree)
+        "none",  # the same cases every run
     ]
     known = tmp_path / "known.ndjson"
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": str(HERE), "FUZZ_KNOWN_LOG": str(known)}
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_hooks", "PYTHONPATH": path, "FUZZ_KNOWN_LOG": str(known)}
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+        *command, env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )  # cwd: schemathesis keeps a cache in ./.schemathesis
     output, _ = await process.communicate()
     report = output.decode(errors="replace")
-    print(report)
-    print(f"schemathesis: {EXAMPLES} examples per operation, seed {SEED}, {time.monotonic() - started:.1f} s")
+    report += f"\nschemathesis: {EXAMPLES} examples per operation, seed {SEED}, {time.monotonic() - started:.1f} s"
     if known.exists():
-        print("Known failures owned elsewhere (dropped, see fuzz_hooks.py):")
-        print("\n".join(sorted(set(known.read_text().splitlines()))))
+        dropped = "\n".join(sorted(set(known.read_text().splitlines())))
+        report += f"\nKnown failures owned elsewhere (dropped, see fuzz_hooks.py):\n{dropped}"
+    print(report)
     assert process.returncode == 0, f"schema fuzzing failed (reproduce with FUZZ_SEED={SEED}):\n{report}"
