@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-unit test-fast coverage lint typecheck bench infra clean
+.PHONY: install dev test test-unit test-fast coverage fuzz lint typecheck bench infra clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -34,6 +34,11 @@ test-unit: install
 
 coverage: install infra
 	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile -q --cov --cov-report=term:skip-covered --cov-report=json:.coverage.json
+
+# Schema fuzzing at length (make test runs a small sample of the same): FUZZ_EXAMPLES per operation, FUZZ_SEED.
+FUZZ_EXAMPLES ?= 200
+fuzz: install infra
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(UV) run pytest -q -s services/gateway/tests/test_fuzz.py
 
 test-fast: install
 	$(UV) run pytest -x -q

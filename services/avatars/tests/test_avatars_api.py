@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from avatars_samples import events_about, jpeg, png
 from sqlalchemy import text
 
+from lumiku_avatars.schemas import AvatarUpdate
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
 from lumiku_devtools.testing import eventually, publish_raw
@@ -99,6 +100,42 @@ async def test_update_changes_fields_and_emits_avatar_updated(suite, spy):
         refused = await suite.api.put(url, json=bad, headers=headers)
         assert refused.status_code == 400 and refused.json()["error"] == "Validation error"
     assert (await suite.api.get(url, headers=headers)).json()["avatar"]["name"] == "Renamed"
+
+
+# One value per updatable field, multi-word where the field is text (they were once cut at the first word).
+UPDATES = {
+    "name": "Summer Campaign Hero Shot",
+    "gender": "female",
+    "age_range": "mature",
+    "style": "traditional",
+    "ethnicity": "South East Asian",
+    "body_type": "full_body",
+    "persona_name": "Dewi Lestari Putri",
+    "persona_age": 42,
+    "persona_personality": "Warm, curious and very patient with customers",
+    "persona_background": "Grew up in Bandung; studied visual design in Jakarta",
+    "hair_style": "long wavy bob",
+    "hair_color": "dark chestnut brown",
+    "eye_color": "deep hazel green",
+    "skin_tone": "warm light olive",
+    "seed_used": 2**63 - 1,
+}
+
+
+async def test_every_updatable_field_updates_alone_and_is_stored(suite):
+    assert set(UPDATES) == set(AvatarUpdate.model_fields), "a new updatable field needs a value here"
+    _, headers = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    url = f"{APP}/avatars/{avatar['id']}"
+    expected = {k: v for k, v in avatar.items() if k not in ("updatedAt", "baseImageUrl", "thumbnailUrl")}
+    for field, value in UPDATES.items():
+        key = AvatarUpdate.model_fields[field].alias or field
+        response = await suite.api.put(url, json={key: value}, headers=headers)
+        assert response.status_code == 200, (field, response.text)
+        expected[key] = value
+        stored = (await suite.api.get(url, headers=headers)).json()["avatar"]
+        # The field changed to exactly what was sent, and nothing else did.
+        assert {k: stored[k] for k in expected} == expected, field
 
 
 async def test_delete_removes_row_objects_and_media(suite, spy):

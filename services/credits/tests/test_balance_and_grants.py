@@ -154,3 +154,13 @@ async def test_negative_adjustment_cannot_take_held_credits(credits, db):
         "lowBalance": True,
     }
     assert await db.fetchval("SELECT count(*) FROM ledger_entries WHERE type = 'adjustment'") == 1
+
+
+async def test_grant_with_the_longest_idempotency_key_is_stored_whole(credits, db):
+    # The ledger keeps it as "grant:<key>": a 200-character key (the documented maximum) must still fit.
+    key = "k" * 200
+    first = await credits.grant(grant_body(idempotencyKey=key))
+    assert first.status_code == 201, first.text
+    again = await credits.grant(grant_body(idempotencyKey=key))
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert await db.fetchval("SELECT count(*) FROM ledger_entries WHERE type = 'purchase'") == 1

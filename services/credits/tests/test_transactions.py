@@ -103,6 +103,38 @@ async def test_bad_history_queries_are_400(credits, params):
     assert response.json()["error"] == "Validation error"
 
 
+# Times PostgreSQL (or Python) cannot hold once converted to UTC, and times no ledger entry can have: these
+# were a 500 (and, for the CSV, a 200 cut off after its header line) before issue 8's fuzzing.
+OUT_OF_RANGE = [
+    {"from": "0001-01-01T00:00:00+14:00"},
+    {"to": "0001-01-01T00:00:00+14:00"},
+    {"from": "9999-12-31T23:59:59-14:00"},
+    {"to": "9999-12-31T23:59:59Z"},
+    {"from": "1969-12-31T23:59:59Z"},
+]
+
+
+@pytest.mark.parametrize("params", OUT_OF_RANGE)
+@pytest.mark.parametrize("csv_by", [None, "format", "accept"])
+async def test_times_out_of_range_are_400_before_any_byte(credits, params, csv_by):
+    headers = auth(credits.settings, "alice")
+    if csv_by == "format":
+        params = {**params, "format": "csv"}
+    elif csv_by == "accept":
+        headers["Accept"] = "text/csv"
+    response = await credits.api.get(URL, params=params, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == "Validation error" and body["details"][0]["path"] == [next(iter(params))]
+
+
+async def test_times_at_the_edges_of_the_range_are_accepted(credits):
+    rows = await history(credits, **{"from": "1970-01-01T00:00:00Z", "to": "9998-12-31T23:59:59+14:00"})
+    assert [r["type"] for r in rows["transactions"]] == ["bonus"]
+    assert [r["type"] for r in await export(credits, **{"from": "1970-01-01T00:00:00Z"})] == ["bonus"]
+
+
 async def test_csv_export_matches_the_json_rows(credits):
     await activity(credits)
     rows = (await history(credits))["transactions"]

@@ -93,8 +93,13 @@ async def test_bad_tokens_never_reach_the_service():
     async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
         missing = await api.get(f"{APP}/projects", headers={"Authorization": ""})
         invalid = await api.get(f"{APP}/projects", headers={"Authorization": "Bearer nope"})
+        # Validly signed, but a user id no table can hold (over 128 characters, NUL): 401, not the 500 it was.
+        settings = settings_for_tests(GatewaySettings)
+        unusable = [await api.get(f"{APP}/projects", headers=auth(settings, uid)) for uid in ("u" * 129, "a\x00b")]
     assert (missing.status_code, missing.json()) == (401, {"error": "Unauthorized"})
     assert (invalid.status_code, invalid.json()) == (401, {"error": "Invalid token"})
+    for response in (invalid, *unusable):
+        assert (response.status_code, response.headers["www-authenticate"]) == (401, "Bearer")
     assert calls == []
 
 

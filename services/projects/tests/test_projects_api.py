@@ -182,6 +182,20 @@ async def test_invalid_tokens_are_401(api, settings, kind):
     assert response.json() == {"error": "Invalid token"}
 
 
+@pytest.mark.parametrize("user_id", ["u" * 129, "nul\x00inside", "\x01"], ids=["129-chars", "nul", "control"])
+async def test_validly_signed_tokens_with_unusable_user_ids_are_401(api, settings, user_id):
+    # Found by schema fuzzing's issue (8): these reached the database and failed there with a 500.
+    token = _token(settings, userId=user_id)
+    for request in (api.get(URL, headers=_bearer(token)), api.post(URL, json={"name": "x"}, headers=_bearer(token))):
+        response = await request
+        assert (response.status_code, response.json()) == (401, {"error": "Invalid token"})
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic abc", "Token x"])
 async def test_missing_or_malformed_header_is_401(api, header):
     headers = {} if header is None else {"Authorization": header}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 import jwt
 from fastapi import Depends, Request
@@ -40,17 +40,26 @@ class InvalidToken(Unauthorized):
     message = "Invalid token"
 
 
+MAX_USER_ID_LENGTH = 128  # every service's user_id column
+
+
+def _valid_user_id(value: object) -> TypeGuard[str]:
+    """1-128 printable characters: ids go into every table (no NUL in PostgreSQL text), key and log line."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_LENGTH and value.isprintable()
+
+
 def decode_user_token(token: str, secret: str) -> User:
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp"], "verify_aud": False}
         )
     except jwt.PyJWTError as exc:
-        raise InvalidToken() from exc
+        raise InvalidToken(headers={"WWW-Authenticate": "Bearer"}) from exc
     user_id = claims.get("userId") or claims.get("sub")
     role = claims.get("role", "user")
-    if not isinstance(user_id, str) or not user_id or role not in ("user", "admin"):
-        raise InvalidToken()
+    if not _valid_user_id(user_id) or role not in ("user", "admin"):
+        # Validly signed, but not a user this system can hold: the client's token is wrong, not the server.
+        raise InvalidToken(headers={"WWW-Authenticate": "Bearer"})
     email = claims.get("email")
     return User(id=user_id, email=email if isinstance(email, str) else None, role=role)
 

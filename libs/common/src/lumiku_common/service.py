@@ -23,6 +23,7 @@ from lumiku_common.messaging.consumer import Consumer, EventHandlers, prune_inbo
 from lumiku_common.messaging.outbox import OutboxRelay, prune_published
 from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
+from lumiku_common.openapi import without_fastapi_422
 from lumiku_common.periodic import periodic
 from lumiku_common.settings import ServiceSettings
 
@@ -174,6 +175,7 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     app.include_router(health_router(settings, spec.readiness or infrastructure_checks))
     for router in spec.routers:
         app.include_router(router)
+    without_fastapi_422(app)
     return app
 
 

@@ -57,6 +57,25 @@ def test_bad_user_tokens(token):
         decode_user_token(token, SECRET)
 
 
+@pytest.mark.parametrize(
+    "user_id",
+    ["", "u" * 129, "a\x00b", "line\nbreak", "tab\there", "\x7f", "\u2028"],
+    ids=["empty", "129-chars", "nul", "newline", "tab", "del", "line-separator"],
+)
+def test_validly_signed_tokens_with_unusable_user_ids_are_invalid(user_id):
+    # A user id goes into every table, key and log line: 1-128 printable characters, else 401, never a 500.
+    token = jwt.encode({"userId": user_id, "exp": 9999999999}, SECRET, algorithm="HS256")
+    with pytest.raises(InvalidToken) as raised:
+        decode_user_token(token, SECRET)
+    assert raised.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+@pytest.mark.parametrize("user_id", ["u" * 128, "ünïcødé user", "auth0|abc-123", "a b"])
+def test_printable_user_ids_up_to_128_characters_are_accepted(user_id):
+    token = jwt.encode({"userId": user_id, "exp": 9999999999}, SECRET, algorithm="HS256")
+    assert decode_user_token(token, SECRET).id == user_id
+
+
 def test_service_token_is_not_a_user_token():
     service_token = ServiceTokens("t" * 40, "avatars").token()
     with pytest.raises(InvalidToken):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from lumiku_devtools.testing import running, settings_for_tests, workers_started
+from lumiku_devtools.testing import free_port, running, settings_for_tests, workers_started
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 
@@ -20,9 +22,9 @@ ServiceApp = FastAPI | Callable[[Transports], FastAPI]
 
 
 @contextlib.asynccontextmanager
-async def gateway_for(services: dict[str, ServiceApp], **gateway_settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """Starts each service in order (lifespan and workers included) and yields a client of a gateway routing to
-    them; `gateway_settings` override the gateway's test settings."""
+async def gateway_app_for(services: dict[str, ServiceApp], **gateway_settings: Any) -> AsyncIterator[FastAPI]:
+    """Starts each service in order (lifespan and workers included) and yields a gateway app routing to them
+    (not started: `running` or `served` runs its lifespan); `gateway_settings` override its test settings."""
     async with contextlib.AsyncExitStack() as stack:
         transports: Transports = {}
         for name, service in services.items():
@@ -35,5 +37,31 @@ async def gateway_for(services: dict[str, ServiceApp], **gateway_settings: Any) 
             GatewaySettings,
             **{"service_urls": {n: f"http://{n}" for n in services}, "rate_limit_enabled": False, **gateway_settings},
         )
-        async with running(create_app(settings, transports)) as client:
-            yield client
+        yield create_app(settings, transports)
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(services: dict[str, ServiceApp], **gateway_settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway of `gateway_app_for`, started, and a client of it in-process."""
+    async with gateway_app_for(services, **gateway_settings) as app, running(app) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """Serves the app (lifespan included) over real TCP on 127.0.0.1, on this event loop, for clients that are
+    separate processes (schemathesis' CLI); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(600):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if not server.started:
+            raise RuntimeError(f"the app never started serving on port {port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)

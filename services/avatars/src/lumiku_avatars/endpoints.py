@@ -23,10 +23,11 @@ from lumiku_avatars.schemas import (
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.avatars import BY_PROJECTS, AvatarsByProject, ByProjectsQuery
 from lumiku_common.db import DbSession
+from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import PageParams, Pagination
 
 APP = "/api/apps/avatar-creator"
-router = APIRouter(prefix=APP, tags=["avatars"])
+router = APIRouter(prefix=APP, tags=["avatars"], responses=AUTHENTICATED)
 internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
@@ -47,6 +48,7 @@ def _upload_form_schema() -> dict[str, Any]:
     "/projects/{project_id}/avatars",
     response_model=AvatarResponse,
     status_code=201,
+    responses=responses(400, 402, 404, 413),
     openapi_extra=_request_body("multipart/form-data", _upload_form_schema()),
 )
 async def upload_avatar(
@@ -62,6 +64,7 @@ async def upload_avatar(
     "/projects/{project_id}/avatars/save-preview",
     response_model=AvatarResponse,
     status_code=201,
+    responses=responses(400, 402, 404, 413),
     openapi_extra=_request_body("application/json", SavePreviewRequest.model_json_schema(by_alias=True)),
 )
 async def save_preview(
@@ -73,7 +76,7 @@ async def save_preview(
     return AvatarResponse(avatar=AvatarOut.of(avatar, media), message="Avatar saved successfully")
 
 
-@router.get("/avatars", response_model=AvatarListResponse)
+@router.get("/avatars", response_model=AvatarListResponse, responses=responses(400))
 async def list_avatars(
     user: CurrentUser,
     session: DbSession,
@@ -93,7 +96,7 @@ async def avatar_stats(user: CurrentUser, session: DbSession, media: MediaDep) -
     return StatsResponse(stats=await service.stats(session, user.id, media))
 
 
-@router.get("/avatars/{avatar_id}", response_model=AvatarDetailResponse)
+@router.get("/avatars/{avatar_id}", response_model=AvatarDetailResponse, responses=responses(404))
 async def get_avatar(
     user: CurrentUser, workflows: WorkflowsDep, media: MediaDep, avatar_id: str
 ) -> AvatarDetailResponse:
@@ -101,7 +104,7 @@ async def get_avatar(
     return AvatarDetailResponse(avatar=AvatarWithProject(**AvatarOut.of(avatar, media).model_dump(), project=project))
 
 
-@router.put("/avatars/{avatar_id}", response_model=AvatarResponse)
+@router.put("/avatars/{avatar_id}", response_model=AvatarResponse, responses=responses(400, 404))
 async def update_avatar(
     user: CurrentUser, session: DbSession, media: MediaDep, avatar_id: str, body: AvatarUpdate
 ) -> AvatarResponse:
@@ -109,7 +112,7 @@ async def update_avatar(
     return AvatarResponse(avatar=AvatarOut.of(avatar, media), message="Avatar updated successfully")
 
 
-@router.delete("/avatars/{avatar_id}", response_model=DeletedResponse)
+@router.delete("/avatars/{avatar_id}", response_model=DeletedResponse, responses=responses(404))
 async def delete_avatar(user: CurrentUser, session: DbSession, janitor: JanitorDep, avatar_id: str) -> DeletedResponse:
     await service.delete_avatar(session, janitor, user.id, avatar_id)
     return DeletedResponse(message="Avatar deleted successfully")

@@ -17,6 +17,10 @@ BodyType = Literal["half_body", "full_body"]
 SourceType = Literal["upload", "ai_generated"]
 
 
+_EXAMPLE_PNG = "data:image/png;base64," + (
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8UaHBwMDAxMDAwMDAAAARqgFsecZ2JgAAAABJRU5ErkJggg=="
+)
+
 Name = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
 Short = Annotated[CleanStr, StringConstraints(max_length=50)]
 Medium = Annotated[CleanStr, StringConstraints(max_length=100)]
@@ -61,7 +65,9 @@ class SavePreviewRequest(RequestModel, AvatarAttributes):
     """Phase two of AI generation (spec §3.2): keep a preview the user liked as an avatar."""
 
     name: Name
-    image_base64: str  # a data URL or bare base64; what it decodes to is checked like an upload
+    # A data URL or bare base64; what it decodes to is checked like an upload. The example (a 2x2 PNG) is one
+    # a client can send as is: the docs' "try it" and schema fuzzing's examples create a real avatar with it.
+    image_base64: str = Field(examples=[_EXAMPLE_PNG])
     thumbnail_base64: str | None = None  # accepted from older clients, never trusted: we make our own
     generation_prompt: Long | None = None
 

@@ -18,6 +18,7 @@ from lumiku_common.clients.credits import (
     release_path,
 )
 from lumiku_common.db import DatabaseDep, DbSession
+from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import Pagination
 from lumiku_common.service import part
 from lumiku_credits import export, service
@@ -32,7 +33,7 @@ from lumiku_credits.schemas import (
 )
 from lumiku_credits.settings import CreditsSettings
 
-router = APIRouter(prefix="/api/credits", tags=["credits"])
+router = APIRouter(prefix="/api/credits", tags=["credits"], responses=AUTHENTICATED)
 internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
@@ -55,7 +56,11 @@ async def balance(user: CurrentUser, session: DbSession, settings: Settings) -> 
     return await service.get_balance(session, settings, user.id)
 
 
-@router.get("/transactions", response_model=TransactionsResponse)
+@router.get(
+    "/transactions",
+    response_model=TransactionsResponse,
+    responses={**responses(400), 200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 async def transactions(
     request: Request,
     user: CurrentUser,
@@ -79,7 +84,7 @@ async def transactions(
     )
 
 
-@router.post("/grants", response_model=GrantResponse, status_code=201)
+@router.post("/grants", response_model=GrantResponse, status_code=201, responses=responses(400, 402, 403, 409))
 async def grant(admin: AdminUser, session: DbSession, settings: Settings, body: GrantRequest) -> JSONResponse:
     return _respond(await service.grant(session, settings, body, granted_by=f"admin:{admin.id}"))
 

@@ -70,7 +70,8 @@ class LedgerEntry(Base):
     reference_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reference_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
     hold_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    # "<operation>:<client key>": the longest prefix ("capture:") on the longest key a client may send (200).
+    idempotency_key: Mapped[str | None] = mapped_column(String(220), nullable=True, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     __table_args__ = (

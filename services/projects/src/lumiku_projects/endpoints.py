@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
 from lumiku_common.db import DbSession
+from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import PageParams, Pagination
 from lumiku_projects import service
 from lumiku_projects.schemas import (
@@ -19,11 +20,11 @@ from lumiku_projects.schemas import (
     ProjectUpdate,
 )
 
-router = APIRouter(prefix="/api/apps/avatar-creator/projects", tags=["projects"])
+router = APIRouter(prefix="/api/apps/avatar-creator/projects", tags=["projects"], responses=AUTHENTICATED)
 internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
-@router.get("", response_model=ProjectListResponse)
+@router.get("", response_model=ProjectListResponse, responses=responses(400))
 async def list_projects(
     user: CurrentUser, session: DbSession, page: Annotated[PageParams, Query()]
 ) -> ProjectListResponse:
@@ -34,19 +35,19 @@ async def list_projects(
     )
 
 
-@router.post("", response_model=ProjectChangedResponse, status_code=201)
+@router.post("", response_model=ProjectChangedResponse, status_code=201, responses=responses(400))
 async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> ProjectChangedResponse:
     project = await service.create_project(session, user.id, body)
     return ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
 
 
-@router.get("/{project_id}", response_model=ProjectResponse)
+@router.get("/{project_id}", response_model=ProjectResponse, responses=responses(404))
 async def get_project(user: CurrentUser, session: DbSession, project_id: str) -> ProjectResponse:
     project = await service.get_project(session, user.id, project_id)
     return ProjectResponse(project=ProjectOut.model_validate(project))
 
 
-@router.put("/{project_id}", response_model=ProjectChangedResponse)
+@router.put("/{project_id}", response_model=ProjectChangedResponse, responses=responses(400, 404))
 async def update_project(
     user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate
 ) -> ProjectChangedResponse:
@@ -54,7 +55,7 @@ async def update_project(
     return ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
 
 
-@router.delete("/{project_id}", response_model=DeletedResponse)
+@router.delete("/{project_id}", response_model=DeletedResponse, responses=responses(404))
 async def delete_project(user: CurrentUser, session: DbSession, project_id: str) -> DeletedResponse:
     await service.delete_project(session, user.id, project_id)
     return DeletedResponse(message="Project deleted successfully")

@@ -14,6 +14,7 @@ outbox (see `capture_command`), so a caller that crashes after committing its wo
 from __future__ import annotations
 
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, StrictInt, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -139,11 +140,11 @@ class CreditsClient:
 
     async def capture(self, hold_id: str, idempotency_key: str, amount: int | None = None) -> Hold:
         request = CaptureRequest(idempotency_key=idempotency_key, amount=amount)
-        return (await self._post(capture_path(hold_id), request, CaptureResponse)).hold
+        return (await self._post(capture_path(quote(hold_id, safe="")), request, CaptureResponse)).hold
 
     async def release(self, hold_id: str, idempotency_key: str, reason: str) -> Hold:
         request = ReleaseRequest(idempotency_key=idempotency_key, reason=reason)
-        return (await self._post(release_path(hold_id), request, ReleaseResponse)).hold
+        return (await self._post(release_path(quote(hold_id, safe="")), request, ReleaseResponse)).hold
 
 
 async def capture_command(session: AsyncSession, user_id: str, hold_id: str, amount: int | None = None) -> None:

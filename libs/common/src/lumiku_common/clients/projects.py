@@ -7,6 +7,8 @@ GET project_path(project id)?userId=U   (service token)
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from lumiku_common.errors import NotFound, ServiceUnavailable
 from lumiku_common.internal import InternalClient
 from lumiku_common.schemas import CamelModel, UtcDatetime
@@ -41,7 +43,10 @@ class ProjectsClient:
 
     async def ensure_owned(self, user_id: str, project_id: str) -> ProjectInfo:
         """The project, if it exists and belongs to `user_id`; 404 `Project not found` otherwise."""
-        response = await self.client.request("GET", project_path(project_id), params={USER_ID_PARAM: user_id})
+        # The id is whatever the client put in its URL: one path segment, encoded, whatever it holds (a control
+        # character made an invalid URL and a 500; `?`, `#` or `/` would have changed the request).
+        path = project_path(quote(project_id, safe=""))
+        response = await self.client.request("GET", path, params={USER_ID_PARAM: user_id})
         if response.status_code == 404:
             raise ProjectNotFound()
         if response.status_code != 200:
