@@ -1,5 +1,6 @@
-"""SLOW TIER (~15 s): the avatars process's memory while it processes hostile images, measured in a real child
-process (peak and resident set from /proc), one upload alone and then three at once via `images.process`.
+"""The avatars process's memory while it processes hostile images (~15 s, outside the fast tier though it needs
+no server), measured in a real child process (peak and resident set from /proc), one upload alone and then three
+at once via `images.process`.
 
 Each image is refused or processed; either way the process must not grow by more than `PEAK_BUDGET` at its
 peak nor keep more than `RETAINED_BUDGET` afterwards. Skip it with `-k "not memory"` when iterating.
