@@ -22,6 +22,8 @@ from lumiku_common.storage import (
     ObjectNotFound,
     S3Storage,
     Storage,
+    StorageRefused,
+    StorageUnavailable,
     storage_from,
 )
 from lumiku_devtools.testing import s3_server
@@ -206,6 +208,62 @@ def refuse_deleting(storage: S3Storage, key: str) -> None:
         ],
     }
     storage.client.put_bucket_policy(Bucket=storage.bucket, Policy=json.dumps(policy))
+
+
+def s3_failing(store: S3Storage, monkeypatch, error: Exception) -> None:
+    """The boto3 client failing every read the way S3 does (the code under test is what we do with it)."""
+
+    def fail(**kwargs: object) -> None:
+        raise error
+
+    for method in ("head_object", "get_object", "list_objects_v2", "delete_objects"):
+        monkeypatch.setattr(store.client, method, fail)
+
+
+def client_error(status: int, code: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetObject")  # type: ignore[arg-type]
+
+
+def endpoint_down() -> Exception:
+    from botocore.exceptions import EndpointConnectionError
+
+    return EndpointConnectionError(endpoint_url="http://s3.invalid")
+
+
+@pytest.mark.parametrize(
+    ("make_error", "expected", "status"),
+    [
+        (lambda: client_error(403, "AccessDenied"), StorageRefused, 502),
+        (lambda: client_error(404, "NoSuchBucket"), StorageRefused, 502),
+        (lambda: client_error(503, "SlowDown"), StorageUnavailable, 503),
+        (lambda: client_error(500, "InternalError"), StorageUnavailable, 503),
+        (endpoint_down, StorageUnavailable, 503),
+    ],
+    ids=["access-denied", "no-such-bucket", "slow-down", "internal-error", "endpoint-down"],
+)
+async def test_s3_failures_other_than_a_missing_object_are_502_or_503(
+    s3_endpoint, monkeypatch, make_error, expected, status
+):
+    """Never "not found" (that would hide an outage) and never a bare ClientError (a 500 in the gateway)."""
+    store = storage_from(s3_settings(s3_endpoint, "failing-bucket"))
+    assert isinstance(store, S3Storage)
+    await store.ensure_ready()
+    s3_failing(store, monkeypatch, make_error())
+    for call in (
+        store.head(ORIGINAL),
+        store.open(ORIGINAL),
+        keys(store, "avatars/"),
+        store.delete([ORIGINAL]),
+    ):
+        with pytest.raises(expected) as raised:
+            await call
+        assert raised.value.status_code == status
+    if status == 503:
+        assert raised.value.headers == {"Retry-After": "5"}
+    await store.close()
 
 
 async def test_stale_temporaries_are_swept_fresh_ones_kept(tmp_path):
