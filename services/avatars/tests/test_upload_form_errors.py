@@ -15,7 +15,8 @@ IMAGE = jpeg(64, 64)
 
 
 def part(name: bytes, value: bytes, filename: bytes | None = None, disposition: bytes | None = None) -> bytes:
-    header = disposition or b'form-data; name="' + name + b'"' + (b'; filename="' + filename + b'"' if filename else b"")
+    named = b'form-data; name="' + name + b'"'
+    header = disposition or named + (b'; filename="' + filename + b'"' if filename else b"")
     return b"--" + BOUNDARY + b"\r\nContent-Disposition: " + header + b"\r\n\r\n" + value + b"\r\n"
 
 
