@@ -112,6 +112,25 @@ async def test_poison_goes_straight_to_dlq_and_queue_keeps_flowing(db, broker, s
     await eventually(lambda: effect_count_is(db, 1))
 
 
+async def test_a_type_with_no_handler_goes_straight_to_dlq_with_the_reason(db, broker, settings, make_consumer):
+    """A well-formed event this consumer has no handler for (routed here by a wrong key, or a binding wider than
+    its handlers) can never succeed: no retries, dead-lettered at once, and the queue keeps flowing."""
+    handlers, calls = recording_handlers()
+    consumer = await make_consumer(handlers, broker, delivery_limit=5)
+    created = Envelope(
+        type="project.created", source="test", time=utcnow(), user_id="u", data={"projectId": "p", "name": "n"}
+    )
+    body = created.model_dump_json(by_alias=True).encode()
+    await publish_raw(settings, "project.deleted", body)
+    dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
+    assert dead.body == body
+    assert dead.headers["x-dead-letter-reason"] == "poison: no handler for project.created"
+    assert dead.headers["x-original-queue"] == consumer.name
+    assert calls == [] and await effect_count(db) == 0
+    await publish_raw(settings, "project.deleted", envelope("next"))
+    await eventually(lambda: effect_count_is(db, 1))
+
+
 async def test_consumer_resumes_after_connection_drop(db, settings, make_consumer):
     proxy = await TcpProxy("127.0.0.1", 5672).start()
     broker = Broker(proxy.url_for(settings.amqp_url), settings.events_exchange, connect_timeout=1)
