@@ -64,14 +64,18 @@ async def make_consumer(db, settings) -> AsyncIterator:
 
 async def test_redelivered_event_has_one_effect(db, broker, settings, make_consumer):
     handlers, calls = recording_handlers()
-    await make_consumer(handlers, broker)
+    consumer = await make_consumer(handlers, broker)
     body = envelope(event_id="same-event-id")
     for _ in range(3):
         await publish_raw(settings, "project.deleted", body)
     await eventually(lambda: effect_count_is(db, 1))
-    await asyncio.sleep(0.5)
-    assert await effect_count(db) == 1
-    assert calls == ["same-event-id"]  # the duplicates were skipped by the inbox before the handler
+    # Barrier, not a sleep: a later event on the same queue. Once it is handled, the duplicates delivered
+    # before it have been through the inbox too, so one that slipped past would show here.
+    await publish_raw(settings, "project.deleted", envelope(event_id="sentinel"))
+    await eventually(lambda: asyncio.sleep(0, "sentinel" in calls), what="sentinel handled")
+    await eventually(lambda: queue_empty(settings, consumer.name))
+    assert await effect_count(db) == 2
+    assert calls == ["same-event-id", "sentinel"]  # the duplicates were skipped by the inbox before the handler
 
 
 async def test_transient_failure_is_retried_and_effect_lands_once(db, broker, settings, make_consumer):

@@ -3,7 +3,6 @@ composition endpoint and the orphan sweeper."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -182,8 +181,18 @@ async def test_usage_recorded_counts_each_usage_once(suite):
         return got["usageCount"] == 2 and got["lastUsedAt"] == "2026-01-02T00:00:00.000Z"
 
     await eventually(counted)
-    await asyncio.sleep(0.5)  # nothing else arrives later
-    assert (await suite.api.get(url, headers=headers)).json()["avatar"]["usageCount"] == 2
+    # Barrier, not a sleep: one more usage, published after the others on the same queue (an older use, so
+    # lastUsedAt stays). Once it is counted, the copies delivered before it have been handled too.
+    sentinel = usage_envelope(user, avatar["id"], "usage-sentinel", early)
+    await publish_raw(suite.settings, "usage.recorded", sentinel)
+
+    async def sentinel_counted():
+        got = (await suite.api.get(url, headers=headers)).json()["avatar"]
+        assert got["usageCount"] >= 3, "sentinel not counted yet"
+        return got
+
+    got = await eventually(sentinel_counted)
+    assert (got["usageCount"], got["lastUsedAt"]) == (3, "2026-01-02T00:00:00.000Z")
 
 
 async def test_stats_totals_recent_and_top_used(suite):
