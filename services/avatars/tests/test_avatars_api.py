@@ -3,6 +3,7 @@ composition endpoint and the orphan sweeper."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -286,3 +287,21 @@ async def test_upload_that_loses_the_race_with_its_project_deletion_leaves_nothi
     response = await suite.upload(headers, project, jpeg())
     assert (response.status_code, response.json()) == (404, {"error": "Project not found"})
     await suite.assert_untouched(user, headers)
+
+
+async def test_sweeper_removes_what_killed_uploads_left_behind(suite):
+    """A SIGKILLed upload leaves its write-then-rename temporary (megabytes), which no listing shows."""
+    from pathlib import Path
+
+    from lumiku_common.storage import FilesystemStorage
+
+    assert isinstance(suite.storage, FilesystemStorage)
+    directory = suite.storage.root / f"avatars/{'e' * 24}/{new_id()}"
+    await asyncio.to_thread(directory.mkdir, parents=True)
+    temporary = directory / ".tmp-0123456789abcdef"
+    await asyncio.to_thread(temporary.write_bytes, b"\0" * 3 * 1024 * 1024)
+    assert await suite.janitor.sweep_orphans() == 0  # young: its upload may still be writing
+    assert await asyncio.to_thread(Path.exists, temporary)
+    later = datetime.now(UTC) + timedelta(seconds=suite.settings.orphan_grace_seconds + 60)
+    assert await suite.janitor.sweep_orphans(now=later) >= 1
+    assert not await asyncio.to_thread(Path.exists, directory)
