@@ -10,8 +10,9 @@ $(UV):
 install: $(UV)
 	$(UV) sync --frozen --all-packages
 
-infra:
+infra: install
 	@bash scripts/infra.sh
+	@$(UV) run python -m lumiku_devtools.infra
 
 dev: install infra
 	$(UV) run lumiku dev

@@ -64,14 +64,18 @@ async def make_consumer(db, settings) -> AsyncIterator:
 
 async def test_redelivered_event_has_one_effect(db, broker, settings, make_consumer):
     handlers, calls = recording_handlers()
-    await make_consumer(handlers, broker)
+    consumer = await make_consumer(handlers, broker)
     body = envelope(event_id="same-event-id")
     for _ in range(3):
         await publish_raw(settings, "project.deleted", body)
     await eventually(lambda: effect_count_is(db, 1))
-    await asyncio.sleep(0.5)
-    assert await effect_count(db) == 1
-    assert calls == ["same-event-id"]  # the duplicates were skipped by the inbox before the handler
+    # Barrier, not a sleep: a later event on the same queue. Once it is handled, the duplicates delivered
+    # before it have been through the inbox too, so one that slipped past would show here.
+    await publish_raw(settings, "project.deleted", envelope(event_id="sentinel"))
+    await eventually(lambda: asyncio.sleep(0, "sentinel" in calls), what="sentinel handled")
+    await eventually(lambda: queue_empty(settings, consumer.name))
+    assert await effect_count(db) == 2
+    assert calls == ["same-event-id", "sentinel"]  # the duplicates were skipped by the inbox before the handler
 
 
 async def test_transient_failure_is_retried_and_effect_lands_once(db, broker, settings, make_consumer):
@@ -108,6 +112,25 @@ async def test_poison_goes_straight_to_dlq_and_queue_keeps_flowing(db, broker, s
     dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
     assert dead.body == body and dead.headers["x-dead-letter-reason"].startswith("poison:")
     assert calls == []
+    await publish_raw(settings, "project.deleted", envelope("next"))
+    await eventually(lambda: effect_count_is(db, 1))
+
+
+async def test_a_type_with_no_handler_goes_straight_to_dlq_with_the_reason(db, broker, settings, make_consumer):
+    """A well-formed event this consumer has no handler for (routed here by a wrong key, or a binding wider than
+    its handlers) can never succeed: no retries, dead-lettered at once, and the queue keeps flowing."""
+    handlers, calls = recording_handlers()
+    consumer = await make_consumer(handlers, broker, delivery_limit=5)
+    created = Envelope(
+        type="project.created", source="test", time=utcnow(), user_id="u", data={"projectId": "p", "name": "n"}
+    )
+    body = created.model_dump_json(by_alias=True).encode()
+    await publish_raw(settings, "project.deleted", body)
+    dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
+    assert dead.body == body
+    assert dead.headers["x-dead-letter-reason"] == "poison: no handler for project.created"
+    assert dead.headers["x-original-queue"] == consumer.name
+    assert calls == [] and await effect_count(db) == 0
     await publish_raw(settings, "project.deleted", envelope("next"))
     await eventually(lambda: effect_count_is(db, 1))
 

@@ -7,7 +7,7 @@ import asyncio
 from collections import Counter
 from contextlib import suppress
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from lumiku_common.db import Database
 from lumiku_common.messaging.broker import Broker
@@ -33,6 +33,22 @@ async def pending(db: Database) -> int:
 
 async def drained(db: Database) -> bool:
     return await pending(db) == 0
+
+
+async def attempted(db: Database, at_least: int = 1) -> bool:
+    async with db.sessions() as session:
+        return int(await session.scalar(select(func.max(outbox.c.attempts))) or 0) >= at_least
+
+
+async def sentinel_published(db: Database, spy: EventSpy, *relays: OutboxRelay) -> str:
+    """A barrier instead of a sleep: an event staged after everything else and seen by the spy. The relay
+    publishes in outbox order and the spy's queue is FIFO, so any duplicate of an earlier event that the relay
+    was going to send has arrived by then. `relays` are run until drained (when none is running already)."""
+    [marker] = await stage(db, 1, "sentinel")
+    if relays:
+        await run_until_drained(db, *relays)
+    await eventually(lambda: asyncio.sleep(0, any(e["id"] == marker for e in spy.events)), what="sentinel seen")
+    return marker
 
 
 async def run_until_drained(db: Database, *relays: OutboxRelay, timeout: float = 30) -> None:
@@ -68,13 +84,11 @@ async def test_events_staged_while_broker_unreachable_are_all_published_once(db,
         proxy.cut()
         task = asyncio.create_task(relay.run())
         ids = await stage(db, 50)
-        await asyncio.sleep(1.0)  # the relay keeps failing meanwhile
+        await eventually(lambda: attempted(db, 2), what="the relay failed and retried")
         assert await pending(db) == 50
-        async with db.sessions() as session:
-            assert await session.scalar(select(func.max(outbox.c.attempts))) >= 1
         proxy.restore()
         await spy.wait_for("project.created", 50, timeout=30)
-        await asyncio.sleep(0.5)  # let any duplicate arrive before counting
+        ids.append(await sentinel_published(db, spy))
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
@@ -96,7 +110,7 @@ async def test_broker_dropping_mid_stream_loses_nothing(db, settings):
         await spy.wait_for("project.created", 1)
         proxy.cut()  # an outage while the relay is working
         second = await stage(db, 30, "b")
-        await asyncio.sleep(0.5)
+        await eventually(lambda: attempted(db), what="the relay tried during the outage")
         proxy.restore()
         await spy.wait_for("project.created", 60, timeout=40)
         task.cancel()
@@ -115,7 +129,7 @@ async def test_two_relays_publish_each_event_exactly_once(db, settings):
     async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
         await run_until_drained(db, *relays)
         await spy.wait_for("project.created", 300)
-        await asyncio.sleep(0.5)
+        ids.append(await sentinel_published(db, spy, *relays))
     counts = Counter(e["id"] for e in spy.events)
     assert set(counts) == set(ids) and max(counts.values()) == 1
     for b, d in zip(brokers, dbs, strict=True):
@@ -142,11 +156,20 @@ async def test_envelope_carries_context(db, broker, settings):
 async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
     """Polling is set to 60 s: only the NOTIFY sent at commit can explain a prompt publish."""
     relay = OutboxRelay(db, broker, poll_seconds=60)
+    sleeping = asyncio.Event()
+    wait_for_work = relay._wait_for_work
+
+    async def sleeps() -> None:  # the moment the first, empty poll is over
+        sleeping.set()
+        await wait_for_work()
+
+    relay._wait_for_work = sleeps  # type: ignore[method-assign]
     # Another process's pool (its in-process signal is not shared), one that runs no relay of its own.
     writer = Database(settings.database_url, "common", notify_outbox=True)
     async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
         task = asyncio.create_task(relay.run())
-        await asyncio.sleep(0.5)  # first empty poll done; the relay now sleeps
+        await asyncio.wait_for(sleeping.wait(), 10)
+        await eventually(lambda: listening(db), what="the relay's listener subscribed")
         ids = await stage(writer, 1)
         try:
             await spy.wait_for("project.created", timeout=10)
@@ -156,6 +179,18 @@ async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
                 await task
     assert [e["id"] for e in spy.events] == ids
     await writer.dispose()
+
+
+async def listening(db: Database) -> bool:
+    """True once a connection of this database LISTENs (asyncpg's add_listener runs `LISTEN "channel"`)."""
+    async with db.sessions() as session:
+        found = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN %'"
+            )
+        )
+    return bool(found)
 
 
 async def test_prune_keeps_pending_and_recent_rows(db, broker):

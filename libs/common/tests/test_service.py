@@ -56,3 +56,33 @@ async def test_a_request_id_that_could_forge_log_lines_is_replaced():
         response = await client.get("/health", headers={"x-request-id": 'evil"\n{"level":"critical"}'})
     assert response.headers["x-request-id"] != 'evil"\n{"level":"critical"}'
     assert len(response.headers["x-request-id"]) == 26
+
+
+async def test_ready_is_503_and_names_the_database_while_it_is_unreachable(settings, db):
+    """The probe that takes a pod out of rotation: PostgreSQL cut off by a TCP proxy, then back."""
+    from lumiku_devtools.testing import TcpProxy
+
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    through_proxy = settings_for_tests(
+        type(settings),
+        postgres_url=proxy.url_for(settings.postgres_url),
+        database_name=settings.database_name.split("_test_")[0],
+        run_workers=False,
+    )
+    app = create_service(ServiceSpec(settings=through_proxy, routers=[]))
+    try:
+        async with running(app) as client:
+            assert (await client.get("/ready")).status_code == 200
+            proxy.cut()
+            down = await client.get("/ready")
+            assert down.status_code == 503
+            assert down.json() == {
+                "status": "not_ready",
+                "service": "common",
+                "checks": {"database": "unavailable", "broker": "ok"},
+            }
+            assert (await client.get("/health")).status_code == 200  # alive: only readiness fails
+            proxy.restore()
+            assert (await client.get("/ready")).status_code == 200
+    finally:
+        await proxy.stop()

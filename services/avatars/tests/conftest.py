@@ -61,9 +61,13 @@ class Suite:
     settings: AvatarsSettings
 
     @property
-    def storage(self) -> Storage:
+    def workflows(self) -> AvatarWorkflows:
         workflows: AvatarWorkflows = self.avatars_app.state.parts[AvatarWorkflows]
-        return workflows.storage
+        return workflows
+
+    @property
+    def storage(self) -> Storage:
+        return self.workflows.storage
 
     @property
     def janitor(self) -> ObjectJanitor:

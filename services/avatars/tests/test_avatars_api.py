@@ -219,8 +219,18 @@ async def test_usage_recorded_counts_each_usage_once(suite):
         return got["usageCount"] == 2 and got["lastUsedAt"] == "2026-01-02T00:00:00.000Z"
 
     await eventually(counted)
-    await asyncio.sleep(0.5)  # nothing else arrives later
-    assert (await suite.api.get(url, headers=headers)).json()["avatar"]["usageCount"] == 2
+    # Barrier, not a sleep: one more usage, published after the others on the same queue (an older use, so
+    # lastUsedAt stays). Once it is counted, the copies delivered before it have been handled too.
+    sentinel = usage_envelope(user, avatar["id"], "usage-sentinel", early)
+    await publish_raw(suite.settings, "usage.recorded", sentinel)
+
+    async def sentinel_counted():
+        got = (await suite.api.get(url, headers=headers)).json()["avatar"]
+        assert got["usageCount"] >= 3, "sentinel not counted yet"
+        return got
+
+    got = await eventually(sentinel_counted)
+    assert (got["usageCount"], got["lastUsedAt"]) == (3, "2026-01-02T00:00:00.000Z")
 
 
 async def test_stats_totals_recent_and_top_used(suite):
@@ -314,3 +324,21 @@ async def test_upload_that_loses_the_race_with_its_project_deletion_leaves_nothi
     response = await suite.upload(headers, project, jpeg())
     assert (response.status_code, response.json()) == (404, {"error": "Project not found"})
     await suite.assert_untouched(user, headers)
+
+
+async def test_sweeper_removes_what_killed_uploads_left_behind(suite):
+    """A SIGKILLed upload leaves its write-then-rename temporary (megabytes), which no listing shows."""
+    from pathlib import Path
+
+    from lumiku_common.storage import FilesystemStorage
+
+    assert isinstance(suite.storage, FilesystemStorage)
+    directory = suite.storage.root / f"avatars/{'e' * 24}/{new_id()}"
+    await asyncio.to_thread(directory.mkdir, parents=True)
+    temporary = directory / ".tmp-0123456789abcdef"
+    await asyncio.to_thread(temporary.write_bytes, b"\0" * 3 * 1024 * 1024)
+    assert await suite.janitor.sweep_orphans() == 0  # young: its upload may still be writing
+    assert await asyncio.to_thread(Path.exists, temporary)
+    later = datetime.now(UTC) + timedelta(seconds=suite.settings.orphan_grace_seconds + 60)
+    assert await suite.janitor.sweep_orphans(now=later) >= 1
+    assert not await asyncio.to_thread(Path.exists, directory)

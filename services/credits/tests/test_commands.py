@@ -88,11 +88,13 @@ async def test_redelivered_and_repeated_commands_charge_once(commands, credits, 
     event_id = await commands.send(capture)
     await commands.send(capture, event_id=event_id)  # a redelivery: the inbox drops it
     await commands.send(capture)  # the caller staged it twice: the idempotency key replays it
-    await commands.handled(2)
-    await asyncio.sleep(0.3)
-    assert await usage_entries(db) == 1
-    assert await db.fetchval("SELECT count(*) FROM inbox") == 2
-    assert (await credits.balance("alice"))["balance"] == 88
+    # Barrier, not a sleep: a later command on the same queue; once it is handled, so is everything before it.
+    sentinel = await credits.hold("alice", 5, "sentinel")
+    await commands.send(CaptureCredits(hold_id=sentinel["id"], idempotency_key=f"capture:{sentinel['id']}"))
+    await commands.handled(3)
+    assert await usage_entries(db) == 2  # the repeated capture's one, and the sentinel's
+    assert await db.fetchval("SELECT count(*) FROM inbox") == 3
+    assert (await credits.balance("alice"))["balance"] == 83
     assert await commands.dlq_depth() == 0
 
 

@@ -13,7 +13,7 @@ from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.clients.credits import CreditsClient, ReserveRequest
 from lumiku_common.errors import Conflict, Gone, InsufficientCredits, NotFound
 from lumiku_common.internal import InternalClient
-from lumiku_devtools.testing import token_for
+from lumiku_devtools.testing import eventually, token_for
 
 HOLDS = "/internal/credits/holds"
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -219,7 +219,13 @@ async def test_low_balance_event_fires_once_when_crossing(credits, spy):
     await spy.wait_for("credits.reserved", 3)
     [low] = await spy.wait_for("credits.balance_low")
     assert low["data"] == {"available": 45, "threshold": 50} and low["userId"] == "alice"
-    await asyncio.sleep(0.3)
+    # Barrier, not a sleep: a later event from the same outbox (published in order, to a FIFO spy queue).
+    sentinel = await credits.hold("alice", 1, "sentinel")  # 29 left: still low, no new event either
+
+    async def sentinel_seen() -> bool:
+        return any(e["data"]["holdId"] == sentinel["id"] for e in spy.of_type("credits.reserved"))
+
+    await eventually(sentinel_seen, what="the sentinel's credits.reserved")
     assert len(spy.of_type("credits.balance_low")) == 1
 
 

@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 
 from lumiku_devtools.gateway import gateway_for
-from lumiku_devtools.testing import EventSpy, TcpProxy, prepare_database, settings_for_tests
+from lumiku_devtools.testing import EventSpy, TcpProxy, eventually, prepare_database, settings_for_tests
 from lumiku_projects.main import create_app
 from lumiku_projects.settings import ProjectsSettings
 
@@ -40,7 +40,12 @@ async def test_projects_created_during_a_broker_outage_are_announced_once(settin
         assert spy.events == []
         proxy.restore()
         await spy.wait_for("project.created", 20, timeout=30)
-        await asyncio.sleep(0.5)
+        # Barrier, not a sleep: one more project, whose event leaves the outbox after the others' (in order,
+        # to a FIFO queue): once the spy has it, any duplicate the relay was going to send has arrived.
+        sentinel = await api.post(URL, json={"name": "sentinel"}, headers=alice)
+        marker = sentinel.json()["project"]["id"]
+        created.append(marker)
+        await eventually(lambda: asyncio.sleep(0, any(e["data"]["projectId"] == marker for e in spy.events)))
     counts = Counter(e["data"]["projectId"] for e in spy.events)
     assert set(counts) == set(created) and max(counts.values()) == 1
     await proxy.stop()

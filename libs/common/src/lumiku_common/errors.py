@@ -90,10 +90,10 @@ class ServiceUnavailable(AppError):
 
     status_code = 503
     message = "Service unavailable"
-    retry_after = 5
+    retry_after = 5  # seconds, when the dependency did not say
 
-    def __init__(self, message: str | None = None, **extra: Any):
-        super().__init__(message, headers={"Retry-After": str(self.retry_after)}, **extra)
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None, **extra: Any):
+        super().__init__(message, headers={"Retry-After": str(retry_after or self.retry_after)}, **extra)
 
 
 # What a lost or unreachable dependency raises, as opposed to a bug: connection errors of the database driver

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
@@ -22,11 +23,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from lumiku_common.errors import AppError, ServiceUnavailable
+from lumiku_common.logs import get_logger
 from lumiku_common.settings import StorageSettings
+
+log = get_logger(__name__)
 
 CHUNK_SIZE = 256 * 1024
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*$")
 _CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+_TMP = ".tmp-"  # the filesystem backend's write-then-rename temporaries; never objects
 
 
 class InvalidKey(ValueError):
@@ -37,10 +43,41 @@ class ObjectNotFound(LookupError):
     pass
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """The store is down or overloaded (S3 5xx, throttling, no connection): worth retrying soon."""
+
+    message = "Storage unavailable"
+
+
+class StorageRefused(AppError):
+    """The store refused us (access denied, no such bucket, bad credentials): a misconfiguration, not the
+    client's fault, and retrying will not help."""
+
+    status_code = 502
+    message = "Bad gateway"
+
+
+class DeleteFailed(Exception):
+    """Some objects could not be removed; the others were. `failed` maps each such key to the store's reason."""
+
+    def __init__(self, failed: dict[str, str]):
+        self.failed = failed
+        super().__init__(f"could not delete {len(failed)} object(s): {dict(list(failed.items())[:3])}")
+
+
 def check_key(key: str) -> str:
     if len(key) > 512 or not _KEY.match(key) or ".." in key:
         raise InvalidKey(f"invalid object key: {key!r}")
     return key
+
+
+def is_key(key: str) -> bool:
+    """Whether `key` could be one of ours; listings leave out anything else (folder markers, other writers')."""
+    try:
+        check_key(key)
+    except InvalidKey:
+        return False
+    return True
 
 
 def content_type_for(key: str) -> str:
@@ -78,7 +115,12 @@ class Storage(ABC):
 
     @abstractmethod
     async def delete(self, keys: Iterable[str]) -> None:
-        """Removes the objects; keys with no object are fine (deleting is idempotent)."""
+        """Removes the objects; keys with no object are fine (deleting is idempotent). Tries every key, then
+        raises `DeleteFailed` naming the ones the store refused."""
+
+    async def sweep_temporaries(self, prefix: str, older_than: datetime) -> int:
+        """Removes what interrupted writes left under `prefix` before `older_than`; how many it removed."""
+        return 0
 
     @abstractmethod
     def list(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
@@ -119,7 +161,7 @@ class FilesystemStorage(Storage):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: a reader never sees half an object, and a crash leaves only a `.tmp-` file.
-        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
+        tmp = path.with_name(f"{_TMP}{secrets.token_hex(8)}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -134,22 +176,46 @@ class FilesystemStorage(Storage):
     async def put(self, key: str, data: bytes) -> ObjectInfo:
         return await asyncio.to_thread(self._write, key, data)
 
+    def _inside(self, path: Path) -> bool:
+        # No symlink anywhere on the way: a link (ours never makes any) could point outside the root.
+        return path.parent.resolve() == path.parent and path.parent.is_relative_to(self.root)
+
     def _stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
         try:
-            return self._info(key, self._path(key).stat())
-        except FileNotFoundError:
+            st = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        # Only regular files are objects: a directory, a symlink or a device is not something we wrote.
+        if not stat.S_ISREG(st.st_mode) or not self._inside(path):
+            return None
+        return self._info(key, st)
 
     async def head(self, key: str) -> ObjectInfo | None:
         return await asyncio.to_thread(self._stat, key)
 
-    async def open(self, key: str) -> ObjectStream:
+    def _open(self, key: str) -> tuple[int, os.stat_result]:
         path = self._path(key)
+        if not self._inside(path):
+            raise ObjectNotFound(key)
         try:
-            f = await asyncio.to_thread(open, path, "rb")
-        except FileNotFoundError as exc:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a symlink fails here (ELOOP)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFound(key) from exc
-        info = self._info(key, os.fstat(f.fileno()))
+        except OSError as exc:
+            if os.path.islink(path):
+                raise ObjectNotFound(key) from exc
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a directory opens fine read-only; it is still no object
+            os.close(fd)
+            raise ObjectNotFound(key)
+        return fd, st
+
+    async def open(self, key: str) -> ObjectStream:
+        fd, st = await asyncio.to_thread(self._open, key)
+        f = os.fdopen(fd, "rb")
+        info = self._info(key, st)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -161,10 +227,19 @@ class FilesystemStorage(Storage):
         return ObjectStream(info, chunks())
 
     def _remove(self, keys: list[str]) -> None:
+        failed: dict[str, str] = {}
         for key in keys:
             path = self._path(key)
-            path.unlink(missing_ok=True)
+            try:
+                if not self._inside(path) or (path.is_dir() and not path.is_symlink()):
+                    continue  # not an object of ours: nothing to delete
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # keep going: one stuck file must not keep the others
+                failed[key] = repr(exc)
+                continue
             self._prune(path.parent)
+        if failed:
+            raise DeleteFailed(failed)
 
     def _prune(self, directory: Path) -> None:
         # Empty per-avatar directories would otherwise pile up forever.
@@ -182,23 +257,48 @@ class FilesystemStorage(Storage):
         found = []
         for dirpath, _, files in os.walk(self.root):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(_TMP):
                     continue
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if key.startswith(prefix) and is_key(key):
                     with suppress(FileNotFoundError):  # removed between listing and stat: not listed
-                        found.append(self._info(key, Path(dirpath, name).stat()))
+                        st = Path(dirpath, name).lstat()
+                        if stat.S_ISREG(st.st_mode):  # symlinks and the like are no objects
+                            found.append(self._info(key, st))
         return sorted(found, key=lambda o: o.key)
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         for info in await asyncio.to_thread(self._walk, prefix):
             yield info
 
+    def _remove_temporaries(self, prefix: str, older_than: datetime) -> int:
+        """`.tmp-` files of writes that were killed (SIGKILL, OOM, power loss) before their rename or cleanup."""
+        removed, cutoff = 0, older_than.timestamp()
+        for dirpath, _, files in os.walk(self.root):
+            directory = Path(dirpath)
+            if not (directory.relative_to(self.root).as_posix() + "/").startswith(prefix):
+                continue
+            for name in files:
+                path = directory / name
+                with suppress(FileNotFoundError):  # its writer finished (renamed it) meanwhile
+                    # A write in progress keeps touching its file: only old ones are abandoned.
+                    if name.startswith(_TMP) and path.lstat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                        self._prune(directory)
+        return removed
+
+    async def sweep_temporaries(self, prefix: str, older_than: datetime) -> int:
+        return await asyncio.to_thread(self._remove_temporaries, prefix, older_than)
+
     async def ensure_ready(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
 
 
 # --- S3 ------------------------------------------------------------------------------------------------
+
+# Error codes S3 (and MinIO) send when a retry later may well succeed.
+_S3_TRANSIENT = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed"}
 
 
 class S3Storage(Storage):
@@ -233,7 +333,30 @@ class S3Storage(Storage):
         )
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(partial(getattr(self.client, method), Bucket=self.bucket, **kwargs))
+        """The boto3 call in a worker thread; a missing object stays a `ClientError` for the caller to map, every
+        other failure becomes `StorageUnavailable` (503: retry later) or `StorageRefused` (502: our setup)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(partial(getattr(self.client, method), Bucket=self.bucket, **kwargs))
+        except ClientError as exc:
+            if self._missing(exc):
+                raise
+            raise self._failure(method, exc) from exc
+        except BotoCoreError as exc:  # no connection, timeouts, a reply it could not read
+            log.warning("s3_unreachable", method=method, error=repr(exc))
+            raise StorageUnavailable() from exc
+
+    @staticmethod
+    def _failure(method: str, exc: Exception) -> AppError:
+        error = getattr(exc, "response", {}).get("Error", {})
+        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = error.get("Code", "")
+        if status >= 500 or status == 429 or code in _S3_TRANSIENT:
+            log.warning("s3_unavailable", method=method, code=code, status=status)
+            return StorageUnavailable()
+        log.error("s3_refused", method=method, code=code, status=status, message=error.get("Message"))
+        return StorageRefused()
 
     @staticmethod
     def _missing(exc: Exception) -> bool:
@@ -249,10 +372,8 @@ class S3Storage(Storage):
 
         try:
             r = await self._call("head_object", Key=check_key(key))
-        except ClientError as exc:
-            if self._missing(exc):
-                return None
-            raise
+        except ClientError:  # only a missing object gets here (see _call)
+            return None
         return ObjectInfo(key, r["ContentLength"], r["ETag"], r["LastModified"])
 
     async def open(self, key: str) -> ObjectStream:
@@ -260,10 +381,8 @@ class S3Storage(Storage):
 
         try:
             r = await self._call("get_object", Key=check_key(key))
-        except ClientError as exc:
-            if self._missing(exc):
-                raise ObjectNotFound(key) from exc
-            raise
+        except ClientError as exc:  # only a missing object gets here (see _call)
+            raise ObjectNotFound(key) from exc
         body = r["Body"]
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -277,11 +396,15 @@ class S3Storage(Storage):
 
     async def delete(self, keys: Iterable[str]) -> None:
         keys = [check_key(k) for k in keys]
+        failed: dict[str, str] = {}
         for start in range(0, len(keys), 1000):  # S3's limit per request
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             response = await self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
-            if response.get("Errors"):
-                raise RuntimeError(f"S3 refused to delete: {response['Errors'][:3]}")
+            # A 200 may still refuse some keys (per-key AccessDenied, InternalError): the rest are gone.
+            for error in response.get("Errors", []):
+                failed[error["Key"]] = f"{error.get('Code')}: {error.get('Message')}"
+        if failed:
+            raise DeleteFailed(failed)
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         token: str | None = None
@@ -289,10 +412,23 @@ class S3Storage(Storage):
             extra = {"ContinuationToken": token} if token else {}
             page = await self._call("list_objects_v2", Prefix=prefix, MaxKeys=self.page_size, **extra)
             for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"], obj["Size"], obj["ETag"], obj["LastModified"])
+                if is_key(obj["Key"]):  # a folder marker ("a/b/") or a stranger's key is not our object
+                    yield ObjectInfo(obj["Key"], obj["Size"], obj["ETag"], obj["LastModified"])
             if not page.get("IsTruncated"):
                 return
             token = page["NextContinuationToken"]
+
+    async def sweep_temporaries(self, prefix: str, older_than: datetime) -> int:
+        """S3 has no temporary objects, but an interrupted multipart upload keeps its parts (and their cost)
+        until aborted. This service never uploads in parts (objects are 10 MB at most, sent whole), so this
+        only finds another writer's leftovers under our prefix; one listing call per sweep is cheap."""
+        page = await self._call("list_multipart_uploads", Prefix=prefix)
+        aborted = 0
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] < older_than:
+                await self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
 
     def public_url(self, key: str, expires_in: int) -> str | None:
         if self.public is None:

@@ -4,7 +4,9 @@ An avatar's row and its objects cannot change in one transaction, so each side h
 - deleting: the keys are recorded in `object_deletions` in the same transaction as the row's deletion, and
   purged after commit (at once, or by the periodic purge after a crash);
 - creating: objects are stored before the row commits; if the process dies in between, the sweeper removes
-  objects that no row references once they are older than a grace period.
+  objects that no row references once they are older than a grace period, and what killed writes left behind
+  (the filesystem's `.tmp-` files, S3's unfinished multipart uploads).
+Keys the store refuses to delete stay scheduled and are retried; a refusal never stops the other keys.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.db import Database
 from lumiku_common.logs import get_logger
 from lumiku_common.periodic import periodic
-from lumiku_common.storage import Storage
+from lumiku_common.storage import DeleteFailed, Storage
 
 log = get_logger(__name__)
 
@@ -48,6 +50,8 @@ class ObjectJanitor:
         event.listen(session.sync_session, "after_commit", lambda _: self.wake.set(), once=True)
 
     async def purge(self) -> int:
+        """Removes scheduled objects batch by batch; a batch that removes nothing ends the round (the store is
+        refusing), so refusals are retried every interval instead of in a hot loop."""
         removed = 0
         while True:
             async with self.db.unit_of_work() as session:
@@ -55,12 +59,24 @@ class ObjectJanitor:
                 keys = await repo.claim(_BATCH)
                 if not keys:
                     return removed
-                await self.storage.delete(keys)
-                await repo.done(keys)
-            removed += len(keys)
+                failed = await self._delete(keys)
+                await repo.done([k for k in keys if k not in failed])
+                await repo.postpone(list(failed))  # still scheduled, behind the others
+            removed += len(keys) - len(failed)
+            if len(failed) == len(keys):
+                return removed
+
+    async def _delete(self, keys: list[str]) -> set[str]:
+        """The keys the store refused (the others are gone); other store failures propagate and roll back."""
+        try:
+            await self.storage.delete(keys)
+        except DeleteFailed as exc:
+            log.warning("object_delete_refused", count=len(exc.failed), errors=dict(list(exc.failed.items())[:5]))
+            return set(exc.failed)
+        return set()
 
     async def sweep_orphans(self, now: datetime | None = None) -> int:
-        """Removes objects older than the grace period that no avatar references."""
+        """Removes objects older than the grace period that no avatar references, and stale temporaries."""
         cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.settings.orphan_grace_seconds)
         removed, batch = 0, []
         async for info in self.storage.list(PREFIX):
@@ -71,16 +87,17 @@ class ObjectJanitor:
                 batch = []
         if batch:
             removed += await self._remove_unreferenced(batch)
-        if removed:
-            log.info("orphan_objects_removed", count=removed)
-        return removed
+        temporaries = await self.storage.sweep_temporaries(PREFIX, cutoff)
+        if removed or temporaries:
+            log.info("orphan_objects_removed", count=removed, temporaries=temporaries)
+        return removed + temporaries
 
     async def _remove_unreferenced(self, keys: list[str]) -> int:
         async with self.db.unit_of_work() as session:
             referenced = await AvatarRepository(session).referenced_keys(keys)
         orphans = [k for k in keys if k not in referenced]
-        await self.storage.delete(orphans)
-        return len(orphans)
+        # Refused orphans are still listed next time: the next sweep retries them.
+        return len(orphans) - len(await self._delete(orphans))
 
     async def purge_loop(self) -> None:
         """Purges right after each deleting commit, and every interval for deletions whose wake-up was lost."""

@@ -185,3 +185,9 @@ class ObjectDeletionRepository:
 
     async def done(self, keys: Sequence[str]) -> None:
         await self.session.execute(delete(ObjectDeletion).where(ObjectDeletion.key.in_(keys)))
+
+    async def postpone(self, keys: Sequence[str]) -> None:
+        """Sends keys the store refused to the back of the queue, so they cannot starve the others."""
+        await self.session.execute(
+            update(ObjectDeletion).where(ObjectDeletion.key.in_(keys)).values(requested_at=func.now())
+        )

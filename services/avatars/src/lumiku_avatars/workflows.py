@@ -25,7 +25,7 @@ from lumiku_avatars import images, service
 from lumiku_avatars.form import ImageRequired, UploadForm, too_large
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import object_keys
-from lumiku_avatars.repository import AvatarRepository
+from lumiku_avatars.repository import AvatarRepository, ObjectDeletionRepository
 from lumiku_avatars.schemas import AvatarUploadFields, SavePreviewRequest
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
@@ -34,7 +34,7 @@ from lumiku_common.db import Database
 from lumiku_common.errors import BadRequest
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
-from lumiku_common.storage import Storage
+from lumiku_common.storage import DeleteFailed, Storage
 
 log = get_logger(__name__)
 
@@ -105,24 +105,56 @@ class AvatarWorkflows:
             async with self.db.unit_of_work() as session:
                 avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
                 await service.create_avatar(session, avatar, hold.id)
-        except BaseException:
+        except Exception as exc:
+            if await asyncio.shield(self._undo(avatar_id, list(keys), hold)):
+                log.warning("upload_commit_unconfirmed_but_done", avatarId=avatar_id, error=repr(exc))
+                return avatar  # the commit happened, only its acknowledgement was lost: the upload succeeded
+            raise
+        except BaseException:  # cancelled (the client left): undo, but never report success
             await asyncio.shield(self._undo(avatar_id, list(keys), hold))
             raise
         return avatar
 
-    async def _undo(self, avatar_id: str, keys: list[str], hold: Hold) -> None:
-        """Best effort; what it cannot do, the orphan sweeper (objects) and the hold's expiry (credits) will."""
+    async def _undo(self, avatar_id: str, keys: list[str], hold: Hold) -> bool:
+        """True if the avatar did commit (nothing to undo). Best effort otherwise; what it cannot do, the purge or
+        the orphan sweeper (objects) and the hold's expiry (credits) will."""
         try:
             async with self.db.unit_of_work() as session:
                 if await AvatarRepository(session).exists(avatar_id):
-                    return  # the commit did happen (its acknowledgement was lost): keep it, it is paid for
-            await self.storage.delete(keys)
+                    return True  # kept: it is paid for by the capture committed with it
         except Exception as exc:
-            log.warning("upload_undo_objects_failed", avatarId=avatar_id, error=repr(exc))
+            # Whether it committed is unknown: deleting could break a kept avatar and releasing leave it unpaid.
+            # Both nets are safe here: the sweeper spares referenced objects, and the hold expires unless captured.
+            log.warning("upload_undo_skipped", avatarId=avatar_id, holdId=hold.id, error=repr(exc))
+            return False
+        await self._remove_objects(avatar_id, keys)
         try:
             await self.credits.release(hold.id, f"release:{hold.id}", "avatar upload failed")
         except Exception as exc:
-            log.warning("upload_undo_release_failed", avatarId=avatar_id, holdId=hold.id, error=repr(exc))
+            log.warning(
+                "upload_undo_release_failed",
+                avatarId=avatar_id,
+                holdId=hold.id,
+                expiresAt=hold.expires_at.isoformat(),  # when credits frees it by itself
+                error=repr(exc),
+            )
+        return False
+
+    async def _remove_objects(self, avatar_id: str, keys: list[str]) -> None:
+        """Deletes the upload's objects; the ones that resist are scheduled, so the purge retries them soon."""
+        try:
+            await self.storage.delete(keys)
+            return
+        except DeleteFailed as exc:
+            left, error = list(exc.failed), repr(exc)
+        except Exception as exc:
+            left, error = keys, repr(exc)
+        log.warning("upload_undo_objects_failed", avatarId=avatar_id, keys=left, error=error)
+        try:
+            async with self.db.unit_of_work() as session:
+                await ObjectDeletionRepository(session).request(left)
+        except Exception as exc:  # the orphan sweeper is the last net
+            log.warning("upload_undo_schedule_failed", avatarId=avatar_id, error=repr(exc))
 
 
 @dataclass(frozen=True)

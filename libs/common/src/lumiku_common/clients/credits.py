@@ -7,20 +7,24 @@ Contract (credits service, service token); the models below are the only definit
   POST capture_path(hold id)     CaptureRequest → 200 CaptureResponse
   POST release_path(hold id)     ReleaseRequest → 200 ReleaseResponse
       409 already captured/released; 410 expired; 404 unknown hold
+How its failures reach our caller: 402 as is (the caller cannot pay); any other 4xx is a request we built and
+the credits service refused, so 502 (logged); 5xx, no connection or no answer as lumiku_common.internal says.
 Capture and release also travel as `credits.capture` / `credits.release` commands through the caller's
 outbox (see `capture_command`), so a caller that crashes after committing its work still pays exactly once.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, StrictInt, StringConstraints
+import httpx
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lumiku_common.errors import AppError, Conflict, Gone, InsufficientCredits, NotFound, ServiceUnavailable
-from lumiku_common.internal import InternalClient
+from lumiku_common.errors import AppError, Conflict, Gone, InsufficientCredits, NotFound
+from lumiku_common.internal import BadGateway, InternalClient, unexpected
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import CaptureCredits, ReleaseCredits
 from lumiku_common.messaging.outbox import add_event
@@ -101,15 +105,35 @@ def release_path(hold_id: str) -> str:
 # --- the client ------------------------------------------------------------------------------------------
 
 log = get_logger(__name__)
-_ERRORS: dict[int, type[AppError]] = {404: NotFound, 409: Conflict, 410: Gone}
 
 
 class CreditsRequestRejected(AppError):
-    """The credits service refused our request as malformed: a bug or a misconfiguration on our side."""
+    """The credits service refused a request we built (any 4xx but 402). Our caller sent nothing wrong, so it
+    is no 4xx of theirs; it is a failure of an upstream call, hence 502, logged for us to fix. The subclasses
+    keep the contract's meaning for callers that expect one (a release racing an expiry, say)."""
 
-    status_code = 500
-    message = "Internal server error"
+    status_code = 502
+    message = "Bad gateway"
 
+    def __init__(self, status: int, detail: str | None = None):
+        super().__init__()
+        self.status, self.detail = status, detail
+
+
+class HoldNotFound(CreditsRequestRejected, NotFound):
+    status_code = 502
+
+
+class HoldConflict(CreditsRequestRejected, Conflict):
+    status_code = 502
+
+
+class HoldExpired(CreditsRequestRejected, Gone):
+    status_code = 502
+
+
+# Expected answers to a capture or release that raced something; anything else in 4xx is a bug of ours.
+_RACES: dict[int, type[CreditsRequestRejected]] = {404: HoldNotFound, 409: HoldConflict, 410: HoldExpired}
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -123,17 +147,20 @@ class CreditsClient:
 
     async def _post(self, path: str, body: RequestModel, answer: type[R]) -> R:
         response = await self.client.request("POST", path, json=body.model_dump(mode="json", exclude_none=True))
-        payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-        if response.status_code in (200, 201):
-            return answer.model_validate(payload)
-        if response.status_code == 402:
-            raise InsufficientCredits(required=payload["required"], current=payload["current"])
-        if response.status_code in _ERRORS:
-            raise _ERRORS[response.status_code](payload.get("error"))
-        if response.status_code in (400, 401, 403, 422):
-            log.error("credits_request_rejected", path=path, status=response.status_code, body=payload)
-            raise CreditsRequestRejected()
-        raise ServiceUnavailable()
+        status = response.status_code
+        if status in (200, 201):
+            return _parsed(answer, response)
+        if status == 402:
+            payload = _parsed(InsufficientCreditsBody, response)
+            raise InsufficientCredits(required=payload.required, current=payload.current)
+        if not 400 <= status < 500 or status == 429:
+            raise unexpected(response)
+        detail = _error_of(response)
+        if status in _RACES:
+            log.warning("credits_request_refused", path=path, status=status, error=detail)
+            raise _RACES[status](status, detail)
+        log.error("credits_request_rejected", path=path, status=status, body=response.text[:500])
+        raise CreditsRequestRejected(status, detail)
 
     async def reserve(self, request: ReserveRequest) -> Hold:
         return (await self._post(HOLDS, request, ReserveResponse)).hold
@@ -145,6 +172,28 @@ class CreditsClient:
     async def release(self, hold_id: str, idempotency_key: str, reason: str) -> Hold:
         request = ReleaseRequest(idempotency_key=idempotency_key, reason=reason)
         return (await self._post(release_path(quote(hold_id, safe="")), request, ReleaseResponse)).hold
+
+
+class InsufficientCreditsBody(CamelModel):
+    required: int
+    current: int
+
+
+def _parsed(model: type[R], response: httpx.Response) -> R:
+    """The answer's body as the contract says; anything else is the upstream failing (502)."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        log.error("credits_answer_unreadable", status=response.status_code, error=str(exc)[:500])
+        raise BadGateway() from exc
+
+
+def _error_of(response: httpx.Response) -> str | None:
+    with suppress(ValueError):
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return body["error"]
+    return None
 
 
 async def capture_command(session: AsyncSession, user_id: str, hold_id: str, amount: int | None = None) -> None:

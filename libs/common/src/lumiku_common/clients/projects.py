@@ -3,15 +3,22 @@
 GET project_path(project id)?userId=U   (service token)
     200 ProjectInfo   when the project exists and belongs to U
     404 {"error": "Project not found"}   otherwise (another user's project is not revealed)
+Any other answer (a 4xx we caused, a 5xx, a body we cannot read) is the upstream failing: 502, or 503 with
+`Retry-After` when it says it is down; see lumiku_common.internal.
 """
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
-from lumiku_common.errors import NotFound, ServiceUnavailable
-from lumiku_common.internal import InternalClient
+from pydantic import ValidationError
+
+from lumiku_common.errors import NotFound
+from lumiku_common.internal import BadGateway, InternalClient, unexpected
+from lumiku_common.logs import get_logger
 from lumiku_common.schemas import CamelModel, UtcDatetime
+
+log = get_logger(__name__)
 
 PROJECTS = "/internal/projects"
 USER_ID_PARAM = "userId"
@@ -50,5 +57,9 @@ class ProjectsClient:
         if response.status_code == 404:
             raise ProjectNotFound()
         if response.status_code != 200:
-            raise ServiceUnavailable()
-        return ProjectInfo.model_validate_json(response.content)
+            raise unexpected(response)
+        try:
+            return ProjectInfo.model_validate_json(response.content)
+        except ValidationError as exc:
+            log.error("projects_answer_unreadable", error=str(exc)[:500])
+            raise BadGateway() from exc
