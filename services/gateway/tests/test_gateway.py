@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lumiku_common.http_server import LimitedHttpToolsProtocol
 from lumiku_devtools.testing import RUN_ID, auth, free_port, running, settings_for_tests
@@ -212,6 +214,21 @@ async def test_rate_limits_answer_429_with_retry_after_per_user():
     assert other_user.status_code == 200 and reads.status_code == 200
 
 
+async def test_save_preview_counts_against_the_upload_limit():
+    """Both create an avatar: after the upload limit is reached, save-preview is refused too, and vice versa."""
+    transports = {"avatars": httpx.ASGITransport(app=echo_app())}
+    limits = {"api": "1000/60", "upload-avatar": "2/3600"}
+    user = f"previews-{RUN_ID}"
+    async with gateway({"avatars": "http://avatars"}, transports, rate_limit_enabled=True, rate_limits=limits) as api:
+        headers = auth(settings_for_tests(GatewaySettings), user)
+        upload = await api.post(f"{APP}/projects/p1/avatars", content=b"x", headers=headers)
+        preview = await api.post(f"{APP}/projects/p1/avatars/save-preview", json={}, headers=headers)
+        refused = await api.post(f"{APP}/projects/p1/avatars/save-preview", json={}, headers=headers)
+        refused_upload = await api.post(f"{APP}/projects/p1/avatars", content=b"x", headers=headers)
+    assert (upload.status_code, preview.status_code) == (200, 200)
+    assert (refused.status_code, refused_upload.status_code) == (429, 429)
+
+
 async def test_rate_limits_fail_open_without_redis():
     transports = {"projects": httpx.ASGITransport(app=echo_app())}
     async with gateway(
@@ -244,19 +261,34 @@ async def test_one_users_cookies_never_reach_another_users_request():
 
 @pytest.mark.parametrize("size", [1_000, 1_000_000])  # buffered and streamed responses
 async def test_encoded_bodies_pass_through_untouched(size):
+    """Small answers come back buffered (Content-Length), large ones streamed (chunked): either way the gzip
+    bytes are the upstream's, untouched."""
     from starlette.middleware.gzip import GZipMiddleware
 
     app = FastAPI()
     app.add_middleware(GZipMiddleware, minimum_size=0)
+    body = json.dumps({"data": "x" * size}).encode()
 
     @app.get(f"{APP}/avatars")
-    async def big() -> dict:
-        return {"data": "x" * size}
+    async def big() -> Response:
+        if size < 100_000:
+            return Response(body, media_type="application/json")
+        pieces = (body[i : i + 65536] for i in range(0, len(body), 65536))
+        return StreamingResponse(_aiter(pieces), media_type="application/json")  # gzip streams it on
 
-    async with gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api:
-        response = await api.get(f"{APP}/avatars", headers={"accept-encoding": "gzip"})
+    async with (
+        gateway({"avatars": "http://avatars"}, {"avatars": httpx.ASGITransport(app=app)}) as api,
+        api.stream("GET", f"{APP}/avatars", headers={"accept-encoding": "gzip"}) as response,
+    ):
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
     assert response.headers["content-encoding"] == "gzip"
-    assert response.json() == {"data": "x" * size}  # httpx decodes: the bytes arrived as the upstream sent them
+    assert ("content-length" in response.headers) == (size < 100_000)
+    assert gzip.decompress(raw) == body
+
+
+async def _aiter(items):
+    for item in items:
+        yield item
 
 
 async def test_an_early_413_stops_the_gateway_reading_the_upload():

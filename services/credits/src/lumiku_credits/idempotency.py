@@ -1,7 +1,8 @@
 """Exactly-once operations: a key is claimed by a UNIQUE insert in the operation's own transaction.
 
 The claim and the operation's effects commit together or not at all, so a failed attempt (402, 409, a
-crash) leaves the key free for a retry, and a committed one is replayed byte for byte, never re-run.
+crash) leaves the key free for a retry, and a committed one is replayed, never re-run: the same status and the
+same JSON value (not byte for byte: the answer is kept as jsonb, which orders an object's keys its own way).
 """
 
 from __future__ import annotations
