@@ -304,7 +304,7 @@ async def run(events: int, rows: int, samples: int) -> None:
         (avatars, lumiku_avatars),
         (usage, lumiku_usage),
     ):
-        await prepare_database(settings, Path(package.__file__).parent / "migrations")
+        await prepare_database(settings, Path(str(package.__file__)).parent / "migrations")
 
     services: dict[str, Any] = {
         "projects": create_projects(projects),
