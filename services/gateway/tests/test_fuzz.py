@@ -1,5 +1,5 @@
 """Schema fuzzing (issue 8): schemathesis' CLI against the gateway's merged OpenAPI, served over real TCP by
-the gateway in front of in-process projects, credits and avatars (real PostgreSQL, RabbitMQ), with a valid
+the gateway in front of in-process projects, credits, avatars and usage (real PostgreSQL, RabbitMQ), with a valid
 user token. Negative and positive data, the schema's examples, its coverage cases and stateful sequences
 along its links. The gate: no response >= 500, and every response declared (status code, content type,
 headers, body schema).
@@ -25,6 +25,7 @@ from PIL import Image
 import lumiku_avatars
 import lumiku_credits
 import lumiku_projects
+import lumiku_usage
 from lumiku_avatars.main import create_app as create_avatars
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.ids import new_id
@@ -34,6 +35,9 @@ from lumiku_devtools.gateway import gateway_app_for, served
 from lumiku_devtools.testing import auth, delete_queues, prepare_database, settings_for_tests
 from lumiku_projects.main import create_app as create_projects
 from lumiku_projects.settings import ProjectsSettings
+from lumiku_usage.handlers import AVATAR_EVENTS, AVATAR_USED
+from lumiku_usage.main import create_app as create_usage
+from lumiku_usage.settings import UsageSettings
 
 APP = "/api/apps/avatar-creator"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
@@ -59,16 +63,31 @@ async def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     projects = settings_for_tests(ProjectsSettings, "fuzz", **small)
     credits = settings_for_tests(CreditsSettings, "fuzz", credits_sweep_seconds=3600, **small)
     avatars = settings_for_tests(AvatarsSettings, "fuzz", **storage, **small)
-    for settings, package in ((projects, lumiku_projects), (credits, lumiku_credits), (avatars, lumiku_avatars)):
+    usage = settings_for_tests(UsageSettings, "fuzz", **small)
+    for settings, package in (
+        (projects, lumiku_projects),
+        (credits, lumiku_credits),
+        (avatars, lumiku_avatars),
+        (usage, lumiku_usage),
+    ):
         await prepare_database(settings, Path(package.__file__).parent / "migrations")
 
     def avatars_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
         return create_avatars(avatars, transports)
 
-    services = {"projects": create_projects(projects), "credits": create_credits(credits), "avatars": avatars_app}
+    def usage_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
+        return create_usage(usage, transports)
+
+    services = {
+        "projects": create_projects(projects),
+        "credits": create_credits(credits),
+        "avatars": avatars_app,
+        "usage": usage_app,
+    }
     async with gateway_app_for(services, **storage) as app, served(app) as url:  # type: ignore[arg-type]
         yield url, avatars
     await delete_queues(avatars, "avatars.project-events", "avatars.usage-events")
+    await delete_queues(usage, AVATAR_EVENTS, AVATAR_USED)
 
 
 def _jpeg() -> bytes:
@@ -87,6 +106,9 @@ async def _seed(url: str, headers: dict[str, str]) -> None:
         files = {"image": ("seed.jpg", _jpeg(), "image/jpeg")}
         uploaded = await client.post(f"{APP}/projects/{project_id}/avatars", data={"name": "Seed"}, files=files)
         assert uploaded.status_code == 201, uploaded.text
+        use = {"avatarId": uploaded.json()["avatar"]["id"], "appId": "pose-generator", "appName": "Pose Generator"}
+        tracked = await client.post(f"{APP}/track-usage", json={**use, "action": "generate_pose"})
+        assert tracked.status_code == 201, tracked.text
 
 
 async def test_schema_fuzzing(gateway_url: tuple[str, AvatarsSettings], tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -81,3 +81,25 @@ class PageParams(BaseModel):
     @property
     def offset(self) -> int:
         return (self.page - 1) * self.limit
+
+
+# Query times (`?from=&to=`) outside these bounds match nothing stored, and at the edges of the calendar (year 1 at
+# +14:00) are not even a time PostgreSQL or Python can convert to UTC: refused with 400, never a 500.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    # A naive time has no meaning against timestamptz; read it as UTC like every time on the wire.
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(f"Time must be between {iso_utc(EARLIEST)} and {iso_utc(LATEST)}")
+    return utc
+
+
+QueryTime = Annotated[datetime | None, AfterValidator(_as_utc)]

@@ -19,7 +19,7 @@ from lumiku_common.db import Database
 from lumiku_common.errors import ServiceUnavailable, install_error_handlers
 from lumiku_common.logs import configure_logging, get_logger
 from lumiku_common.messaging.broker import Broker
-from lumiku_common.messaging.consumer import Consumer, EventHandlers, prune_inbox
+from lumiku_common.messaging.consumer import BatchConsumer, BatchHandlers, Consumer, EventHandlers, prune_inbox
 from lumiku_common.messaging.outbox import OutboxRelay, prune_published
 from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
@@ -43,7 +43,8 @@ class ServiceSpec:
     # Built by the service itself when objects it creates up front need it (see `database_for`).
     db: Database | None = None
     migrations: Path | None = None
-    consumers: dict[str, EventHandlers] = field(default_factory=dict)  # queue purpose -> handlers
+    # queue purpose -> handlers; BatchHandlers consume in batches (one transaction per batch)
+    consumers: dict[str, EventHandlers | BatchHandlers] = field(default_factory=dict)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     background: Sequence[BackgroundLoop] = ()  # long-running worker loops, e.g. `periodic(...)`
@@ -65,8 +66,12 @@ class Workers:
         db: Database = app.state.db
         broker: Broker = app.state.broker
         self.relay = OutboxRelay(db, broker, s.outbox_batch_size, s.outbox_poll_seconds)
-        self.consumers = [
-            Consumer(
+        self.consumers: list[Consumer] = [
+            BatchConsumer(
+                name, db, broker, handlers, queue_prefix=s.queue_prefix, delivery_limit=s.consumer_delivery_limit
+            )
+            if isinstance(handlers, BatchHandlers)
+            else Consumer(
                 name,
                 db,
                 broker,

@@ -63,6 +63,7 @@ class ServiceSettings(BaseSettings):
             "projects": "http://127.0.0.1:8101",
             "avatars": "http://127.0.0.1:8102",
             "credits": "http://127.0.0.1:8104",
+            "usage": "http://127.0.0.1:8105",
         }
     )
 

@@ -24,13 +24,20 @@ from lumiku_devtools.suite import GATEWAY, SERVICES, uvicorn_command
 from lumiku_devtools.testing import delete_queues, eventually, free_port, settings_for_tests
 from lumiku_gateway.settings import GatewaySettings
 from lumiku_projects.settings import ProjectsSettings
+from lumiku_usage.handlers import AVATAR_EVENTS, AVATAR_USED
+from lumiku_usage.settings import UsageSettings
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "projects": ProjectsSettings,
     "avatars": AvatarsSettings,
     "credits": CreditsSettings,
+    "usage": UsageSettings,
 }
-QUEUES = {"avatars": ("avatars.project-events", "avatars.usage-events"), "credits": (CREDITS_QUEUE,)}
+QUEUES = {
+    "avatars": ("avatars.project-events", "avatars.usage-events"),
+    "credits": (CREDITS_QUEUE,),
+    "usage": (AVATAR_EVENTS, AVATAR_USED),
+}
 
 
 class Process:

@@ -21,7 +21,7 @@ from lumiku_avatars.schemas import (
     StatsResponse,
 )
 from lumiku_common.auth import CurrentUser, ServiceCaller
-from lumiku_common.clients.avatars import BY_PROJECTS, AvatarsByProject, ByProjectsQuery
+from lumiku_common.clients.avatars import BY_PROJECTS, AvatarOwner, AvatarsByProject, ByProjectsQuery, owner_path
 from lumiku_common.db import DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import PageParams, Pagination
@@ -129,3 +129,9 @@ async def avatars_by_projects(
             pid: [AvatarOut.of(a, media).model_dump(mode="json") for a in avatars] for pid, avatars in grouped.items()
         }
     )
+
+
+@internal.get(owner_path("{avatar_id}"), response_model=AvatarOwner)
+async def avatar_owner(_: ServiceCaller, session: DbSession, avatar_id: str) -> AvatarOwner:
+    """Who owns the avatar (the usage service's fallback for avatars newer than its projection); 404 if none."""
+    return await service.owner_of(session, avatar_id)

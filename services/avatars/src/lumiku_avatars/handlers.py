@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_avatars import service
 from lumiku_avatars.objects import ObjectJanitor
-from lumiku_common.messaging.consumer import EventHandlers
+from lumiku_common.messaging.consumer import BatchHandlers, Delivery, EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted, UsageRecorded
 
 
@@ -20,11 +20,12 @@ def project_handlers(janitor: ObjectJanitor) -> EventHandlers:
     return handlers
 
 
-def usage_handlers() -> EventHandlers:
-    handlers = EventHandlers()
+def usage_handlers() -> BatchHandlers:
+    """Counters follow `usage.recorded`, in batches: a burst of uses is a few transactions, not one each."""
+    handlers = BatchHandlers(batch_size=200)
 
     @handlers.on(UsageRecorded)
-    async def _usage_recorded(session: AsyncSession, event: UsageRecorded, envelope: Envelope) -> None:
-        await service.record_usage(session, event, envelope.user_id)
+    async def _usage_recorded(session: AsyncSession, deliveries: list[Delivery]) -> None:
+        await service.record_usages(session, [(d.event, d.envelope.user_id) for d in deliveries])
 
     return handlers

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -12,6 +13,26 @@ from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, ObjectDe
 from lumiku_avatars.schemas import AvatarFilters
 
 _NEWEST = (Avatar.created_at.desc(), Avatar.id.desc())
+
+# Events can arrive out of order: the latest use wins. A null user (an old event) skips the owner check.
+_COUNT_USES = text(
+    """
+    UPDATE avatars AS a
+    SET usage_count = a.usage_count + v.n,
+        last_used_at = greatest(coalesce(a.last_used_at, v.last), v.last)
+    FROM unnest(CAST(:ids AS varchar[]), CAST(:users AS varchar[]), CAST(:ns AS int[]), CAST(:lasts AS timestamptz[]))
+        AS v(id, user_id, n, last)
+    WHERE a.id = v.id AND (v.user_id IS NULL OR a.user_id = v.user_id)
+    """
+)
+
+
+@dataclass(frozen=True)
+class CountedUse:
+    usage_id: str
+    avatar_id: str
+    used_at: datetime
+    user_id: str | None
 
 
 def _like(term: str) -> str:
@@ -42,6 +63,9 @@ class AvatarRepository:
     async def get(self, user_id: str, avatar_id: str) -> Avatar | None:
         result = await self.session.execute(select(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id))
         return result.scalar_one_or_none()
+
+    async def by_id(self, avatar_id: str) -> Avatar | None:
+        return await self.session.scalar(select(Avatar).where(Avatar.id == avatar_id))
 
     async def add(self, avatar: Avatar) -> Avatar:
         self.session.add(avatar)
@@ -93,27 +117,41 @@ class AvatarRepository:
         rows = await self.session.execute(statement.returning(Avatar))
         return list(rows.scalars())
 
-    async def count_usage(self, usage_id: str, avatar_id: str, used_at: datetime, user_id: str | None) -> bool:
-        """Counts one use of the avatar, once per usage id; False if already counted or the avatar is gone."""
+    async def count_usages(self, usages: Sequence[CountedUse]) -> int:
+        """Counts each use once per usage id (a batch, in one go); returns how many were new and counted.
+        A use whose avatar is gone, or belongs to another user than the event said, counts nothing."""
+        unique = sorted({u.usage_id: u for u in usages}.values(), key=lambda u: u.usage_id)
+        if not unique:
+            return 0
         claimed = await self.session.execute(
             insert(CountedUsage)
-            .values(usage_id=usage_id, avatar_id=avatar_id)
+            .values([{"usage_id": u.usage_id, "avatar_id": u.avatar_id} for u in unique])
             .on_conflict_do_nothing()
             .returning(CountedUsage.usage_id)
         )
-        if claimed.first() is None:
-            return False
-        statement = update(Avatar).where(Avatar.id == avatar_id)
-        if user_id is not None:
-            statement = statement.where(Avatar.user_id == user_id)
-        result = await self.session.execute(
-            statement.values(
-                usage_count=Avatar.usage_count + 1,
-                # Events can arrive out of order; the latest use wins.
-                last_used_at=func.greatest(func.coalesce(Avatar.last_used_at, used_at), used_at),
-            ).returning(Avatar.id)
+        fresh = set(claimed.scalars())
+        per_avatar: dict[tuple[str, str | None], tuple[int, datetime]] = {}
+        for use in unique:
+            if use.usage_id in fresh:
+                n, last = per_avatar.get((use.avatar_id, use.user_id), (0, use.used_at))
+                per_avatar[(use.avatar_id, use.user_id)] = (n + 1, max(last, use.used_at))
+        if not per_avatar:
+            return 0
+        keys = sorted(per_avatar, key=lambda k: (k[0], k[1] or ""))
+        # Row locks in one order, so concurrent batches wait for each other instead of deadlocking.
+        await self.session.execute(
+            select(Avatar.id).where(Avatar.id.in_({k[0] for k in keys})).order_by(Avatar.id).with_for_update()
         )
-        return result.first() is not None
+        await self.session.execute(
+            _COUNT_USES,
+            {
+                "ids": [k[0] for k in keys],
+                "users": [k[1] for k in keys],
+                "ns": [per_avatar[k][0] for k in keys],
+                "lasts": [per_avatar[k][1] for k in keys],
+            },
+        )
+        return len(fresh)
 
     async def totals(self, user_id: str, since: datetime) -> tuple[int, int, int]:
         """(avatars, uses, avatars created since `since`)."""

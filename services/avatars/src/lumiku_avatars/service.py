@@ -9,19 +9,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import ObjectJanitor
-from lumiku_avatars.repository import AvatarRepository
+from lumiku_avatars.repository import AvatarRepository, CountedUse
 from lumiku_avatars.schemas import AvatarFilters, AvatarOut, AvatarStats, AvatarUpdate
+from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner
 from lumiku_common.clients.credits import capture_command
 from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import apply_changes
-from lumiku_common.errors import NotFound
 from lumiku_common.media import MediaUrls
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
-
-
-class AvatarNotFound(NotFound):
-    message = "Avatar not found"
 
 
 def _keys(avatar: Avatar) -> list[str]:
@@ -33,6 +29,13 @@ async def get_avatar(session: AsyncSession, user_id: str, avatar_id: str) -> Ava
     if avatar is None:
         raise AvatarNotFound()
     return avatar
+
+
+async def owner_of(session: AsyncSession, avatar_id: str) -> AvatarOwner:
+    avatar = await AvatarRepository(session).by_id(avatar_id)
+    if avatar is None:
+        raise AvatarNotFound()
+    return AvatarOwner(avatar_id=avatar.id, user_id=avatar.user_id, project_id=avatar.project_id)
 
 
 async def list_avatars(
@@ -108,8 +111,10 @@ async def delete_project_avatars(
     return len(avatars)
 
 
-async def record_usage(session: AsyncSession, usage: UsageRecorded, user_id: str | None) -> bool:
-    return await AvatarRepository(session).count_usage(usage.usage_id, usage.avatar_id, usage.used_at, user_id)
+async def record_usages(session: AsyncSession, usages: Sequence[tuple[UsageRecorded, str | None]]) -> int:
+    """`usage.recorded` events (with the envelope's user id), counted once each; returns how many were new."""
+    uses = [CountedUse(u.usage_id, u.avatar_id, u.used_at, user_id) for u, user_id in usages]
+    return await AvatarRepository(session).count_usages(uses)
 
 
 async def newest_by_project(

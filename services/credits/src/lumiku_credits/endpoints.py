@@ -18,11 +18,11 @@ from lumiku_common.clients.credits import (
     release_path,
 )
 from lumiku_common.db import DatabaseDep, DbSession
+from lumiku_common.idempotency import Outcome
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import Pagination
 from lumiku_common.service import part
 from lumiku_credits import export, service
-from lumiku_credits.idempotency import Outcome
 from lumiku_credits.schemas import (
     BalanceResponse,
     EntryOut,
@@ -41,8 +41,7 @@ Settings = Annotated[CreditsSettings, Depends(part(CreditsSettings))]
 
 
 def _respond(outcome: Outcome) -> JSONResponse:
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+    return outcome.response()
 
 
 def _wants_csv(request: Request, params: HistoryParams) -> bool:

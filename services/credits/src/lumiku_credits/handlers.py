@@ -17,11 +17,11 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.clients.credits import CaptureRequest, ReleaseRequest
+from lumiku_common.idempotency import IdempotencyConflict, Outcome
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.consumer import EventHandlers, Poison
 from lumiku_common.messaging.events import CaptureCredits, Envelope, ReleaseCredits
 from lumiku_credits import service
-from lumiku_credits.idempotency import IdempotencyConflict, Outcome
 from lumiku_credits.service import CaptureExceedsHold, HoldNotFound, HoldSettled, LateCaptureUnaffordable
 
 log = get_logger(__name__)

@@ -19,17 +19,16 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
-    SmallInteger,
     String,
     Text,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lumiku_common.clients.credits import MAX_AMOUNT
 from lumiku_common.db import new_metadata
+from lumiku_common.idempotency import idempotency_table
 from lumiku_common.ids import new_id
 
 ENTRY_TYPES = ("purchase", "bonus", "usage", "refund", "adjustment")
@@ -114,12 +113,5 @@ class Hold(Base):
     )
 
 
-class IdempotencyKey(Base):
-    __tablename__ = "idempotency_keys"
-
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    operation: Mapped[str] = mapped_column(String(20), nullable=False)
-    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
-    status_code: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
-    response: Mapped[dict | None] = mapped_column(JSONB, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+# Claimed by the operation's own transaction (lumiku_common.idempotency).
+idempotency_keys = idempotency_table(Base.metadata)

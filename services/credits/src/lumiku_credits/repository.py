@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, text, update
+from sqlalchemy import Select, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lumiku_credits.models import Hold, IdempotencyKey, LedgerEntry, Wallet
+from lumiku_credits.models import Hold, LedgerEntry, Wallet
 
 # Run as its own statement once the wallet row is locked: in READ COMMITTED a new statement takes a new
 # snapshot, so it sees every hold committed by the transactions that held the lock before us (a CTE in
@@ -119,23 +119,3 @@ class CreditsRepository:
 
     async def expire_due(self, limit: int) -> list[Any]:
         return list((await self.session.execute(_EXPIRE_DUE, {"limit": limit})).all())
-
-    # --- idempotency keys ---------------------------------------------------------------------------
-
-    async def claim_key(self, key: str, operation: str, request_hash: str) -> bool:
-        """True if this transaction now owns `key`; waits while another uncommitted transaction owns it."""
-        stmt = (
-            pg_insert(IdempotencyKey)
-            .values(key=key, operation=operation, request_hash=request_hash)
-            .on_conflict_do_nothing(index_elements=["key"])
-            .returning(IdempotencyKey.key)
-        )
-        return (await self.session.execute(stmt)).first() is not None
-
-    async def get_key(self, key: str) -> IdempotencyKey:
-        return (await self.session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key))).one()
-
-    async def save_result(self, key: str, status_code: int, response: dict[str, Any]) -> None:
-        await self.session.execute(
-            update(IdempotencyKey).where(IdempotencyKey.key == key).values(status_code=status_code, response=response)
-        )

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from lumiku_common.clients.credits import MAX_AMOUNT, IdempotencyKey, Reason, UserId
-from lumiku_common.schemas import CamelModel, PageParams, Pagination, RequestModel, UtcDatetime, iso_utc
+from lumiku_common.schemas import CamelModel, PageParams, Pagination, QueryTime, RequestModel, UtcDatetime
 
 EntryType = Literal["purchase", "bonus", "usage", "refund", "adjustment"]
 GrantType = Literal["purchase", "bonus", "adjustment"]
@@ -59,28 +58,6 @@ class TransactionsResponse(CamelModel):
     success: bool = True
     transactions: list[EntryOut]
     pagination: Pagination
-
-
-# Filters outside these bounds match nothing a ledger can hold, and at the edges of the calendar (year 1 at
-# +14:00) are not even a time PostgreSQL or Python can convert to UTC: refused with 400, never a 500.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    # A naive time has no meaning against timestamptz; read it as UTC like every time on the wire.
-    try:
-        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not EARLIEST <= utc < LATEST:
-        raise ValueError(f"Time must be between {iso_utc(EARLIEST)} and {iso_utc(LATEST)}")
-    return utc
-
-
-QueryTime = Annotated[datetime | None, AfterValidator(_as_utc)]
 
 
 class HistoryParams(PageParams):

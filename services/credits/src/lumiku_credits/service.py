@@ -21,6 +21,7 @@ from lumiku_common.clients.credits import (
 )
 from lumiku_common.clients.credits import Hold as HoldOut
 from lumiku_common.errors import AppError, BadRequest, Conflict, Gone, InsufficientCredits, NotFound
+from lumiku_common.idempotency import Idempotency, Outcome
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import (
     CreditsBalanceLow,
@@ -30,13 +31,13 @@ from lumiku_common.messaging.events import (
     CreditsReserved,
 )
 from lumiku_common.messaging.outbox import add_event
-from lumiku_credits.idempotency import Outcome, once
-from lumiku_credits.models import Hold, LedgerEntry
+from lumiku_credits.models import Hold, LedgerEntry, idempotency_keys
 from lumiku_credits.repository import CreditsRepository
 from lumiku_credits.schemas import BalanceResponse, EntryOut, GrantRequest, GrantResponse, HistoryParams
 from lumiku_credits.settings import CreditsSettings
 
 log = get_logger(__name__)
+once = Idempotency(idempotency_keys).once
 
 
 class HoldNotFound(NotFound):

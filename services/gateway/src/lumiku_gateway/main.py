@@ -18,6 +18,7 @@ from lumiku_common.clients.avatars import AvatarsClient
 from lumiku_common.errors import NotFound
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner
+from lumiku_common.messaging import asyncapi
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.storage import storage_from
@@ -55,6 +56,11 @@ def _router(settings: GatewaySettings) -> APIRouter:
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi(suite_openapi: OpenAPIDep) -> dict[str, Any]:
         return await suite_openapi.document()
+
+    @router.get("/docs/events", include_in_schema=False)
+    async def event_docs() -> dict[str, Any]:
+        """The event contract (AsyncAPI 3) for apps that publish or consume on the broker, e.g. avatar.used."""
+        return asyncapi.document()
 
     @router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -25,6 +25,7 @@ ROUTES: tuple[Route, ...] = (
     _route(rf"^{APP}/projects(/[^/]+)?$", "projects"),
     _route(rf"^{APP}/avatars/[^/]+/usage-history$", "usage"),
     _route(rf"^{APP}/track-usage$", "usage"),
+    _route(rf"^{APP}/usage$", "usage"),
     _route(rf"^{APP}/(avatars|stats)(/[^/]+)?$", "avatars"),
     _route(rf"^{APP}/generations(/.*)?$", "generation"),
     _route(r"^/api/credits(/.*)?$", "credits"),

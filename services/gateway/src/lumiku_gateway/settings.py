@@ -14,6 +14,7 @@ class GatewaySettings(ServiceSettings, StorageSettings):  # storage: the /media 
             "projects": "http://127.0.0.1:8101",
             "avatars": "http://127.0.0.1:8102",
             "credits": "http://127.0.0.1:8104",
+            "usage": "http://127.0.0.1:8105",
         }
     )
 

@@ -2,15 +2,19 @@
 
 GET BY_PROJECTS?userId=U&projectIds=a,b&limitPerProject=N   (service token)
     200 AvatarsByProject: the newest N avatars of each listed project of U, as the public API shows them
+GET owner_path(avatar id)   (service token)
+    200 AvatarOwner   when the avatar exists (usage's fallback when its projection has not seen it yet)
+    404 {"error": "Avatar not found"}   otherwise (deleted, or never existed)
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lumiku_common.errors import ServiceUnavailable
+from lumiku_common.errors import NotFound, ServiceUnavailable
 from lumiku_common.internal import InternalClient
 from lumiku_common.schemas import CamelModel
 
@@ -44,6 +48,28 @@ class AvatarsByProject(CamelModel):
     avatars: dict[str, list[AvatarJson]]
 
 
+# --- owner lookup -------------------------------------------------------------------------------------------
+
+OWNERS = "/internal/avatars"
+
+
+def owner_path(avatar_id: str) -> str:
+    return f"{OWNERS}/{avatar_id}/owner"
+
+
+class AvatarNotFound(NotFound):
+    message = "Avatar not found"
+
+
+class AvatarOwner(CamelModel):
+    avatar_id: str
+    user_id: str
+    project_id: str
+
+
+# --- the client ------------------------------------------------------------------------------------------
+
+
 class AvatarsClient:
     def __init__(self, client: InternalClient):
         self.client = client
@@ -54,6 +80,15 @@ class AvatarsClient:
         if response.status_code != 200:
             raise ServiceUnavailable()
         return AvatarsByProject.model_validate_json(response.content)
+
+    async def owner(self, avatar_id: str) -> AvatarOwner | None:
+        """Who owns the avatar; None if it does not exist. ServiceUnavailable when avatars cannot say."""
+        response = await self.client.request("GET", owner_path(quote(avatar_id, safe="")))
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ServiceUnavailable()
+        return AvatarOwner.model_validate_json(response.content)
 
     async def aclose(self) -> None:
         await self.client.aclose()

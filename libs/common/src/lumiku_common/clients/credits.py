@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationE
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.errors import AppError, Conflict, Gone, InsufficientCredits, NotFound
+from lumiku_common.idempotency import IdempotencyKey
 from lumiku_common.internal import BadGateway, InternalClient, unexpected
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import CaptureCredits, ReleaseCredits
@@ -37,7 +38,6 @@ MAX_AMOUNT = 1_000_000  # per operation; the ledger's CHECK enforces it too
 # Strict: `true`, `15.0` and `"15"` are not amounts of money.
 Amount = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT)]
 UserId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=128)]
-IdempotencyKey = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
 RefId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
 RefType = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
 Description = Annotated[CleanStr, StringConstraints(max_length=500)]

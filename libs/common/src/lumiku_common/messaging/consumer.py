@@ -3,12 +3,21 @@ retries, then the `.dlq` queue with the reason.
 
 A handler runs inside a unit of work together with the inbox row; the message is acked only after that
 commit, so a crash at any point either redelivers (and the inbox skips it) or has already committed.
+
+Two modes, same queue, same guarantees:
+- `EventHandlers`: one message, one transaction (`Consumer`).
+- `BatchHandlers`: up to N messages, one transaction (`BatchConsumer`), for high-volume streams. The inbox
+  ids of a batch are inserted in one statement (duplicates skipped), the handlers get lists, every message
+  is acked after the commit. A batch that fails is split: each message then runs alone, so a poison message
+  is dead-lettered by itself and the others commit once each (the failed batch committed nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -36,6 +45,11 @@ class Poison(Exception):
     """A message that can never succeed (malformed, unknown type): dead-letter at once, no retries."""
 
 
+class Defer(Exception):
+    """A message that cannot be decided yet because something it needs is unavailable (another service is
+    down): kept unacked and retried with backoff, without using up its deliveries (batch mode)."""
+
+
 class EventHandlers:
     """A service's handlers, registered with `@handlers.on(ProjectDeleted)`."""
 
@@ -48,6 +62,16 @@ class EventHandlers:
             return fn
 
         return register
+
+
+async def claim_many(session: AsyncSession, consumer: str, envelopes: list[Envelope]) -> set[str]:
+    """Records a batch of events as handled by `consumer` in one statement; returns the ids that were new."""
+    if not envelopes:
+        return set()
+    rows = [{"consumer": consumer, "event_id": e.id, "event_type": e.type} for e in envelopes]
+    rows.sort(key=lambda r: r["event_id"])  # one lock order for concurrent batches
+    result = await session.execute(insert(inbox).values(rows).on_conflict_do_nothing().returning(inbox.c.event_id))
+    return set(result.scalars())
 
 
 async def claim(session: AsyncSession, consumer: str, envelope: Envelope) -> bool:
@@ -121,6 +145,10 @@ class Consumer:
         ):
             await self._handle(message)
 
+    def _failed(self, message: AbstractIncomingMessage) -> tuple[int, bool]:
+        attempt = _delivery_count(message) + 1
+        return attempt, attempt >= self.delivery_limit
+
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope, event = self._decode(message)
@@ -129,13 +157,7 @@ class Consumer:
             await self._dead_letter(message, f"poison: {exc}")
             return
         except Exception as exc:
-            attempt = _delivery_count(message) + 1
-            if attempt >= self.delivery_limit:
-                await self._dead_letter(message, f"failed {attempt} times: {exc!r}")
-                return
-            log.warning("event_handler_failed", queue=self.name, attempt=attempt, error=repr(exc))
-            await asyncio.sleep(self.retry_delay * attempt)
-            await message.nack(requeue=True)
+            await self._retry_or_dead_letter(message, exc)
             return
         await message.ack()
         log.info(
@@ -162,6 +184,15 @@ class Consumer:
             await handler(session, event, envelope)
         return True
 
+    async def _retry_or_dead_letter(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        attempt, exhausted = self._failed(message)
+        if exhausted:
+            await self._dead_letter(message, f"failed {attempt} times: {exc!r}")
+            return
+        log.warning("event_handler_failed", queue=self.name, attempt=attempt, error=repr(exc))
+        await asyncio.sleep(self.retry_delay * attempt)
+        await message.nack(requeue=True)
+
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.error("event_dead_lettered", queue=self.name, messageId=message.message_id, reason=reason)
         headers = {
@@ -171,6 +202,231 @@ class Consumer:
         }
         await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
         await message.ack()
+
+
+# --- batch mode -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """One message of a batch, decoded."""
+
+    envelope: Envelope
+    event: Any
+    message: AbstractIncomingMessage = field(repr=False)
+
+    @contextmanager
+    def context(self) -> Iterator[None]:
+        """The message's correlation/trace context, for events staged on its behalf."""
+        headers = self.message.headers or {}
+        with bound(
+            (correlation_id_var, _str(headers.get("x-correlation-id"))),
+            (causation_id_var, self.message.message_id or self.envelope.id),
+            (traceparent_var, _str(headers.get("traceparent"))),
+        ):
+            yield
+
+
+BatchHandler = Callable[[AsyncSession, list[Delivery]], Awaitable[None]]
+# Runs before the batch's transaction (it may call out); returns the deliveries to leave out of it, each
+# with its fate: Poison (dead-letter), Defer (retry later) or another exception (retry, then dead-letter).
+Preparer = Callable[[list[Delivery]], Awaitable[dict[str, Exception]]]
+
+
+class BatchHandlers:
+    """A service's batch handlers: `@handlers.on(UsageRecorded)` registers `fn(session, deliveries)`;
+    `@handlers.before(AvatarUsed)` an optional check outside the transaction."""
+
+    def __init__(self, batch_size: int = 200, linger_seconds: float = 0.01, max_defer_seconds: float = 30.0):
+        self.batch_size, self.linger_seconds, self.max_defer_seconds = batch_size, linger_seconds, max_defer_seconds
+        self.by_type: dict[str, BatchHandler] = {}
+        self.preparers: dict[str, Preparer] = {}
+
+    def on(self, event: type[Event]) -> Callable[[BatchHandler], BatchHandler]:
+        def register(fn: BatchHandler) -> BatchHandler:
+            self.by_type[event.type] = fn
+            return fn
+
+        return register
+
+    def before(self, event: type[Event]) -> Callable[[Preparer], Preparer]:
+        def register(fn: Preparer) -> Preparer:
+            self.preparers[event.type] = fn
+            return fn
+
+        return register
+
+
+class BatchConsumer(Consumer):
+    """Prefetches up to twice the batch size, so the next batch fills while one commits."""
+
+    def __init__(
+        self,
+        name: str,
+        db: Database,
+        broker: Broker,
+        handlers: BatchHandlers,
+        *,
+        queue_prefix: str = "",
+        delivery_limit: int = 5,
+        retry_delay: float = 0.2,
+    ):
+        registry = EventHandlers()
+        registry.by_type = dict.fromkeys(handlers.by_type, _never)  # the queue's bindings
+        super().__init__(
+            name,
+            db,
+            broker,
+            registry,
+            queue_prefix=queue_prefix,
+            prefetch=handlers.batch_size * 2,
+            delivery_limit=delivery_limit,
+            retry_delay=retry_delay,
+        )
+        self.batch = handlers
+        self._incoming: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await super().start()
+        self._spawn(self._run())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await super().stop()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._incoming.put_nowait(message)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._incoming.get()]
+            deadline = loop.time() + self.batch.linger_seconds
+            while len(batch) < self.batch.batch_size:
+                if not self._incoming.empty():
+                    batch.append(self._incoming.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._incoming.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                await self._process(batch)
+            except Exception as exc:  # never lose the loop: whatever is unacked is redelivered
+                log.error("event_batch_crashed", queue=self.name, error=repr(exc))
+
+    async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
+        deliveries: list[Delivery] = []
+        for message in messages:
+            try:
+                envelope, event = self._decode(message)
+                if envelope.type not in self.batch.by_type:
+                    raise Poison(f"no handler for {envelope.type}")
+            except Poison as exc:
+                await self._dead_letter(message, f"poison: {exc}")
+                continue
+            deliveries.append(Delivery(envelope, event, message))
+        ready = await self._prepared(deliveries)
+        if not ready:
+            return
+        try:
+            async with self.db.unit_of_work() as session:
+                fresh = await claim_many(session, self.name, _unique([d.envelope for d in ready]))
+                await self._apply_batch(session, _first_of_each(d for d in ready if d.envelope.id in fresh))
+        except Exception as exc:
+            log.warning("event_batch_failed", queue=self.name, size=len(ready), error=repr(exc))
+            for delivery in ready:  # alone now: a poison message takes only itself down
+                await self._one(delivery)
+            return
+        for delivery in ready:
+            await delivery.message.ack()
+        log.info("event_batch_handled", queue=self.name, size=len(ready), new=len(fresh))
+
+    async def _apply_batch(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
+        by_type: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_type.setdefault(delivery.envelope.type, []).append(delivery)
+        for event_type, group in by_type.items():
+            await self.batch.by_type[event_type](session, group)
+
+    async def _prepared(self, deliveries: list[Delivery], attempt: int = 0) -> list[Delivery]:
+        """The deliveries that go on to the transaction; the others are dead-lettered, deferred or retried."""
+        rejected: dict[str, Exception] = {}
+        for event_type, preparer in self.batch.preparers.items():
+            group = [d for d in deliveries if d.envelope.type == event_type]
+            if not group:
+                continue
+            try:
+                rejected.update(await preparer(group))
+            except Exception as exc:
+                rejected.update(dict.fromkeys((d.envelope.id for d in group), exc))
+        ready = []
+        for delivery in deliveries:
+            fate = rejected.get(delivery.envelope.id)
+            if fate is None:
+                ready.append(delivery)
+            elif isinstance(fate, Poison):
+                await self._dead_letter(delivery.message, f"poison: {fate}")
+            elif isinstance(fate, Defer):
+                self._defer(delivery, attempt, fate)
+            else:
+                await self._retry_or_dead_letter(delivery.message, fate)
+        return ready
+
+    def _defer(self, delivery: Delivery, attempt: int, reason: Exception) -> None:
+        delay = min(self.retry_delay * 2**attempt, self.batch.max_defer_seconds)
+        log.warning("event_deferred", queue=self.name, eventId=delivery.envelope.id, retryIn=delay, reason=str(reason))
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self._one(delivery, attempt + 1)
+
+        self._spawn(later())
+
+    async def _one(self, delivery: Delivery, attempt: int = 0) -> None:
+        """A delivery on its own: its own checks, its own transaction, its own fate."""
+        if not await self._prepared([delivery], attempt):
+            return
+        try:
+            async with self.db.unit_of_work() as session:
+                if await claim(session, self.name, delivery.envelope):
+                    await self._apply_batch(session, [delivery])
+        except Poison as exc:
+            await self._dead_letter(delivery.message, f"poison: {exc}")
+            return
+        except Defer as exc:
+            self._defer(delivery, attempt, exc)
+            return
+        except Exception as exc:
+            await self._retry_or_dead_letter(delivery.message, exc)
+            return
+        await delivery.message.ack()
+
+
+async def _never(session: AsyncSession, event: Any, envelope: Envelope) -> None:
+    raise AssertionError("batch handlers are called by BatchConsumer")
+
+
+def _unique(envelopes: list[Envelope]) -> list[Envelope]:
+    return list({e.id: e for e in envelopes}.values())
+
+
+def _first_of_each(deliveries: Iterable[Delivery]) -> list[Delivery]:
+    """A redelivered copy in the same batch as its original is handled once."""
+    seen: dict[str, Delivery] = {}
+    for delivery in deliveries:
+        seen.setdefault(delivery.envelope.id, delivery)
+    return list(seen.values())
 
 
 async def prune_inbox(db: Database, older_than: timedelta) -> int:

@@ -6,10 +6,11 @@ A breaking change to an event's data gets a new `version` and a new model; consu
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import AfterValidator, Field, StrictInt, StringConstraints
 
 from lumiku_common.ids import new_id
 from lumiku_common.schemas import CamelModel, UtcDatetime
@@ -21,7 +22,8 @@ class Event(CamelModel):
 
 
 class Envelope(CamelModel):
-    id: str = Field(default_factory=new_id)
+    # The dedup key of every consumer (its inbox keeps up to 64 characters).
+    id: str = Field(default_factory=new_id, min_length=1, max_length=64)
     type: str
     version: int = 1
     source: str
@@ -95,15 +97,36 @@ class AvatarDeleted(Event):
 # --- usage (sibling apps publish avatar.used straight to the broker) ------------------------------------
 
 
+# What a use of an avatar says, for the HTTP API (track-usage) and the event alike.
+Slug = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[a-z0-9]+(?:[-_.][a-z0-9]+)*$")]
+AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+MAX_METADATA_BYTES = 8 * 1024
+
+
+def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) > (
+        MAX_METADATA_BYTES
+    ):
+        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)]
+
+
 class AvatarUsed(Event):
+    """Published by the sibling apps (Pose Generator, Poster Editor) straight to `lumiku.events`; the
+    envelope's `userId` is the avatar's owner and its `id` the dedup key."""
+
     type = "avatar.used"
-    avatar_id: str
-    app_id: str
-    app_name: str | None = None
-    action: str
-    reference_id: str | None = None
-    reference_type: str | None = None
-    metadata: dict[str, Any] | None = None
+    avatar_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    app_id: Slug
+    app_name: AppName | None = None
+    action: Slug
+    reference_id: Reference | None = None
+    reference_type: Reference | None = None
+    metadata: Metadata = None
     used_at: UtcDatetime | None = None
 
 

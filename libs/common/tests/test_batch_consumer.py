@@ -1,0 +1,124 @@
+"""Batch mode against real PostgreSQL and RabbitMQ: one transaction per batch, duplicates skipped in bulk,
+a poison message dead-lettered alone while the rest commit exactly once, and deferred messages kept."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from lumiku_common.db import Database, utcnow
+from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.consumer import BatchConsumer, BatchHandlers, Defer, Delivery, Poison
+from lumiku_common.messaging.events import Envelope, ProjectDeleted
+from lumiku_devtools.testing import delete_queues, eventually, publish_raw, read_dlq
+
+from .conftest import effects
+
+
+def envelope(project_id: str, event_id: str) -> bytes:
+    env = Envelope(
+        id=event_id, type="project.deleted", source="test", time=utcnow(), user_id="u", data={"projectId": project_id}
+    )
+    return env.model_dump_json(by_alias=True).encode()
+
+
+async def effect_ids(db: Database) -> list[str]:
+    async with db.sessions() as session:
+        return list((await session.scalars(select(effects.c.event_id).order_by(effects.c.event_id))).all())
+
+
+@pytest.fixture
+async def make_consumer(db, settings) -> AsyncIterator:
+    made: list[BatchConsumer] = []
+
+    async def make(handlers: BatchHandlers, broker: Broker) -> BatchConsumer:
+        name = f"common.batch-{len(made)}"
+        consumer = BatchConsumer(name, db, broker, handlers, queue_prefix=settings.queue_prefix, retry_delay=0.01)
+        await consumer.start()
+        made.append(consumer)
+        return consumer
+
+    yield make
+    for c in made:
+        await c.stop()
+    await delete_queues(settings, *(c.name.removeprefix(settings.queue_prefix) for c in made))
+
+
+def recording(batches: list[list[str]], poison: str = "poison") -> BatchHandlers:
+    handlers = BatchHandlers(batch_size=50, linger_seconds=0.2)
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:
+        batches.append([d.envelope.id for d in deliveries])
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+        if any(d.event.project_id == poison for d in deliveries):
+            raise Poison("this project can never be deleted")
+
+    return handlers
+
+
+async def test_a_batch_commits_once_with_duplicates_skipped(db, broker, settings, make_consumer):
+    batches: list[list[str]] = []
+    await make_consumer(recording(batches), broker)
+    for n in range(30):
+        await publish_raw(settings, "project.deleted", envelope(f"p{n}", f"e{n:02}"))
+    for n in range(0, 30, 3):  # redeliveries of a third of them, some in the same batch
+        await publish_raw(settings, "project.deleted", envelope(f"p{n}", f"e{n:02}"))
+    await eventually(lambda: _count_is(db, 30))
+    await asyncio.sleep(0.5)
+    assert await effect_ids(db) == [f"e{n:02}" for n in range(30)]
+    assert len(batches) < 30  # batched: far fewer transactions than messages
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(effects)) == 30
+
+
+async def test_one_poison_message_in_a_batch_is_dead_lettered_alone(db, broker, settings, make_consumer):
+    batches: list[list[str]] = []
+    consumer = await make_consumer(recording(batches), broker)
+    for n in range(20):
+        project = "poison" if n == 7 else f"p{n}"
+        await publish_raw(settings, "project.deleted", envelope(project, f"e{n:02}"))
+    await publish_raw(settings, "project.deleted", b"{not json")  # malformed, in the same burst
+    expected = [f"e{n:02}" for n in range(20) if n != 7]
+    await eventually(lambda: _count_is(db, 19))
+    reasons = {
+        (await read_dlq(settings.amqp_url, consumer.dlq_name)).headers["x-dead-letter-reason"],
+        (await read_dlq(settings.amqp_url, consumer.dlq_name)).headers["x-dead-letter-reason"],
+    }
+    assert any("can never be deleted" in str(r) for r in reasons) and any("poison" in str(r) for r in reasons)
+    await asyncio.sleep(0.5)
+    assert await effect_ids(db) == expected  # nothing lost, nothing twice, the poison's effect rolled back
+
+
+async def test_a_deferred_message_is_kept_and_retried_until_decidable(db, broker, settings, make_consumer):
+    ready = asyncio.Event()
+    handlers = BatchHandlers(batch_size=10)
+    seen: list[str] = []
+
+    @handlers.before(ProjectDeleted)
+    async def check(deliveries: list[Delivery]) -> dict[str, Exception]:
+        seen.extend(d.envelope.id for d in deliveries)
+        return {} if ready.is_set() else {d.envelope.id: Defer("owner unknown yet") for d in deliveries}
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+
+    consumer = await make_consumer(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope("p1", "deferred-1"))
+    await eventually(lambda: _at_least(seen, 6), timeout=20)  # retried well past the delivery limit (5)
+    assert await effect_ids(db) == []
+    ready.set()
+    await eventually(lambda: _count_is(db, 1), timeout=20)
+    assert consumer.queue is not None
+
+
+async def _count_is(db: Database, n: int) -> bool:
+    return len(await effect_ids(db)) == n
+
+
+async def _at_least(items: list[str], n: int) -> bool:
+    return len(items) >= n
