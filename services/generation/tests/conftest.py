@@ -29,3 +29,9 @@ async def suite(tmp_path_factory: pytest.TempPathFactory, fake_hf: tuple[FakeHug
     await prepare(settings)
     async with suite_for(settings, fake) as suite:
         yield suite
+
+
+@pytest.fixture(autouse=True)
+def fresh_provider(fake_hf: tuple[FakeHuggingFace, str]) -> None:
+    """Each test scripts the stand-in's answers for its own calls."""
+    fake_hf[0].reset()

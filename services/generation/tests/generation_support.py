@@ -1,5 +1,5 @@
-"""Support of the generation tests (fixtures in conftest.py). The suite as a client sees it: the gateway in front of real projects, credits, avatars and generation
-services (real PostgreSQL and RabbitMQ) and a Hugging Face stand-in over real TCP. The services start once
+"""Support of the generation tests (fixtures in conftest.py). The suite as a client sees it: the gateway in
+front of real projects, credits, avatars and generation services (real PostgreSQL and RabbitMQ) and a Hugging Face stand-in over real TCP. The services start once
 per session; every test uses fresh user ids (each starts with the 100-credit signup bonus) and scripts the
 stand-in's answers for its own calls by model id."""
 
@@ -69,6 +69,7 @@ class Suite:
     generation_app: FastAPI
     avatars_app: FastAPI
     settings: GenerationSettings
+    transports: dict[str, httpx.AsyncBaseTransport]
 
     def user(self) -> tuple[str, dict[str, str]]:
         user_id = f"user-{new_id()}"
@@ -163,13 +164,16 @@ async def suite_for(settings: dict[str, Any], fake: FakeHuggingFace, **gateway: 
         apps["generation"] = create_generation(settings["generation"], transports)
         return apps["generation"]
 
+    apps["projects"] = create_projects(settings["projects"])
+    apps["credits"] = create_credits(settings["credits"])
     services = {
-        "projects": create_projects(settings["projects"]),
-        "credits": create_credits(settings["credits"]),
+        "projects": apps["projects"],
+        "credits": apps["credits"],
         "avatars": avatars,
         "generation": generation,
     }
     async with gateway_for(services, **gateway) as api:
-        yield Suite(api, fake, apps["generation"], apps["avatars"], settings["generation"])
+        transports: dict[str, httpx.AsyncBaseTransport] = {n: httpx.ASGITransport(app=a) for n, a in apps.items()}
+        yield Suite(api, fake, apps["generation"], apps["avatars"], settings["generation"], transports)
     await delete_queues(settings["avatars"], "avatars.project-events", "avatars.usage-events")
     await delete_queues(settings["generation"], JOBS_QUEUE, PROJECTS_QUEUE)
