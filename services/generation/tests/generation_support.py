@@ -1,7 +1,7 @@
 """Support of the generation tests (fixtures in conftest.py). The suite as a client sees it: the gateway in
-front of real projects, credits, avatars and generation services (real PostgreSQL and RabbitMQ) and a Hugging Face stand-in over real TCP. The services start once
-per session; every test uses fresh user ids (each starts with the 100-credit signup bonus) and scripts the
-stand-in's answers for its own calls by model id."""
+front of real projects, credits, avatars and generation services (real PostgreSQL and RabbitMQ) and a Hugging
+Face stand-in over real TCP. The services start once per session; every test uses fresh user ids (each starts
+with the 100-credit signup bonus) and scripts the stand-in's answers for its own calls by model id."""
 
 from __future__ import annotations
 
