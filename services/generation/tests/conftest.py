@@ -32,6 +32,8 @@ async def suite(tmp_path_factory: pytest.TempPathFactory, fake_hf: tuple[FakeHug
 
 
 @pytest.fixture(autouse=True)
-def fresh_provider(fake_hf: tuple[FakeHuggingFace, str]) -> None:
+def fresh_provider(request: pytest.FixtureRequest) -> None:
     """Each test scripts the stand-in's answers for its own calls."""
-    fake_hf[0].reset()
+    if "suite" in request.fixturenames:
+        fake: tuple[FakeHuggingFace, str] = request.getfixturevalue("fake_hf")
+        fake[0].reset()
