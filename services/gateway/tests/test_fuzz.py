@@ -24,6 +24,7 @@ from PIL import Image
 
 import lumiku_avatars
 import lumiku_credits
+import lumiku_generation
 import lumiku_projects
 from lumiku_avatars.main import create_app as create_avatars
 from lumiku_avatars.settings import AvatarsSettings
@@ -32,6 +33,9 @@ from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.gateway import gateway_app_for, served
 from lumiku_devtools.testing import auth, delete_queues, prepare_database, settings_for_tests
+from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE
+from lumiku_generation.main import create_app as create_generation
+from lumiku_generation.settings import GenerationSettings
 from lumiku_projects.main import create_app as create_projects
 from lumiku_projects.settings import ProjectsSettings
 
@@ -59,16 +63,36 @@ async def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     projects = settings_for_tests(ProjectsSettings, "fuzz", **small)
     credits = settings_for_tests(CreditsSettings, "fuzz", credits_sweep_seconds=3600, **small)
     avatars = settings_for_tests(AvatarsSettings, "fuzz", **storage, **small)
-    for settings, package in ((projects, lumiku_projects), (credits, lumiku_credits), (avatars, lumiku_avatars)):
+    # The placeholder provider answers at once with a small image: the synchronous generate stays fast.
+    generation = settings_for_tests(
+        GenerationSettings,
+        "fuzz",
+        generation_provider="placeholder",
+        generation_width=64,
+        generation_height=64,
+        generation_sync_wait_s=10,
+        **small,
+    )
+    prepared = ((projects, lumiku_projects), (credits, lumiku_credits), (avatars, lumiku_avatars))
+    for settings, package in (*prepared, (generation, lumiku_generation)):
         await prepare_database(settings, Path(package.__file__).parent / "migrations")
 
     def avatars_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
         return create_avatars(avatars, transports)
 
-    services = {"projects": create_projects(projects), "credits": create_credits(credits), "avatars": avatars_app}
+    def generation_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
+        return create_generation(generation, transports)
+
+    services = {
+        "projects": create_projects(projects),
+        "credits": create_credits(credits),
+        "avatars": avatars_app,
+        "generation": generation_app,
+    }
     async with gateway_app_for(services, **storage) as app, served(app) as url:  # type: ignore[arg-type]
         yield url, avatars
     await delete_queues(avatars, "avatars.project-events", "avatars.usage-events")
+    await delete_queues(generation, JOBS_QUEUE, PROJECTS_QUEUE)
 
 
 def _jpeg() -> bytes:

@@ -45,6 +45,12 @@ async def test_sse_shows_every_step_in_order_and_resumes_after_last_event_id(sui
         f"{APP}/generations/{job_id}/events", headers={**headers, "Last-Event-ID": str(events[2]["id"])}
     )
     assert _events(resumed.text) == events[3:]
+    # Resuming after the end of a finished job's stream ends at once (found by schema fuzzing: it waited).
+    for last in (events[-1]["id"], 2**31 - 1):
+        ended = await suite.api.get(
+            f"{APP}/generations/{job_id}/events", headers={**headers, "Last-Event-ID": str(last)}
+        )
+        assert ended.status_code == 200 and _events(ended.text) == []
 
 
 async def test_preview_is_free_shaped_as_the_spec_and_passes_the_pipeline(suite: Suite) -> None:

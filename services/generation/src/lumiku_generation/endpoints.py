@@ -37,7 +37,15 @@ _STREAM: dict[int | str, dict[str, Any]] = {
         "description": "Server-Sent Events: `queued`, `running`, `image` (each avatar as it lands), `image_failed`, "
         "then one terminal event (`succeeded`, `partially_succeeded`, `failed` or `canceled`) and the end of the "
         "stream. Each event's `id` resumes the stream after it (`Last-Event-ID`).",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # One event: `data` is JSON text ({"generation": ...} for status events; the avatar for `image`).
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+                }
+            }
+        },
     }
 }
 

@@ -205,6 +205,10 @@ class GenerationWorkflows:
                     wake.clear()
                     async with self.db.unit_of_work() as session:
                         found = await service.events_after(session, job_id, last)
+                        # Resumed after the terminal event (or past the end): nothing more will come.
+                        finished = not found and (await service.get(session, user_id, job_id)).status in TERMINAL
+                    if finished:
+                        return
                     for seq, kind, data in found:
                         yield _sse(seq, kind, data)
                         last, quiet_since = seq, loop.time()
