@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("gateway", "credits", "avatars")
+BENCHMARKS = ("gateway", "credits", "avatars", "generation")
 
 
 def main() -> int:

@@ -39,6 +39,7 @@ class Call:
     authorization: str | None
     at: float
     answer: str
+    answered: float | None = None  # when the image was sent (time.monotonic())
 
 
 @dataclass
@@ -48,6 +49,8 @@ class FakeHuggingFace:
     scripts: dict[str, deque[str]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     image_size: tuple[int, int] | None = None  # None: the size the request asks for
+    # Fixed images by size (benchmarks: the answer's time is then only `delay`); otherwise drawn per call.
+    images: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
     def script(self, model: str, *answers: str) -> None:
         self.scripts.setdefault(model, deque()).extend(answers)
@@ -66,7 +69,8 @@ class FakeHuggingFace:
 
     async def answer(self, model: str, body: dict[str, Any], authorization: str | None) -> Response:
         answer = self._next(model)
-        self.calls.append(Call(model, body, authorization, time.monotonic(), answer))
+        call = Call(model, body, authorization, time.monotonic(), answer)
+        self.calls.append(call)
         kind, _, arg = answer.partition(":")
         seconds = float(arg) if arg else None
         if kind == "loading":
@@ -84,9 +88,12 @@ class FakeHuggingFace:
         await asyncio.sleep(self.delay if seconds is None else seconds)
         parameters = body.get("parameters") or {}
         width, height = self.image_size or (int(parameters.get("width", 256)), int(parameters.get("height", 256)))
-        image = await asyncio.to_thread(
-            draw_png, str(body.get("inputs", "")), int(parameters.get("seed", 0)), width, height
-        )
+        image = self.images.get((width, height))
+        if image is None:
+            image = await asyncio.to_thread(
+                draw_png, str(body.get("inputs", "")), int(parameters.get("seed", 0)), width, height
+            )
+        call.answered = time.monotonic()
         return Response(image, 200, media_type="image/png")
 
     def app(self) -> FastAPI:
