@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import lumiku_avatars.models
 import lumiku_credits.models
+import lumiku_generation.models
 import lumiku_projects.models
 import lumiku_usage.models
 from lumiku_avatars.settings import AvatarsSettings
@@ -23,12 +24,14 @@ from lumiku_common.migrations import upgrade
 from lumiku_common.settings import ServiceSettings
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.testing import settings_for_tests
+from lumiku_generation.settings import GenerationSettings
 from lumiku_projects.settings import ProjectsSettings
 from lumiku_usage.settings import UsageSettings
 
 SERVICES: dict[str, tuple[type[ServiceSettings], Any]] = {
     "projects": (ProjectsSettings, lumiku_projects.models),
     "avatars": (AvatarsSettings, lumiku_avatars.models),
+    "generation": (GenerationSettings, lumiku_generation.models),
     "credits": (CreditsSettings, lumiku_credits.models),
     "usage": (UsageSettings, lumiku_usage.models),
 }

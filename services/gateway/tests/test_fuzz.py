@@ -1,8 +1,8 @@
 """Schema fuzzing (issue 8): schemathesis' CLI against the gateway's merged OpenAPI, served over real TCP by
-the gateway in front of in-process projects, credits, avatars and usage (real PostgreSQL, RabbitMQ), with a valid
-user token. Negative and positive data, the schema's examples, its coverage cases and stateful sequences
-along its links. The gate: no response >= 500, and every response declared (status code, content type,
-headers, body schema).
+the gateway in front of in-process projects, credits, avatars, usage and generation (real PostgreSQL,
+RabbitMQ), with a valid user token. Negative and positive data, the schema's examples, its coverage cases
+and stateful sequences along its links. The gate: no response >= 500, and every response declared (status
+code, content type, headers, body schema).
 
 `make test` runs a small, seeded sample (FUZZ_EXAMPLES per operation, ~20 s); `make fuzz` raises it. Nothing
 is excepted from the gate. A failure prints schemathesis' report: each failing request as curl, and the seed
@@ -24,6 +24,7 @@ from PIL import Image
 
 import lumiku_avatars
 import lumiku_credits
+import lumiku_generation
 import lumiku_projects
 import lumiku_usage
 from lumiku_avatars.main import create_app as create_avatars
@@ -33,6 +34,9 @@ from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.gateway import gateway_app_for, served
 from lumiku_devtools.testing import auth, delete_queues, prepare_database, settings_for_tests
+from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE
+from lumiku_generation.main import create_app as create_generation
+from lumiku_generation.settings import GenerationSettings
 from lumiku_projects.main import create_app as create_projects
 from lumiku_projects.settings import ProjectsSettings
 from lumiku_usage.handlers import AVATAR_EVENTS, AVATAR_USED
@@ -64,12 +68,18 @@ async def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     credits = settings_for_tests(CreditsSettings, "fuzz", credits_sweep_seconds=3600, **small)
     avatars = settings_for_tests(AvatarsSettings, "fuzz", **storage, **small)
     usage = settings_for_tests(UsageSettings, "fuzz", **small)
-    for settings, package in (
-        (projects, lumiku_projects),
-        (credits, lumiku_credits),
-        (avatars, lumiku_avatars),
-        (usage, lumiku_usage),
-    ):
+    # The placeholder provider answers at once with a small image: the synchronous generate stays fast.
+    generation = settings_for_tests(
+        GenerationSettings,
+        "fuzz",
+        generation_provider="placeholder",
+        generation_width=64,
+        generation_height=64,
+        generation_sync_wait_s=10,
+        **small,
+    )
+    prepared = ((projects, lumiku_projects), (credits, lumiku_credits), (avatars, lumiku_avatars))
+    for settings, package in (*prepared, (usage, lumiku_usage), (generation, lumiku_generation)):
         await prepare_database(settings, Path(package.__file__).parent / "migrations")
 
     def avatars_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
@@ -78,16 +88,21 @@ async def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     def usage_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
         return create_usage(usage, transports)
 
+    def generation_app(transports: dict[str, httpx.AsyncBaseTransport]) -> object:
+        return create_generation(generation, transports)
+
     services = {
         "projects": create_projects(projects),
         "credits": create_credits(credits),
         "avatars": avatars_app,
         "usage": usage_app,
+        "generation": generation_app,
     }
     async with gateway_app_for(services, **storage) as app, served(app) as url:  # type: ignore[arg-type]
         yield url, avatars
     await delete_queues(avatars, "avatars.project-events", "avatars.usage-events")
     await delete_queues(usage, AVATAR_EVENTS, AVATAR_USED)
+    await delete_queues(generation, JOBS_QUEUE, PROJECTS_QUEUE)
 
 
 def _jpeg() -> bytes:

@@ -62,6 +62,7 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: {
             "projects": "http://127.0.0.1:8101",
             "avatars": "http://127.0.0.1:8102",
+            "generation": "http://127.0.0.1:8103",
             "credits": "http://127.0.0.1:8104",
             "usage": "http://127.0.0.1:8105",
         }

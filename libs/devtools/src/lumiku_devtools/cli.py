@@ -4,6 +4,7 @@ lumiku token --user U [--email E] [--admin] [--days N]   mint a user JWT signed 
 lumiku migrate SERVICE                                   migrate a service's database to head
 lumiku revision SERVICE -m MESSAGE                       autogenerate a migration for a service
 lumiku credits grant --user U --amount N [...]           grant credits (lumiku_credits.cli, which ships with credits)
+lumiku fake-hf [--port 8900] [--mode ok] [--delay 2]     a local Hugging Face stand-in (try 503/429/failures)
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     revision.add_argument("service")
     revision.add_argument("-m", "--message", required=True)
     revision.set_defaults(func=_revision)
+
+    fake_hf = sub.add_parser("fake-hf", help="run a local stand-in of the Hugging Face inference API")
+    from lumiku_devtools import fake_hf as fake_hf_module
+
+    fake_hf_module.add_arguments(fake_hf)
+    fake_hf.set_defaults(func=fake_hf_module.run)
 
     credits = sub.add_parser("credits", help="credits operations")
     credits_sub = credits.add_subparsers(dest="credits_command", required=True)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.suite import GATEWAY, SERVICES, uvicorn_command
 from lumiku_devtools.testing import delete_queues, eventually, free_port, settings_for_tests
 from lumiku_gateway.settings import GatewaySettings
+from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE
+from lumiku_generation.settings import GenerationSettings
 from lumiku_projects.settings import ProjectsSettings
 from lumiku_usage.handlers import AVATAR_EVENTS, AVATAR_USED
 from lumiku_usage.settings import UsageSettings
@@ -32,11 +35,13 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "avatars": AvatarsSettings,
     "credits": CreditsSettings,
     "usage": UsageSettings,
+    "generation": GenerationSettings,
 }
 QUEUES = {
     "avatars": ("avatars.project-events", "avatars.usage-events"),
     "credits": (CREDITS_QUEUE,),
     "usage": (AVATAR_EVENTS, AVATAR_USED),
+    "generation": (JOBS_QUEUE, PROJECTS_QUEUE),
 }
 
 
@@ -90,10 +95,21 @@ class RealSuite:
     gateway: Process
     services: dict[str, Process]
     settings: dict[str, ServiceSettings] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
+    workers: list[Process] = field(default_factory=list)
 
     @property
     def processes(self) -> list[Process]:
         return [*self.services.values(), self.gateway]
+
+    def worker(self, name: str) -> Process:
+        """`python -m lumiku_common.worker NAME` with the service's environment (not started); stopped with the
+        suite."""
+        port = free_port()
+        command = [sys.executable, "-m", "lumiku_common.worker", name, "--host", "127.0.0.1", "--port", str(port)]
+        process = Process(command, port, {**self.envs[name], "RUN_WORKERS": "true"})
+        self.workers.append(process)
+        return process
 
 
 def _env(settings: ServiceSettings) -> dict[str, str]:
@@ -108,8 +124,14 @@ def _env(settings: ServiceSettings) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def real_suite(names: tuple[str, ...], namespace: str, **gateway_env: str) -> AsyncIterator[RealSuite]:
-    """Starts the named services and a gateway in front of them; each migrates its own test database."""
+async def real_suite(
+    names: tuple[str, ...],
+    namespace: str,
+    service_env: dict[str, dict[str, str]] | None = None,
+    **gateway_env: str,
+) -> AsyncIterator[RealSuite]:
+    """Starts the named services and a gateway in front of them; each migrates its own test database.
+    `service_env` adds environment variables to one service's processes (its workers' too)."""
     factories = {s.name: s.factory for s in SERVICES}
     ports = {name: free_port() for name in names}
     urls = json.dumps({name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
@@ -117,16 +139,17 @@ async def real_suite(names: tuple[str, ...], namespace: str, **gateway_env: str)
     gateway_settings = settings_for_tests(GatewaySettings, namespace)
     with tempfile.TemporaryDirectory() as storage:
         common = {"SERVICE_URLS": urls, "STORAGE_PATH": storage, "RATE_LIMIT_ENABLED": "false"}
-        services = {n: Process.uvicorn(factories[n], ports[n], {**_env(settings[n]), **common}) for n in names}
+        envs = {n: {**_env(settings[n]), **common, **(service_env or {}).get(n, {})} for n in names}
+        services = {n: Process.uvicorn(factories[n], ports[n], envs[n]) for n in names}
         gateway = Process.uvicorn(GATEWAY.factory, free_port(), {**_env(gateway_settings), **common, **gateway_env})
-        suite = RealSuite(gateway, services, {**settings, "gateway": gateway_settings})
+        suite = RealSuite(gateway, services, {**settings, "gateway": gateway_settings}, envs)
         try:
             for process in suite.processes:
                 process.start()
             await asyncio.gather(*(p.wait_ready() for p in suite.processes))
             yield suite
         finally:
-            for process in suite.processes:
+            for process in [*suite.processes, *suite.workers]:
                 process.stop()
             for name in names:
                 await delete_queues(settings[name], *QUEUES.get(name, ()))

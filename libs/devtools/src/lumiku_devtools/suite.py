@@ -22,6 +22,7 @@ class ServiceEntry:
 SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry("projects", 8101, "lumiku_projects.main:create_app"),
     ServiceEntry("avatars", 8102, "lumiku_avatars.main:create_app"),
+    ServiceEntry("generation", 8103, "lumiku_generation.main:create_app"),
     ServiceEntry("credits", 8104, "lumiku_credits.main:create_app"),
     ServiceEntry("usage", 8105, "lumiku_usage.main:create_app"),
 )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from lumiku_avatars import service
 from lumiku_avatars.dependencies import JanitorDep, MediaDep, WorkflowsDep
@@ -21,7 +21,20 @@ from lumiku_avatars.schemas import (
     StatsResponse,
 )
 from lumiku_common.auth import CurrentUser, ServiceCaller
-from lumiku_common.clients.avatars import BY_PROJECTS, AvatarOwner, AvatarsByProject, ByProjectsQuery, owner_path
+from lumiku_common.clients.avatars import (
+    BY_PROJECTS,
+    GENERATED,
+    PREVIEW_IMAGES,
+    AvatarOwner,
+    AvatarsByProject,
+    ByProjectsQuery,
+    GeneratedAvatarRequest,
+    GeneratedAvatarResponse,
+    PreviewImage,
+    PreviewImageRequest,
+    generated_path,
+    owner_path,
+)
 from lumiku_common.db import DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import PageParams, Pagination
@@ -135,3 +148,31 @@ async def avatars_by_projects(
 async def avatar_owner(_: ServiceCaller, session: DbSession, avatar_id: str) -> AvatarOwner:
     """Who owns the avatar (the usage service's fallback for avatars newer than its projection); 404 if none."""
     return await service.owner_of(session, avatar_id)
+
+
+@internal.post(GENERATED, response_model=GeneratedAvatarResponse, status_code=201)
+async def create_generated(
+    _: ServiceCaller, workflows: WorkflowsDep, media: MediaDep, body: GeneratedAvatarRequest, response: Response
+) -> GeneratedAvatarResponse:
+    """The generation service's image as an avatar, once per image id (200 with the same avatar on a retry)."""
+    avatar, created = await workflows.create_generated(body)
+    if not created:
+        response.status_code = 200
+    return GeneratedAvatarResponse(avatar=AvatarOut.of(avatar, media).model_dump(mode="json"), created=created)
+
+
+@internal.get(generated_path("{image_id}"), response_model=GeneratedAvatarResponse)
+async def get_generated(
+    _: ServiceCaller,
+    workflows: WorkflowsDep,
+    media: MediaDep,
+    image_id: str,
+    user_id: Annotated[str, Query(alias="userId")],
+) -> GeneratedAvatarResponse:
+    avatar = await workflows.generated(user_id, image_id)
+    return GeneratedAvatarResponse(avatar=AvatarOut.of(avatar, media).model_dump(mode="json"), created=False)
+
+
+@internal.post(PREVIEW_IMAGES, response_model=PreviewImage)
+async def preview_image(_: ServiceCaller, workflows: WorkflowsDep, body: PreviewImageRequest) -> PreviewImage:
+    return await workflows.preview_image(body.image_base64)

@@ -28,6 +28,7 @@ from lumiku_avatars.objects import object_keys
 from lumiku_avatars.repository import AvatarRepository, ObjectDeletionRepository
 from lumiku_avatars.schemas import AvatarUploadFields, SavePreviewRequest
 from lumiku_avatars.settings import AvatarsSettings
+from lumiku_common.clients.avatars import GeneratedAvatarRequest, PreviewImage
 from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
 from lumiku_common.clients.projects import ProjectInfo, ProjectsClient
 from lumiku_common.db import Database
@@ -72,6 +73,74 @@ class AvatarWorkflows:
         attributes = request.model_dump(by_alias=False, exclude={"image_base64", "thumbnail_base64"})
         origin = AvatarOrigin("ai_generated", self.settings.save_preview_cost, "avatar_generation", "Generate avatar")
         return await self._create(user_id, project_id, image, request.name, attributes, origin)
+
+    async def create_generated(self, request: GeneratedAvatarRequest) -> tuple[Avatar, bool]:
+        """An AI image of the generation service becomes an avatar, once per image id (`avatarId`): a retry gets
+        the avatar made the first time (False) and nothing runs again. The image goes through the upload pipeline;
+        the generation's credit hold is captured through the outbox in the avatar's transaction."""
+        existing = await self._generated(request.user_id, request.avatar_id)
+        if existing is not None:
+            return existing, False
+        image = _decoded(request.image_base64, self.settings.max_upload_bytes)
+        cost = await asyncio.to_thread(images.admit, image, self.limits)
+        attributes = request.model_dump(
+            by_alias=False, exclude={"avatar_id", "user_id", "project_id", "hold_id", "name", "image_base64"}
+        )
+        keys: tuple[str, ...] = ()
+        try:
+            original, thumbnail = await images.process(image, self.limits, self.decodes, cost)
+            keys = object_keys(request.user_id, request.avatar_id, original.extension, thumbnail.extension)
+            await asyncio.gather(self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data))
+            async with self.db.unit_of_work() as session:
+                avatar = _avatar(
+                    request.avatar_id,
+                    request.user_id,
+                    request.project_id,
+                    {"name": request.name, **attributes},
+                    "ai_generated",
+                    keys,
+                    original,
+                )
+                await service.create_avatar(session, avatar, request.hold_id)
+        except BaseException:
+            await asyncio.shield(self._undo_objects(request.avatar_id, list(keys)))
+            # A concurrent retry of the same image may have committed first: that avatar is the answer.
+            existing = await self._generated(request.user_id, request.avatar_id)
+            if existing is not None:
+                return existing, False
+            raise
+        return avatar, True
+
+    async def generated(self, user_id: str, image_id: str) -> Avatar:
+        avatar = await self._generated(user_id, image_id)
+        if avatar is None:
+            raise service.AvatarNotFound()
+        return avatar
+
+    async def _generated(self, user_id: str, image_id: str) -> Avatar | None:
+        async with self.db.unit_of_work() as session:
+            return await AvatarRepository(session).get(user_id, image_id)
+
+    async def preview_image(self, data: str) -> PreviewImage:
+        """An AI preview through the upload pipeline, nothing stored: the client sees what save-preview keeps."""
+        image = _decoded(data, self.settings.max_upload_bytes)
+        cost = await asyncio.to_thread(images.admit, image, self.limits)
+        original, thumbnail = await images.process(image, self.limits, self.decodes, cost)
+        return PreviewImage(
+            image_base64=_data_url(original),
+            thumbnail_base64=_data_url(thumbnail),
+            width=original.width,
+            height=original.height,
+        )
+
+    async def _undo_objects(self, avatar_id: str, keys: list[str]) -> None:
+        try:
+            async with self.db.unit_of_work() as session:
+                if await AvatarRepository(session).exists(avatar_id):
+                    return
+            await self.storage.delete(keys)
+        except Exception as exc:
+            log.warning("generated_undo_objects_failed", avatarId=avatar_id, error=repr(exc))
 
     async def detail(self, user_id: str, avatar_id: str) -> tuple[Avatar, ProjectInfo]:
         """The avatar and the project it belongs to (`GET /avatars/:id` shows both)."""
@@ -202,6 +271,13 @@ def _decoded(data: str, max_bytes: int) -> bytes:
     if len(image) > max_bytes:
         raise too_large(max_bytes)
     return image
+
+
+_MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+def _data_url(encoded: images.Encoded) -> str:
+    return f"data:{_MEDIA_TYPES[encoded.extension]};base64,{base64.b64encode(encoded.data).decode()}"
 
 
 def _avatar(

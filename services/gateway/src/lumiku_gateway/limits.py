@@ -32,7 +32,8 @@ RULES: tuple[Rule, ...] = (
     Rule("create-project", frozenset({"POST"}), re.compile(rf"^{APP}/projects$")),
     # save-preview creates an avatar too: it counts against the same limit as an upload.
     Rule("upload-avatar", frozenset({"POST"}), re.compile(rf"^{APP}/projects/[^/]+/avatars(/save-preview)?$")),
-    Rule("generate-avatar", frozenset({"POST"}), re.compile(rf"^{APP}/projects/[^/]+/avatars/generate$")),
+    # A preview is free, so it counts against the generation limit too: it cannot be farmed for free images.
+    Rule("generate-avatar", frozenset({"POST"}), re.compile(rf"^{APP}/projects/[^/]+/avatars/generate(-preview)?$")),
 )
 
 

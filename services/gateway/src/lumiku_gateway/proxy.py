@@ -30,6 +30,8 @@ _FORWARDED = frozenset(
         b"if-modified-since",
         b"if-none-match",
         b"if-unmodified-since",
+        b"last-event-id",  # resumes a generation's event stream
+        b"prefer",  # `respond-async`: a generation answers 202 at once
         b"user-agent",
     }
 )

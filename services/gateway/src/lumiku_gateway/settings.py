@@ -6,13 +6,15 @@ from lumiku_common.settings import ServiceSettings, StorageSettings
 class GatewaySettings(ServiceSettings, StorageSettings):  # storage: the /media route streams images
     service_name: str = "gateway"
     gateway_port: int = 8080
-    upstream_timeout: float = 120.0  # AI generation answers slowly
+    # AI generation answers slowly: above generation's GENERATION_SYNC_WAIT_S (120), so its 202 arrives first.
+    upstream_timeout: float = 150.0
     upstream_connect_timeout: float = 3.0
     # Only services listed here are routed; a path owned by a service that is not deployed answers 404.
     service_urls: dict[str, str] = Field(
         default_factory=lambda: {
             "projects": "http://127.0.0.1:8101",
             "avatars": "http://127.0.0.1:8102",
+            "generation": "http://127.0.0.1:8103",
             "credits": "http://127.0.0.1:8104",
             "usage": "http://127.0.0.1:8105",
         }

@@ -5,18 +5,30 @@ GET BY_PROJECTS?userId=U&projectIds=a,b&limitPerProject=N   (service token)
 GET owner_path(avatar id)   (service token)
     200 AvatarOwner   when the avatar exists (usage's fallback when its projection has not seen it yet)
     404 {"error": "Avatar not found"}   otherwise (deleted, or never existed)
+
+Generated avatars (the generation service; see the section below):
+POST GENERATED  GeneratedAvatarRequest
+    201 GeneratedAvatarResponse  the avatar, created from the provider's image with `avatarId` = the image's id,
+                                 and the capture of `holdId` staged through avatars' outbox in the same transaction
+    200 GeneratedAvatarResponse  an avatar with that id exists already: nothing done again (idempotent)
+    400 {"error"}                the image is no acceptable image (the upload pipeline refused it)
+    404 {"error"}                the project was deleted meanwhile
+GET generated_path(image id)?userId=U
+    200 GeneratedAvatarResponse / 404: whether that image became an avatar
+POST PREVIEW_IMAGES  PreviewImageRequest → 200 PreviewImage: the provider's image through the upload pipeline
+    (sniffed, decoded, re-encoded, stripped, thumbnailed) and nothing stored; 400 as above
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from lumiku_common.errors import NotFound, ServiceUnavailable
+from lumiku_common.errors import BadRequest, NotFound, ServiceUnavailable
 from lumiku_common.internal import InternalClient
-from lumiku_common.schemas import CamelModel
+from lumiku_common.schemas import CamelModel, CleanStr, RequestModel
 
 BY_PROJECTS = "/internal/avatars/by-projects"
 MAX_PROJECTS = 100
@@ -90,5 +102,102 @@ class AvatarsClient:
             raise ServiceUnavailable()
         return AvatarOwner.model_validate_json(response.content)
 
+    async def create_generated(self, request: GeneratedAvatarRequest) -> GeneratedAvatarResponse:
+        response = await self.client.request("POST", GENERATED, json=request.model_dump(mode="json", by_alias=True))
+        return _generated(response.status_code, response.content, _payload(response))
+
+    async def generated(self, user_id: str, image_id: str) -> GeneratedAvatarResponse | None:
+        """The avatar made from this image, or None if there is none."""
+        response = await self.client.request(
+            "GET", generated_path(quote(image_id, safe="")), params={"userId": user_id}
+        )
+        if response.status_code == 404:
+            return None
+        return _generated(response.status_code, response.content, _payload(response))
+
+    async def preview_image(self, image: str) -> PreviewImage:
+        response = await self.client.request("POST", PREVIEW_IMAGES, json={"imageBase64": image})
+        if response.status_code == 200:
+            return PreviewImage.model_validate_json(response.content)
+        if response.status_code in (400, 413):
+            raise ImageRefused(_payload(response).get("error"))
+        raise ServiceUnavailable()
+
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _payload(response: Any) -> dict[str, Any]:
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return {}
+    body = response.json()
+    return body if isinstance(body, dict) else {}
+
+
+def _generated(status: int, content: bytes, payload: dict[str, Any]) -> GeneratedAvatarResponse:
+    if status in (200, 201):
+        return GeneratedAvatarResponse.model_validate_json(content)
+    if status in (400, 413):
+        raise ImageRefused(payload.get("error"))
+    if status == 404:
+        raise ProjectGone(payload.get("error"))
+    raise ServiceUnavailable()
+
+
+# --- generated avatars: the generation service's images become avatars here ----------------------------------
+#
+# Every provider image goes through the same pipeline as an upload (format from the bytes, pixel and memory
+# caps before decoding, re-encoded, metadata stripped, thumbnail), in the avatars service, which owns image
+# objects and its process's decode memory budget. The generation service never decodes pixels.
+
+GENERATED = "/internal/avatars/generated"
+PREVIEW_IMAGES = "/internal/avatars/preview-images"
+MAX_IMAGE_BASE64 = 14 * 1024 * 1024  # 10 MB of image, base64-encoded
+
+
+def generated_path(image_id: str) -> str:
+    return f"{GENERATED}/{image_id}"
+
+
+class ImageRefused(BadRequest):
+    message = "The image is not an acceptable image"
+
+
+class ProjectGone(NotFound):
+    message = "Project not found"
+
+
+_Text100 = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
+_Short = Annotated[CleanStr, StringConstraints(max_length=50)]
+
+
+class GeneratedAvatarRequest(RequestModel):
+    avatar_id: Annotated[str, Field(min_length=1, max_length=32)]  # the image's id: the idempotency key
+    user_id: Annotated[str, Field(min_length=1, max_length=128)]
+    project_id: Annotated[str, Field(min_length=1, max_length=32)]
+    hold_id: Annotated[str, Field(min_length=1, max_length=64)]  # captured whole, with the avatar
+    name: _Text100
+    generation_prompt: Annotated[str, Field(max_length=2000)]
+    seed_used: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    gender: Literal["male", "female", "unisex"] | None = None
+    age_range: Literal["young", "adult", "mature"] | None = None
+    style: Literal["casual", "formal", "sporty", "professional", "traditional"] | None = None
+    ethnicity: _Short | None = None
+    body_type: Literal["half_body", "full_body"] | None = None
+    image_base64: Annotated[str, Field(max_length=MAX_IMAGE_BASE64)]
+
+
+class GeneratedAvatarResponse(CamelModel):
+    avatar: AvatarJson
+    created: bool  # False: it existed already (a retry)
+
+
+class PreviewImageRequest(RequestModel):
+    image_base64: Annotated[str, Field(max_length=MAX_IMAGE_BASE64)]
+
+
+class PreviewImage(CamelModel):
+    image_base64: str  # data URLs of the re-encoded image and its thumbnail
+    thumbnail_base64: str
+    width: int
+    height: int

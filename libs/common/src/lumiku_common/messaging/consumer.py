@@ -39,6 +39,10 @@ log = get_logger(__name__)
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
+# Long work (a generation job): runs outside any transaction, owns its units of work, and must be idempotent
+# itself (the inbox cannot guard work that commits several times). The message stays unacked while it runs, so
+# a worker that dies mid-job has it redelivered.
+WorkHandler = Callable[[Any, Envelope], Awaitable[None]]
 
 
 class Poison(Exception):
@@ -53,12 +57,25 @@ class Defer(Exception):
 class EventHandlers:
     """A service's handlers, registered with `@handlers.on(ProjectDeleted)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefetch: int | None = None) -> None:
         self.by_type: dict[str, Handler] = {}
+        self.work_by_type: dict[str, WorkHandler] = {}
+        self.prefetch = prefetch  # None: the service's consumer_prefetch; work queues set their concurrency
+
+    @property
+    def types(self) -> list[str]:
+        return [*self.by_type, *self.work_by_type]
 
     def on(self, event: type[E]) -> Callable[[Callable[[AsyncSession, E, Envelope], Awaitable[None]]], Handler]:
         def register(fn: Callable[[AsyncSession, E, Envelope], Awaitable[None]]) -> Handler:
             self.by_type[event.type] = fn
+            return fn
+
+        return register
+
+    def work(self, event: type[E]) -> Callable[[Callable[[E, Envelope], Awaitable[None]]], WorkHandler]:
+        def register(fn: Callable[[E, Envelope], Awaitable[None]]) -> WorkHandler:
+            self.work_by_type[event.type] = fn
             return fn
 
         return register
@@ -100,7 +117,8 @@ class Consumer:
     ):
         self.name = f"{queue_prefix}{name}"
         self.db, self.broker, self.handlers = db, broker, handlers
-        self.prefetch, self.delivery_limit, self.retry_delay = prefetch, delivery_limit, retry_delay
+        self.prefetch = handlers.prefetch or prefetch
+        self.delivery_limit, self.retry_delay = delivery_limit, retry_delay
         self.queue: AbstractQueue | None = None
         self._channel: AbstractRobustChannel | None = None
 
@@ -126,11 +144,11 @@ class Consumer:
                 "x-dead-letter-routing-key": self.name,
             },
         )
-        for event_type in self.handlers.by_type:
+        for event_type in self.handlers.types:
             await queue.bind(exchange, routing_key=event_type)
         await queue.consume(self._on_message)
         self.queue, self._channel = queue, channel
-        log.info("consumer_started", queue=self.name, events=sorted(self.handlers.by_type))
+        log.info("consumer_started", queue=self.name, events=sorted(self.handlers.types))
 
     async def stop(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
@@ -175,6 +193,10 @@ class Consumer:
             raise Poison(str(exc)[:500]) from exc
 
     async def _apply(self, envelope: Envelope, event: Event) -> bool:
+        work = self.handlers.work_by_type.get(envelope.type)
+        if work is not None:
+            await work(event, envelope)
+            return True
         handler = self.handlers.by_type.get(envelope.type)
         if handler is None:
             raise Poison(f"no handler for {envelope.type}")

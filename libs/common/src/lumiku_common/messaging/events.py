@@ -201,6 +201,36 @@ class ReleaseCredits(Event):
     idempotency_key: str
 
 
+# --- generation --------------------------------------------------------------------------------------------
+
+GenerationStatus = Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "canceled"]
+
+
+class RunGeneration(Event):
+    """Command to generation's own workers (its work queue): run, or resume, this job. Sent through the outbox
+    when a job is created, when a user's running job ends (the next of theirs may start) and when a job's lease
+    expired; a copy for a job that is running elsewhere or finished changes nothing."""
+
+    type = "generation.run"
+    generation_id: str
+
+
+class GenerationFinished(Event):
+    """A generation job reached its terminal status; `charged` + `refunded` = `cost`."""
+
+    type = "generation.finished"
+    generation_id: str
+    project_id: str
+    status: GenerationStatus
+    count: int
+    produced: int
+    avatar_ids: list[str]
+    cost: int
+    charged: int
+    refunded: int
+    error: str | None = None
+
+
 EVENT_TYPES: dict[tuple[str, int], type[Event]] = {
     (cls.type, cls.version): cls
     for cls in (
@@ -219,6 +249,8 @@ EVENT_TYPES: dict[tuple[str, int], type[Event]] = {
         CreditsBalanceLow,
         CaptureCredits,
         ReleaseCredits,
+        RunGeneration,
+        GenerationFinished,
     )
 }
 

@@ -1,0 +1,36 @@
+"""What the generation service does with the messages it consumes: its own work queue, and project deletions."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_common.messaging.consumer import EventHandlers
+from lumiku_common.messaging.events import Envelope, ProjectDeleted, RunGeneration
+from lumiku_generation import service
+from lumiku_generation.settings import GenerationSettings
+from lumiku_generation.workflows import GenerationWorkflows
+
+JOBS_QUEUE = "generation.jobs"
+PROJECTS_QUEUE = "generation.project-events"
+
+
+def job_handlers(workflows: GenerationWorkflows) -> EventHandlers:
+    """The work queue: each worker process runs `jobs_per_worker` jobs at once (its prefetch); a job's message
+    stays unacked while it runs, so a worker that dies has it redelivered to another."""
+    handlers = EventHandlers(prefetch=workflows.settings.jobs_per_worker)
+
+    @handlers.work(RunGeneration)
+    async def _run(event: RunGeneration, _: Envelope) -> None:
+        await workflows.run(event.generation_id)
+
+    return handlers
+
+
+def project_handlers(settings: GenerationSettings) -> EventHandlers:
+    handlers = EventHandlers()
+
+    @handlers.on(ProjectDeleted)
+    async def _project_deleted(session: AsyncSession, event: ProjectDeleted, _: Envelope) -> None:
+        await service.cancel_project(session, settings, event.project_id)
+
+    return handlers

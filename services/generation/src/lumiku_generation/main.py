@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from lumiku_common.auth import ServiceTokens
+from lumiku_common.clients.avatars import AvatarsClient
+from lumiku_common.clients.credits import CreditsClient
+from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.internal import InternalClient
+from lumiku_common.periodic import periodic
+from lumiku_common.service import ServiceSpec, create_service, database_for
+from lumiku_generation.endpoints import router
+from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE, job_handlers, project_handlers
+from lumiku_generation.provider import Provider, provider_from
+from lumiku_generation.settings import GenerationSettings
+from lumiku_generation.signals import Signals
+from lumiku_generation.workflows import GenerationWorkflows
+
+
+def create_app(
+    settings: GenerationSettings | None = None,
+    transports: dict[str, httpx.AsyncBaseTransport] | None = None,
+    provider: Provider | None = None,
+) -> FastAPI:
+    """`transports` lets tests wire projects, credits and avatars in-process; `provider` replaces the one the
+    settings choose (tests)."""
+    settings = settings or GenerationSettings()
+    transports = transports or {}
+    tokens = ServiceTokens(settings.service_token_secret, settings.service_name)
+
+    def client(name: str, timeout: float = 10.0) -> InternalClient:
+        return InternalClient(settings.service_urls[name], tokens, timeout=timeout, transport=transports.get(name))
+
+    db = database_for(settings)
+    signals = Signals(settings.database_url)
+    workflows = GenerationWorkflows(
+        settings,
+        db,
+        ProjectsClient(client("projects")),
+        CreditsClient(client("credits")),
+        AvatarsClient(client("avatars", timeout=60.0)),  # decodes and re-encodes the provider's image
+        provider or provider_from(settings, transports.get("provider")),
+        signals,
+    )
+
+    async def startup(_: FastAPI) -> None:
+        signals.start()
+
+    async def shutdown(_: FastAPI) -> None:
+        await signals.stop()
+        for closing in (workflows.projects, workflows.credits, workflows.avatars, workflows.provider):
+            await closing.aclose()
+
+    async def sweep() -> None:
+        await periodic("generation-sweep", workflows.sweep, settings.sweep_seconds, first_delay=settings.sweep_seconds)
+
+    return create_service(
+        ServiceSpec(
+            settings=settings,
+            routers=[router],
+            db=db,
+            migrations=Path(__file__).parent / "migrations",
+            consumers={JOBS_QUEUE: job_handlers(workflows), PROJECTS_QUEUE: project_handlers(settings)},
+            background=[sweep],
+            on_startup=[startup],
+            on_shutdown=[shutdown],
+            title="Lumiku generation",
+            parts=[workflows],
+        )
+    )

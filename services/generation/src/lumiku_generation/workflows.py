@@ -1,0 +1,450 @@
+"""Generation use cases that call out (projects, credits, avatars, the AI provider) and so own their units of
+work; service.py does every change to this service's database inside them.
+
+Submitting: the project must be the caller's; then the whole cost is reserved, one credit hold per image
+(15 for the first, 10 for each further variation); only then is the job committed, together with the command
+that sends it to the workers. A refusal (402) or any failure before that commit releases what was reserved and
+queues nothing.
+
+Running (a worker, for a `generation.run` command): take the job's lease, then for each image not yet done:
+call the provider with the image's own seed (skipped when its bytes are already kept: a resumed job never asks
+twice), keep the bytes, then store it — one image at a time per job, holding the job's row lock while avatars
+makes the avatar (idempotent on the image id) and stages the capture of the image's hold in its own
+transaction. A cancel takes the same lock, so once it is acknowledged no image is stored or charged. When every
+image is done the job is settled: holds no avatar pays are released through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from lumiku_common.clients.avatars import (
+    AvatarsClient,
+    GeneratedAvatarRequest,
+    ImageRefused,
+    ProjectGone,
+)
+from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
+from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.db import Database, utcnow
+from lumiku_common.errors import AppError, Conflict, InsufficientCredits
+from lumiku_common.ids import new_id
+from lumiku_common.logs import get_logger
+from lumiku_generation import service
+from lumiku_generation.models import TERMINAL, Generation, GenerationImage
+from lumiku_generation.prompts import NEGATIVE_PROMPT, enhance
+from lumiku_generation.provider import Provider, ProviderError, image_request
+from lumiku_generation.schemas import GenerateRequest, GenerationOut, Preview, PreviewMetadata, PreviewRequest
+from lumiku_generation.settings import GenerationSettings
+from lumiku_generation.signals import Signals
+
+log = get_logger(__name__)
+
+MAX_SEED = 2**32 - 1
+REFERENCE_TYPE = "avatar_generation"
+
+T = TypeVar("T")
+
+
+class GenerationFailed(AppError):
+    """The provider gave no usable image (after its retries): 502 in the spec's words."""
+
+    status_code = 502
+
+    def __init__(self, reason: str):
+        super().__init__(f"AI generation failed: {reason}")
+
+
+class GenerationCanceled(Conflict):
+    message = "Generation canceled"
+
+
+@dataclass
+class Outcome:
+    """What a synchronous generate waited for."""
+
+    generation: GenerationOut
+    avatars: list[dict[str, Any]]
+
+    @property
+    def finished(self) -> bool:
+        return self.generation.status in TERMINAL
+
+
+@dataclass
+class GenerationWorkflows:
+    settings: GenerationSettings
+    db: Database
+    projects: ProjectsClient
+    credits: CreditsClient
+    avatars: AvatarsClient
+    provider: Provider
+    signals: Signals
+    worker_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(3)}")
+
+    # --- submitting ------------------------------------------------------------------------------------------
+
+    async def submit(self, user_id: str, project_id: str, body: GenerateRequest) -> GenerationOut:
+        s = self.settings
+        count = body.count or 1
+        await self.projects.ensure_owned(user_id, project_id)
+        job_id = new_id()
+        holds: list[Hold] = []
+        try:
+            for index in range(count):
+                holds.append(await self.credits.reserve(self._reserve_request(user_id, job_id, body, index, count)))
+        except InsufficientCredits as exc:
+            await asyncio.shield(self._release(holds, "generation not affordable"))
+            raise InsufficientCredits(
+                required=s.cost(count), current=exc.extra["current"] + sum(h.amount for h in holds)
+            ) from exc
+        except BaseException:
+            await asyncio.shield(self._release(holds, "generation not submitted"))
+            raise
+        now = utcnow()
+        job = Generation(
+            id=job_id,
+            user_id=user_id,
+            project_id=project_id,
+            status="queued",
+            count=count,
+            produced=0,
+            cost=s.cost(count),
+            charged=0,
+            refunded=0,
+            request=body.model_dump(mode="json", by_alias=False, exclude={"count"}),
+            enhanced_prompt=enhance(body.prompt),
+            hold_ids=[h.id for h in holds],
+            settled=False,
+            dispatched_at=now,
+            deadline=min(h.expires_at for h in holds) - timedelta(seconds=s.hold_margin_seconds),
+            runs=0,
+            created_at=now,
+        )
+        images = [
+            GenerationImage(
+                id=new_id(), generation_id=job_id, index=i, seed=random.randint(0, MAX_SEED), status="pending"
+            )
+            for i in range(count)
+        ]
+        try:
+            async with self.db.unit_of_work() as session:
+                await service.create(session, job, images)
+                summary = await service.out(session, job)
+        except BaseException:
+            await asyncio.shield(self._release(holds, "generation not submitted"))
+            raise
+        return summary
+
+    def _reserve_request(
+        self, user_id: str, job_id: str, body: GenerateRequest, index: int, count: int
+    ) -> ReserveRequest:
+        label = f"Generate avatar: {body.name}" + (f" (image {index + 1} of {count})" if count > 1 else "")
+        return ReserveRequest(
+            user_id=user_id,
+            amount=self.settings.price(index),
+            reference_id=job_id,
+            reference_type=REFERENCE_TYPE,
+            description=label[:500],
+            idempotency_key=f"generation:{job_id}:{index}",
+            ttl_seconds=self.settings.hold_ttl_seconds,
+        )
+
+    async def _release(self, holds: list[Hold], reason: str) -> None:
+        for hold in holds:
+            try:
+                await self.credits.release(hold.id, f"release:{hold.id}", reason)
+            except Exception as exc:  # the hold's expiry frees it anyway
+                log.warning("generation_release_failed", holdId=hold.id, error=repr(exc))
+
+    # --- reading and waiting ---------------------------------------------------------------------------------
+
+    async def outcome(self, user_id: str, job_id: str) -> Outcome:
+        async with self.db.unit_of_work() as session:
+            job = await service.get(session, user_id, job_id)
+            summary = await service.out(session, job)
+            images = await service.images(session, job_id)
+        paid = sorted((i for i in images if i.status == "stored" and i.avatar), key=lambda i: i.hold_index or 0)
+        return Outcome(summary, [i.avatar for i in paid if i.avatar is not None])
+
+    async def wait(self, user_id: str, job_id: str, seconds: float) -> Outcome:
+        """The job once it is finished, or as it is when `seconds` have passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        with self.signals.watch(job_id) as wake:
+            while True:
+                wake.clear()
+                found = await self.outcome(user_id, job_id)
+                left = deadline - loop.time()
+                if found.finished or left <= 0:
+                    return found
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(left, 1.0))
+
+    async def stream(self, user_id: str, job_id: str, after: int) -> Callable[[], Any]:
+        """The job's events after `after`, then each as it happens, until its terminal event (SSE)."""
+        async with self.db.unit_of_work() as session:
+            await service.get(session, user_id, job_id)  # another user's job: 404 before any byte
+        keepalive = self.settings.sse_keepalive_seconds
+
+        async def events() -> Any:
+            last, loop = after, asyncio.get_running_loop()
+            quiet_since = loop.time()
+            with self.signals.watch(job_id) as wake:
+                while True:
+                    wake.clear()
+                    async with self.db.unit_of_work() as session:
+                        found = await service.events_after(session, job_id, last)
+                        # Resumed after the terminal event (or past the end): nothing more will come.
+                        finished = not found and (await service.get(session, user_id, job_id)).status in TERMINAL
+                    if finished:
+                        return
+                    for seq, kind, data in found:
+                        yield _sse(seq, kind, data)
+                        last, quiet_since = seq, loop.time()
+                        if kind in TERMINAL:
+                            return
+                    if found:
+                        continue
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 1.0)
+                    if loop.time() - quiet_since >= keepalive:
+                        yield b": keepalive\n\n"
+                        quiet_since = loop.time()
+
+        return events
+
+    # --- canceling -------------------------------------------------------------------------------------------
+
+    async def cancel(self, user_id: str, job_id: str) -> GenerationOut:
+        """Acknowledged only once no store is in flight (the job's lock): from then on nothing is stored or
+        charged. An image whose store was cut short (a crash) is looked up in avatars before its hold goes back."""
+        async with self.db.unit_of_work() as session:
+            job = await service.lock_for_user(session, user_id, job_id)
+            if job.status not in TERMINAL:
+                await self._resolve_storing(session, job)
+                await service.terminate(session, self.settings, job, "canceled", "Canceled by the user")
+            return await service.out(session, job)
+
+    async def _resolve_storing(self, session: Any, job: Generation) -> None:
+        for img in await service.images(session, job.id):
+            if img.status != "storing":
+                continue
+            found = await self.avatars.generated(job.user_id, img.id)
+            if found is not None:
+                await service.stored(session, job, img, found.avatar)
+            else:
+                await service.image_failed(session, job, img, "the image was not stored")
+
+    # --- previews --------------------------------------------------------------------------------------------
+
+    async def preview(self, user_id: str, project_id: str, body: PreviewRequest) -> Preview:
+        """Spec §3.2 phase one: an image to look at, through the same pipeline as uploads; free, nothing kept."""
+        await self.projects.ensure_owned(user_id, project_id)
+        prompt = enhance(body.prompt)
+        request = image_request(self.settings, prompt, NEGATIVE_PROMPT, random.randint(0, MAX_SEED))
+        try:
+            made = await self.provider.generate(request)
+            processed = await self.avatars.preview_image(base64.b64encode(made.data).decode())
+        except ProviderError as exc:
+            raise GenerationFailed(exc.reason) from exc
+        except ImageRefused as exc:
+            raise GenerationFailed(f"the provider's image was refused ({exc.message})") from exc
+        return Preview(
+            image_base64=processed.image_base64,
+            thumbnail_base64=processed.thumbnail_base64,
+            enhanced_prompt=prompt,
+            metadata=PreviewMetadata(
+                provider=made.provider,
+                model=made.model,
+                seed=made.seed,
+                width=processed.width,
+                height=processed.height,
+                steps=made.steps,
+                guidance=made.guidance,
+                lora=made.lora,
+            ),
+        )
+
+    # --- running (workers) -----------------------------------------------------------------------------------
+
+    async def run(self, job_id: str) -> None:
+        """Runs or resumes the job; a copy of the command for a job that is finished or running elsewhere does
+        nothing. Idempotent per image: what is kept or stored is never asked for again."""
+        owner = f"{self.worker_id}:{new_id()}"
+        async with self.db.unit_of_work() as session:
+            job = await service.claim(session, self.settings, job_id, owner, utcnow())
+            if job is None:
+                return
+            images = [i for i in await service.images(session, job_id) if i.status not in ("stored", "failed")]
+        lost = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(job_id, owner, lost))
+        run = _Run(self, job, owner, lost)
+        try:
+            async with asyncio.TaskGroup() as group:  # one failing image (avatars down) stops the others
+                for img in images:
+                    group.create_task(run.image(img))
+            async with self.db.unit_of_work() as session:
+                current = await service.owned(session, job_id, owner)
+                if current is not None:
+                    left = [i for i in await service.images(session, job_id) if i.status not in ("stored", "failed")]
+                    if not left:
+                        await service.finish(session, self.settings, current)
+        except BaseException:
+            # Let the next delivery take over at once instead of waiting for the lease to run out.
+            with suppress(Exception):
+                async with self.db.unit_of_work() as session:
+                    if (current := await service.owned(session, job_id, owner)) is not None:
+                        current.lease_until = utcnow()
+            raise
+        finally:
+            heartbeat.cancel()
+            with suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, job_id: str, owner: str, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                async with self.db.unit_of_work() as session:
+                    if not await service.renew(session, self.settings, job_id, owner):
+                        lost.set()  # canceled, or taken over: stop asking the provider
+                        return
+            except Exception as exc:
+                log.warning("generation_lease_renewal_failed", generationId=job_id, error=repr(exc))
+
+    # --- sweeping (workers) ----------------------------------------------------------------------------------
+
+    async def sweep(self) -> bool:
+        async with self.db.unit_of_work() as session:
+            moved = await service.redispatch_stalled(session, self.settings, utcnow())
+        async with self.db.unit_of_work() as session:
+            unsettled = await service.unsettled(session)
+        for job_id in unsettled:
+            async with self.db.unit_of_work() as session:
+                job = await service.lock(session, job_id)
+                if job is None or job.settled:
+                    continue
+                await self._resolve_storing(session, job)
+                await service.settle(session, self.settings, job)
+        return moved >= 100
+
+
+@dataclass
+class _Run:
+    """One claim of a job by one worker."""
+
+    flows: GenerationWorkflows
+    job: Generation
+    owner: str
+    lost: asyncio.Event
+    store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    calls: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calls = asyncio.Semaphore(self.flows.settings.images_in_parallel)
+
+    async def _owned(self, action: Callable[[Any, Generation], Awaitable[T]]) -> T | None:
+        async with self.flows.db.unit_of_work() as session:
+            job = await service.owned(session, self.job.id, self.owner)
+            if job is None:
+                return None
+            return await action(session, job)
+
+    async def image(self, img: GenerationImage) -> None:
+        data = img.data
+        if img.status == "pending":
+            data = await self._ask_provider(img)
+            if data is None:
+                return
+        async with self.store_lock:
+            await self._store(img.id, data or b"")
+
+    async def _ask_provider(self, img: GenerationImage) -> bytes | None:
+        flows, job = self.flows, self.job
+        async with self.calls:
+            if self.lost.is_set():
+                return None
+            if utcnow() >= job.deadline:
+                await self._owned(lambda s, j: self._failed(s, j, img.id, "generation timed out"))
+                return None
+            request = image_request(flows.settings, job.enhanced_prompt, NEGATIVE_PROMPT, img.seed)
+            try:
+                made = await flows.provider.generate(request)
+            except ProviderError as exc:
+                reason = exc.reason
+                await self._owned(lambda s, j: self._failed(s, j, img.id, reason))
+                return None
+
+        async def keep(session: Any, job: Generation) -> bool:
+            current = await service.image(session, img.id)
+            service.received(current, made.data, made.provider, made.model)
+            return True
+
+        kept = await self._owned(keep)
+        return made.data if kept else None
+
+    async def _failed(self, session: Any, job: Generation, image_id: str, reason: str) -> None:
+        await service.image_failed(session, job, await service.image(session, image_id), reason)
+
+    async def _store(self, image_id: str, data: bytes) -> None:
+        async def assign(session: Any, job: Generation) -> GenerationImage | None:
+            img = await service.image(session, image_id)
+            if img.status not in ("received", "storing"):
+                return None
+            await service.assign_hold(session, job, img)
+            return img
+
+        img = await self._owned(assign)
+        if img is None or img.hold_index is None:
+            return
+        hold_id = self.job.hold_ids[img.hold_index]
+        await self._owned(lambda s, j: self._create_avatar(s, j, image_id, hold_id, data))
+
+    async def _create_avatar(self, session: Any, job: Generation, image_id: str, hold_id: str, data: bytes) -> None:
+        """Under the job's lock: the avatar (and its capture) is made, or the job was canceled before."""
+        img = await service.image(session, image_id)
+        if img.status != "storing":
+            return
+        request = job.request
+        try:
+            made = await self.flows.avatars.create_generated(
+                GeneratedAvatarRequest(
+                    avatar_id=img.id,
+                    user_id=job.user_id,
+                    project_id=job.project_id,
+                    hold_id=hold_id,
+                    name=request["name"],
+                    generation_prompt=request["prompt"],
+                    seed_used=img.seed,
+                    gender=request.get("gender"),
+                    age_range=request.get("age_range"),
+                    style=request.get("style"),
+                    ethnicity=request.get("ethnicity"),
+                    body_type=request.get("body_type"),
+                    image_base64=base64.b64encode(data).decode(),
+                )
+            )
+        except ImageRefused as exc:
+            await service.image_failed(session, job, img, f"the provider's image was refused ({exc.message})")
+            return
+        except ProjectGone:
+            await service.image_failed(session, job, img, "Project deleted")
+            await service.terminate(session, self.flows.settings, job, "canceled", "Project deleted")
+            self.lost.set()
+            return
+        await service.stored(session, job, img, made.avatar)
+
+
+def _sse(seq: int, kind: str, data: dict[str, Any]) -> bytes:
+    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -1,0 +1,92 @@
+"""Workers as real processes: one is SIGKILLed in the middle of a job; another finishes it, once, with one
+charge per image and without asking the provider again for an image already kept or stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from generation_support import APP, MODEL
+
+from lumiku_common.ids import new_id
+from lumiku_devtools.fake_hf import FakeHuggingFace, serving
+from lumiku_devtools.processes import RealSuite, real_suite
+from lumiku_devtools.testing import auth, eventually
+
+
+@pytest.fixture(scope="module")
+async def crash_suite() -> AsyncIterator[tuple[RealSuite, FakeHuggingFace]]:
+    fake = FakeHuggingFace(delay=0.6)
+    async with serving(fake) as url:
+        generation = {
+            "HUGGINGFACE_TOKEN": "hf_test_token",
+            "HUGGINGFACE_INFERENCE_URL": url,
+            "GENERATION_MODEL": MODEL,
+            "GENERATION_FALLBACK_MODEL": "",
+            "GENERATION_WIDTH": "256",
+            "GENERATION_HEIGHT": "256",
+            "IMAGES_IN_PARALLEL": "1",
+            "LEASE_SECONDS": "2",
+            "SWEEP_SECONDS": "0.5",
+            "REDISPATCH_SECONDS": "2",
+            "RUN_WORKERS": "false",  # the API alone: jobs run in the worker processes below
+        }
+        names = ("projects", "credits", "avatars", "generation")
+        async with real_suite(names, "gencrash", service_env={"generation": generation}) as suite:
+            yield suite, fake
+
+
+async def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
+    crash_suite: tuple[RealSuite, FakeHuggingFace],
+) -> None:
+    suite, fake = crash_suite
+    first = suite.worker("generation")
+    first.start()
+    await first.wait_ready()
+    headers = auth(suite.settings["gateway"], f"user-{new_id()}")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{suite.gateway.port}", headers=headers, timeout=30) as api:
+        project_id = (await api.post(f"{APP}/projects", json={"name": "Crash"})).json()["project"]["id"]
+        body = {"prompt": "A portrait of a smiling woman", "name": "Crash test", "count": 4}
+        response = await api.post(
+            f"{APP}/projects/{project_id}/avatars/generate", json=body, headers={"Prefer": "respond-async"}
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["generation"]["id"]
+
+        async def produced(n: int) -> dict | None:  # type: ignore[type-arg]
+            job = (await api.get(f"{APP}/generations/{job_id}")).json()["generation"]
+            return job if job["produced"] >= n else None
+
+        await eventually(lambda: produced(2), timeout=30)
+        await asyncio.sleep(0.3)  # the third image is with the provider now
+        first.stop()  # SIGKILL
+        stored_before = {c.body["parameters"]["seed"] for c in fake.calls[:2]}
+
+        second = suite.worker("generation")
+        second.start()
+        await second.wait_ready()
+
+        async def finished() -> dict | None:  # type: ignore[type-arg]
+            job = (await api.get(f"{APP}/generations/{job_id}")).json()["generation"]
+            return job if job["status"] not in ("queued", "running") else None
+
+        job = await eventually(finished, timeout=60)
+        assert (job["status"], job["produced"], job["charged"], job["refunded"]) == ("succeeded", 4, 45, 0)
+        avatars = (await api.get(f"{APP}/avatars", params={"projectId": project_id})).json()["avatars"]
+        assert sorted(a["id"] for a in avatars) == sorted(job["avatarIds"])
+        seeds = [c.body["parameters"]["seed"] for c in fake.calls]
+        assert all(seeds.count(seed) == 1 for seed in stored_before)  # never asked again
+        assert sorted({a["seedUsed"] for a in avatars}) == sorted(set(seeds))
+
+        async def settled() -> dict | None:  # type: ignore[type-arg]
+            balance = (await api.get("/api/credits/balance")).json()
+            return balance if balance["held"] == 0 else None
+
+        balance = await eventually(settled, timeout=30)
+        assert balance["balance"] == 100 - 45
+        entries = (await api.get("/api/credits/transactions")).json()["transactions"]
+        usage = [e for e in entries if e["type"] == "usage"]
+        assert sorted(-e["amount"] for e in usage) == [10, 10, 10, 15]
+        assert {e["referenceId"] for e in usage} == {job_id}
