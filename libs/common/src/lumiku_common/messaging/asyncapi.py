@@ -28,9 +28,11 @@ PUBLISHERS: dict[str, list[str]] = {
     "credits.": ["credits"],
     "credits.capture": ["avatars", "generation"],
     "credits.release": ["avatars", "generation"],
+    "generation.": ["generation"],
 }
 CONSUMERS: dict[str, list[str]] = {
-    "project.deleted": ["avatars"],
+    "project.deleted": ["avatars", "generation"],
+    "generation.run": ["generation"],  # its own work queue, consumed by its workers
     "avatar.created": ["usage"],
     "avatar.deleted": ["usage"],
     "avatar.used": ["usage"],
