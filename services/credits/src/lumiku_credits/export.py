@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from typing import Any
 
+from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_common.csv_export import safe_cell, stream_csv
 from lumiku_common.db import Database
 from lumiku_common.schemas import iso_utc
 from lumiku_credits.models import LedgerEntry
@@ -13,14 +16,7 @@ from lumiku_credits.repository import CreditsRepository
 from lumiku_credits.schemas import HistoryParams
 
 COLUMNS = ["id", "createdAt", "type", "amount", "balance", "description", "referenceId", "referenceType"]
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 BATCH = 500
-
-
-def _cell(value: str | None) -> str:
-    # A spreadsheet runs a cell starting with these as a formula: user-influenced text must stay text.
-    text = value or ""
-    return f"'{text}" if text.startswith(_FORMULA_PREFIXES) else text
 
 
 def _row(entry: LedgerEntry) -> list[object]:
@@ -30,25 +26,16 @@ def _row(entry: LedgerEntry) -> list[object]:
         entry.type,
         entry.amount,
         entry.balance_after,
-        _cell(entry.description),
-        _cell(entry.reference_id),
-        _cell(entry.reference_type),
+        safe_cell(entry.description),
+        safe_cell(entry.reference_id),
+        safe_cell(entry.reference_type),
     ]
 
 
-def _encode(rows: Sequence[Sequence[object]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
-    return buffer.getvalue()
-
-
-async def csv_lines(db: Database, user_id: str, params: HistoryParams) -> AsyncIterator[str]:
+def csv_lines(db: Database, user_id: str, params: HistoryParams) -> AsyncIterator[str]:
     """Every entry matching the filters, newest first, with its running balance; pages are ignored."""
-    yield _encode([COLUMNS])
-    # One read-only repeatable-read transaction: the export is one consistent snapshot of the ledger.
-    async with db.sessions() as session:
-        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        query = CreditsRepository(session).entries_query(user_id, params.type, params.from_, params.to)
-        result = await session.stream_scalars(query.execution_options(yield_per=BATCH))
-        async for batch in result.partitions():
-            yield _encode([_row(entry) for entry in batch])
+
+    def query(session: AsyncSession) -> Select[Any]:
+        return CreditsRepository(session).entries_query(user_id, params.type, params.from_, params.to)
+
+    return stream_csv(db, COLUMNS, query, _row, BATCH)
