@@ -32,8 +32,8 @@ from lumiku_avatars.settings import AvatarsSettings
 from lumiku_common.ids import new_id
 from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
-from lumiku_devtools.gateway import gateway_app_for, served
-from lumiku_devtools.testing import auth, delete_queues, prepare_database, settings_for_tests
+from lumiku_devtools.gateway import gateway_app_for
+from lumiku_devtools.testing import auth, delete_queues, prepare_database, served, settings_for_tests
 from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE
 from lumiku_generation.main import create_app as create_generation
 from lumiku_generation.settings import GenerationSettings

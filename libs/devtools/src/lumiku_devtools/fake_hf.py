@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,26 +121,11 @@ class FakeHuggingFace:
         return app
 
 
-@contextlib.asynccontextmanager
-async def serving(fake: FakeHuggingFace, port: int = 0) -> AsyncIterator[str]:
+def serving(fake: FakeHuggingFace, port: int = 0) -> contextlib.AbstractAsyncContextManager[str]:
     """Serves the stand-in over real TCP on this event loop (real timeouts); yields its base URL."""
-    from lumiku_devtools.testing import free_port
+    from lumiku_devtools.testing import served
 
-    port = port or free_port()
-    config = uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.02)
-        if not server.started:
-            raise RuntimeError(f"the provider stand-in never started on port {port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    return served(fake.app(), port, lifespan="off", startup_timeout=4)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

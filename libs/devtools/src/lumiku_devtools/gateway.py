@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from lumiku_devtools.testing import free_port, running, settings_for_tests, workers_started
+from lumiku_devtools.testing import running, settings_for_tests, workers_started
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 
@@ -45,23 +43,3 @@ async def gateway_for(services: dict[str, ServiceApp], **gateway_settings: Any) 
     """The gateway of `gateway_app_for`, started, and a client of it in-process."""
     async with gateway_app_for(services, **gateway_settings) as app, running(app) as client:
         yield client
-
-
-@contextlib.asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    """Serves the app (lifespan included) over real TCP on 127.0.0.1, on this event loop, for clients that are
-    separate processes (schemathesis' CLI); yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(600):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        if not server.started:
-            raise RuntimeError(f"the app never started serving on port {port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)

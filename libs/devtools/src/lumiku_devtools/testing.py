@@ -11,10 +11,11 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aio_pika
 import httpx
+import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -130,6 +131,28 @@ async def delete_queues(settings: ServiceSettings, *names: str) -> None:
                     channel = await connection.channel()
         with contextlib.suppress(Exception):
             await channel.exchange_delete(settings.events_exchange)
+
+
+@contextlib.asynccontextmanager
+async def served(
+    app: Any, port: int = 0, lifespan: Literal["on", "off"] = "on", startup_timeout: float = 30
+) -> AsyncIterator[str]:
+    """Serves the ASGI app over real TCP on 127.0.0.1, on this event loop, for clients that are separate
+    processes or need real sockets and timeouts; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
+    task = asyncio.create_task(server.serve())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + startup_timeout
+        while not (server.started or task.done()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if not server.started:
+            raise RuntimeError(f"the app never started serving on port {port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
 
 
 def free_port() -> int:
