@@ -276,7 +276,9 @@ async def test_keys_s3_refuses_to_delete_stay_scheduled_until_it_accepts(s3_suit
         assert logged(caplog, "object_delete_refused")
         assert await suite.janitor.purge() == 0  # retried, refused again, still scheduled
         assert await scheduled_deletions(suite, stuck) == [stuck]
-    assert await suite.janitor.purge() >= 1
+    # Once S3 accepts, the key goes: by this purge, or by the service's own purge loop if it ran first (the
+    # count alone would race with that loop).
+    await suite.janitor.purge()
     assert await suite.objects(user) == [] and await scheduled_deletions(suite, stuck) == []
 
 
