@@ -64,7 +64,8 @@ async def delete_queues(url: str, names: list[str]) -> int:
         for name in names:
             with suppress(Exception):
                 async with connection.channel() as channel:
-                    await channel.queue_delete(name, if_unused=True)
+                    # Listed with no consumer; quorum queues refuse `if_unused` (and it closes the connection).
+                    await channel.queue_delete(name)
                     deleted += 1
     return deleted
 
