@@ -4,12 +4,15 @@ mapping, health/readiness, database, broker, outbox relay and consumers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
@@ -115,16 +118,19 @@ class Workers:
         self.consumers_started.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Bounded: a loop stuck in I/O must not keep the process from exiting."""
+        """Consumers first, while the relay and loops still run: messages in flight finish (or go back to their
+        queue) within `consumer_drain_seconds`. Then the loops. Bounded: a loop stuck in I/O must not keep the
+        process from exiting."""
+        drain = self.spec.settings.consumer_drain_seconds
+        await asyncio.gather(
+            *(asyncio.wait_for(c.stop(drain), drain + timeout) for c in self.consumers), return_exceptions=True
+        )
         for task in self.tasks:
             task.cancel()
         if self.tasks:
             _, stuck = await asyncio.wait(self.tasks, timeout=timeout)
             for task in stuck:
                 log.warning("worker_did_not_stop", task=task.get_name())
-        for consumer in self.consumers:
-            with suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), timeout)
 
 
 def create_service(spec: ServiceSpec) -> FastAPI:
@@ -133,6 +139,12 @@ def create_service(spec: ServiceSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with drain_first(app, settings.shutdown_drain_seconds):
+            async with _lifespan(app):
+                yield
+
+    @asynccontextmanager
+    async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if spec.stateless:
             for hook in spec.on_startup:
                 await hook(app)
@@ -172,6 +184,7 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     )
     app.state.settings = settings
     app.state.spec = spec
+    app.state.draining = False
     app.state.parts = {type(p): p for p in (settings, *spec.parts)}
     if not spec.stateless:
         app.state.db = spec.db or database_for(settings)
@@ -202,6 +215,33 @@ def database_for(settings: ServiceSettings) -> Database:
     return Database(
         settings.database_url, settings.service_name, settings.db_pool_size, notify_outbox=settings.notifies_outbox
     )
+
+
+@contextmanager
+def drain_first(app: FastAPI, seconds: float) -> Iterator[None]:
+    """On SIGTERM, /ready answers 503 at once and the server keeps serving for `seconds` (load balancers see
+    the pod leave and stop sending), then the server's own handler starts its graceful shutdown: uvicorn stops
+    accepting and waits for in-flight requests (`--timeout-graceful-shutdown`). A second SIGTERM skips the wait.
+    Only wraps a handler a server installed (uvicorn's, in the main thread); otherwise does nothing."""
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if seconds <= 0 or not callable(server_handler) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(sig: int, frame: FrameType | None) -> None:
+        if app.state.draining:
+            server_handler(sig, frame)
+            return
+        app.state.draining = True
+        log.info("shutdown_draining", seconds=seconds)
+        loop.call_soon_threadsafe(loop.call_later, seconds, server_handler, sig, None)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, server_handler)
 
 
 def is_stateless(app: FastAPI) -> bool:
@@ -237,7 +277,7 @@ def health_router(settings: ServiceSettings, readiness: Callable[[FastAPI], Awai
 
     @router.get("/ready")
     async def ready(request: Request) -> JSONResponse:
-        checks = await readiness(request.app)
+        checks = {"shutdown": "draining"} if request.app.state.draining else await readiness(request.app)
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "service": settings.service_name, "checks": checks},

@@ -56,6 +56,11 @@ class ServiceSettings(BaseSettings):
     outbox_notify: bool | None = None
     # The API process also runs the outbox relay and consumers unless a separate worker does.
     run_workers: bool = True
+    # Graceful shutdown. On SIGTERM /ready answers 503 at once and the server keeps serving this long (load
+    # balancers stop sending) before it stops accepting and drains in-flight requests.
+    shutdown_drain_seconds: float = 0.0
+    # Messages being handled on SIGTERM get this long to finish; unfinished ones go back to their queue.
+    consumer_drain_seconds: float = 10.0
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     service_urls: dict[str, str] = Field(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -121,6 +121,8 @@ class Consumer:
         self.delivery_limit, self.retry_delay = delivery_limit, retry_delay
         self.queue: AbstractQueue | None = None
         self._channel: AbstractRobustChannel | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()  # deliveries being handled right now
 
     @property
     def dlq_name(self) -> str:
@@ -146,22 +148,50 @@ class Consumer:
         )
         for event_type in self.handlers.types:
             await queue.bind(exchange, routing_key=event_type)
-        await queue.consume(self._on_message)
+        self._consumer_tag = await queue.consume(self._on_message)
         self.queue, self._channel = queue, channel
         log.info("consumer_started", queue=self.name, events=sorted(self.handlers.types))
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Graceful: no new deliveries, the in-flight ones get `drain_seconds` to finish (and be acked), then
+        the channel closes and the broker requeues whatever is still unacked; the inbox (or a work handler's
+        own idempotency) makes the redelivery count once."""
+        await self._stop_consuming()
+        await self._drain(drain_seconds)
+        await self._close()
+
+    async def _stop_consuming(self) -> None:
+        if self.queue is not None and self._consumer_tag is not None:
+            with suppress(Exception):  # a broken connection has stopped delivering anyway
+                await asyncio.wait_for(self.queue.cancel(self._consumer_tag), 5)
+            self._consumer_tag = None
+
+    async def _drain(self, seconds: float) -> None:
+        if self._in_flight and seconds > 0:
+            log.info("consumer_draining", queue=self.name, inFlight=len(self._in_flight), seconds=seconds)
+            await asyncio.wait(set(self._in_flight), timeout=seconds)
+        for task in list(self._in_flight):  # returned to the queue when the channel closes
+            log.warning("consumer_returned_in_flight", queue=self.name)
+            task.cancel()
+
+    async def _close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
-        with bound(
-            (correlation_id_var, _str(headers.get("x-correlation-id"))),
-            (causation_id_var, message.message_id),
-            (traceparent_var, _str(headers.get("traceparent"))),
-        ):
-            await self._handle(message)
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            with bound(
+                (correlation_id_var, _str(headers.get("x-correlation-id"))),
+                (causation_id_var, message.message_id),
+                (traceparent_var, _str(headers.get("traceparent"))),
+            ):
+                await self._handle(message)
+        finally:
+            self._in_flight.discard(task)  # type: ignore[arg-type]
 
     def _failed(self, message: AbstractIncomingMessage) -> tuple[int, bool]:
         attempt = _delivery_count(message) + 1
@@ -308,15 +338,23 @@ class BatchConsumer(Consumer):
         self.batch = handlers
         self._incoming: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._processing: asyncio.Future[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         await super().start()
         self._spawn(self._run())
 
-    async def stop(self) -> None:
-        for task in list(self._tasks):
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """The batch being handled gets `drain_seconds` to commit; messages still waiting in memory or deferred
+        go back to the queue when the channel closes."""
+        self._stopping = True
+        await self._stop_consuming()
+        if self._processing is not None and not self._processing.done() and drain_seconds > 0:
+            await asyncio.wait({self._processing}, timeout=drain_seconds)
+        for task in [*self._tasks, *filter(None, [self._processing])]:
             task.cancel()
-        await super().stop()
+        await self._close()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -327,25 +365,32 @@ class BatchConsumer(Consumer):
         self._incoming.put_nowait(message)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._incoming.get()]
-            deadline = loop.time() + self.batch.linger_seconds
-            while len(batch) < self.batch.batch_size:
-                if not self._incoming.empty():
-                    batch.append(self._incoming.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._incoming.get(), remaining))
-                except TimeoutError:
-                    break
+        while not self._stopping:
+            batch = await self._next_batch()
+            if self._stopping:
+                return  # not started: these go back to the queue
+            self._processing = asyncio.ensure_future(self._process(batch))
             try:
-                await self._process(batch)
+                await self._processing
             except Exception as exc:  # never lose the loop: whatever is unacked is redelivered
                 log.error("event_batch_crashed", queue=self.name, error=repr(exc))
+
+    async def _next_batch(self) -> list[AbstractIncomingMessage]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._incoming.get()]
+        deadline = loop.time() + self.batch.linger_seconds
+        while len(batch) < self.batch.batch_size:
+            if not self._incoming.empty():
+                batch.append(self._incoming.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._incoming.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
 
     async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
         deliveries: list[Delivery] = []
