@@ -4,6 +4,7 @@ charge per image and without asking the provider again for an image already kept
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 
 import httpx
@@ -90,3 +91,90 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
         usage = [e for e in entries if e["type"] == "usage"]
         assert sorted(-e["amount"] for e in usage) == [10, 10, 10, 15]
         assert {e["referenceId"] for e in usage} == {job_id}
+
+
+async def _start_job(api: httpx.AsyncClient) -> tuple[str, str]:
+    project_id = (await api.post(f"{APP}/projects", json={"name": "Shutdown"})).json()["project"]["id"]
+    body = {"prompt": "A portrait of a smiling woman", "name": "Shutdown test", "count": 4}
+    response = await api.post(
+        f"{APP}/projects/{project_id}/avatars/generate", json=body, headers={"Prefer": "respond-async"}
+    )
+    assert response.status_code == 202, response.text
+    return project_id, response.json()["generation"]["id"]
+
+
+async def _job(api: httpx.AsyncClient, job_id: str) -> dict:  # type: ignore[type-arg]
+    job: dict = (await api.get(f"{APP}/generations/{job_id}")).json()["generation"]  # type: ignore[type-arg]
+    return job
+
+
+async def _assert_done_once(api: httpx.AsyncClient, project_id: str, job_id: str, fake: FakeHuggingFace) -> None:
+    """Four images, each asked of the provider once, stored once and charged once."""
+    job = await _job(api, job_id)
+    assert (job["status"], job["produced"], job["charged"], job["refunded"]) == ("succeeded", 4, 45, 0)
+    avatars = (await api.get(f"{APP}/avatars", params={"projectId": project_id})).json()["avatars"]
+    assert sorted(a["id"] for a in avatars) == sorted(job["avatarIds"])
+    balance = await eventually(lambda: _settled(api), timeout=30)
+    assert balance["balance"] == 100 - 45
+    seeds = [c.body["parameters"]["seed"] for c in fake.calls if c.answered is not None]
+    assert sorted({a["seedUsed"] for a in avatars}) == sorted(set(seeds))
+
+
+async def _settled(api: httpx.AsyncClient) -> dict | None:  # type: ignore[type-arg]
+    balance: dict = (await api.get("/api/credits/balance")).json()  # type: ignore[type-arg]
+    return balance if balance["held"] == 0 else None
+
+
+async def test_a_worker_told_to_stop_mid_job_finishes_it_before_exiting(
+    crash_suite: tuple[RealSuite, FakeHuggingFace],
+) -> None:
+    suite, fake = crash_suite
+    fake.calls.clear()
+    worker = suite.worker("generation")
+    worker.start(CONSUMER_DRAIN_SECONDS="30")
+    await worker.wait_ready()
+    assert worker.proc is not None
+    headers = auth(suite.settings["gateway"], f"user-{new_id()}")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{suite.gateway.port}", headers=headers, timeout=30) as api:
+        project_id, job_id = await _start_job(api)
+        await eventually(lambda: _produced(api, job_id, 1), timeout=30)
+        worker.proc.send_signal(signal.SIGTERM)
+        # It takes no new work but finishes this job, then exits; no other worker runs.
+        assert await asyncio.to_thread(worker.proc.wait, 40) == -signal.SIGTERM
+        assert (await _job(api, job_id))["status"] == "succeeded"
+        await _assert_done_once(api, project_id, job_id, fake)
+        assert len(fake.calls) == 4
+
+
+async def test_a_worker_whose_drain_runs_out_returns_the_job_and_another_finishes_it_once(
+    crash_suite: tuple[RealSuite, FakeHuggingFace],
+) -> None:
+    suite, fake = crash_suite
+    fake.calls.clear()
+    first = suite.worker("generation")
+    first.start(CONSUMER_DRAIN_SECONDS="0.2")
+    await first.wait_ready()
+    assert first.proc is not None
+    headers = auth(suite.settings["gateway"], f"user-{new_id()}")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{suite.gateway.port}", headers=headers, timeout=30) as api:
+        project_id, job_id = await _start_job(api)
+        await eventually(lambda: _produced(api, job_id, 1), timeout=30)
+        first.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.proc.wait, 30) == -signal.SIGTERM
+        assert (await _job(api, job_id))["status"] in ("queued", "running")  # returned unfinished
+
+        second = suite.worker("generation")
+        second.start()
+        await second.wait_ready()
+        await eventually(lambda: _finished(api, job_id), timeout=60)
+        await _assert_done_once(api, project_id, job_id, fake)
+
+
+async def _produced(api: httpx.AsyncClient, job_id: str, n: int) -> dict | None:  # type: ignore[type-arg]
+    job = await _job(api, job_id)
+    return job if job["produced"] >= n else None
+
+
+async def _finished(api: httpx.AsyncClient, job_id: str) -> dict | None:  # type: ignore[type-arg]
+    job = await _job(api, job_id)
+    return job if job["status"] not in ("queued", "running") else None
