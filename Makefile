@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-unit test-fast coverage fuzz lint typecheck bench infra clean
+.PHONY: install dev test test-unit test-fast coverage fuzz lint typecheck bench infra clean validate-deploy
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -29,6 +29,12 @@ NO_SERVERS = POSTGRES_URL=postgresql+asyncpg://unit@127.0.0.1:9 AMQP_URL=amqp://
 
 test: install lint typecheck test-unit infra
 	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not unit"
+
+# What CI cannot run here, checked offline: the rendered kustomizations against the Kubernetes schemas (and
+# deploy/schemas for KEDA/Prometheus Operator objects), the manifests' rules, docker-compose.yml against the
+# Compose schema, and no drift between the settings the code reads and both. Also unit tests (make test-unit).
+validate-deploy: install
+	$(UV) run python -m lumiku_devtools.deploy_check
 
 test-unit: install
 	$(NO_SERVERS) $(UV) run pytest -m unit -q
