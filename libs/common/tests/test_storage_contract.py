@@ -26,6 +26,7 @@ from lumiku_common.storage import (
     StorageUnavailable,
     storage_from,
 )
+from lumiku_devtools.infra_selection import s3_keys
 from lumiku_devtools.testing import s3_server
 
 
@@ -40,8 +41,8 @@ def s3_settings(endpoint: str, bucket: str, **extra: object) -> StorageSettings:
         storage_backend="s3",
         s3_endpoint_url=endpoint,
         s3_bucket=bucket,
-        s3_access_key_id="testing",
-        s3_secret_access_key="testing",
+        s3_access_key_id=s3_keys()[0],
+        s3_secret_access_key=s3_keys()[1],
         s3_create_bucket=True,
         **extra,
     )

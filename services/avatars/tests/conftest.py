@@ -30,6 +30,7 @@ from lumiku_common.storage import Storage
 from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.gateway import gateway_for
+from lumiku_devtools.infra_selection import s3_keys
 from lumiku_devtools.testing import (
     EventSpy,
     auth,
@@ -190,8 +191,8 @@ async def s3_suite(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -
         storage_backend="s3",
         s3_endpoint_url=s3_endpoint,
         s3_bucket="avatars-test",
-        s3_access_key_id="testing",
-        s3_secret_access_key="testing",
+        s3_access_key_id=s3_keys()[0],
+        s3_secret_access_key=s3_keys()[1],
         s3_create_bucket=True,
     )
     await _prepared(projects, credits, avatars)

@@ -163,7 +163,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
-    """A real S3-protocol server on this machine (moto's server mode); yields its endpoint URL."""
+    """The tests' S3 endpoint URL (keys: `infra_selection.s3_keys()`): TEST_S3_ENDPOINT_URL when set (a MinIO
+    container started for the run sets it, see lumiku_devtools.infra_selection), else a real S3-protocol
+    server in this process (moto's server mode)."""
+    if endpoint := os.environ.get("TEST_S3_ENDPOINT_URL"):
+        yield endpoint
+        return
     from moto.server import ThreadedMotoServer
 
     port = free_port()
