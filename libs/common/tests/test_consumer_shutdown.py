@@ -1,0 +1,91 @@
+"""A consumer told to stop (SIGTERM's path: Workers.stop) with a message in flight: it finishes the message
+within the drain time, or returns it to the queue, where the next consumer handles it; once either way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from sqlalchemy import insert
+
+from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.consumer import Consumer, EventHandlers
+from lumiku_common.messaging.events import Envelope, ProjectDeleted
+from lumiku_devtools.testing import delete_queues, eventually, publish_raw
+
+from .conftest import effects
+from .test_consumer import effect_count, envelope
+
+QUEUE = "common.shutdown"
+
+
+def slow_handlers(first_takes: float) -> tuple[EventHandlers, asyncio.Event, list[str]]:
+    """The first delivery takes `first_takes` seconds before it writes its effect; later ones are quick."""
+    handlers, started, calls = EventHandlers(), asyncio.Event(), []
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, event: ProjectDeleted, env: Envelope) -> None:  # type: ignore[no-untyped-def]
+        calls.append(env.id)
+        started.set()
+        if len(calls) == 1:
+            await asyncio.sleep(first_takes)
+        await session.execute(insert(effects).values(event_id=env.id))
+
+    return handlers, started, calls
+
+
+@pytest.fixture
+async def consumer_on(db, settings) -> AsyncIterator[Callable[[EventHandlers, Broker], asyncio.Future[Consumer]]]:  # type: ignore[no-untyped-def]
+    made: list[Consumer] = []
+
+    async def make(handlers: EventHandlers, broker: Broker) -> Consumer:
+        consumer = Consumer(QUEUE, db, broker, handlers, queue_prefix=settings.queue_prefix)
+        await consumer.start()
+        made.append(consumer)
+        return consumer
+
+    yield make  # type: ignore[misc]
+    for c in made:
+        await c.stop()
+    await delete_queues(settings, QUEUE)
+
+
+async def test_a_message_in_flight_finishes_within_the_drain_and_is_not_redelivered(
+    db, broker, settings, consumer_on
+) -> None:  # type: ignore[no-untyped-def]
+    handlers, started, calls = slow_handlers(first_takes=1.0)
+    first = await consumer_on(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope(event_id="in-flight"))
+    await asyncio.wait_for(started.wait(), 15)
+
+    await first.stop(drain_seconds=10)
+    assert await effect_count(db) == 1  # finished before stop() returned
+
+    await consumer_on(handlers, broker)  # had it not been acked, it would come back now
+    await publish_raw(settings, "project.deleted", envelope(event_id="sentinel"))
+    await eventually(lambda: asyncio.sleep(0, "sentinel" in calls), what="sentinel handled")
+    assert calls == ["in-flight", "sentinel"] and await effect_count(db) == 2
+
+
+async def test_a_message_in_flight_past_the_drain_goes_back_and_is_handled_once(
+    db, broker, settings, consumer_on
+) -> None:  # type: ignore[no-untyped-def]
+    handlers, started, calls = slow_handlers(first_takes=30)
+    first = await consumer_on(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope(event_id="returned"))
+    await asyncio.wait_for(started.wait(), 15)
+
+    await asyncio.wait_for(first.stop(drain_seconds=0.2), 10)  # does not wait out the 30 s handler
+    assert await effect_count(db) == 0  # its transaction never committed
+
+    await consumer_on(handlers, broker)
+    await eventually(lambda: effect_count_is(db, 1), what="redelivered and handled")
+    assert calls == ["returned", "returned"]
+    await publish_raw(settings, "project.deleted", envelope(event_id="sentinel"))
+    await eventually(lambda: asyncio.sleep(0, "sentinel" in calls), what="sentinel handled")
+    assert await effect_count(db) == 2  # the returned one once, the sentinel once
+
+
+async def effect_count_is(db, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return await effect_count(db) == n
