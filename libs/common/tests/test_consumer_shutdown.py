@@ -20,19 +20,28 @@ from .test_consumer import effect_count, envelope
 QUEUE = "common.shutdown"
 
 
-def slow_handlers(first_takes: float) -> tuple[EventHandlers, asyncio.Event, list[str]]:
+def slow_handlers(first_takes: float) -> tuple[EventHandlers, list[str]]:
     """The first delivery takes `first_takes` seconds before it writes its effect; later ones are quick."""
-    handlers, started, calls = EventHandlers(), asyncio.Event(), []
+    handlers, calls = EventHandlers(), []
 
     @handlers.on(ProjectDeleted)
     async def on_deleted(session, event: ProjectDeleted, env: Envelope) -> None:  # type: ignore[no-untyped-def]
         calls.append(env.id)
-        started.set()
         if len(calls) == 1:
             await asyncio.sleep(first_takes)
         await session.execute(insert(effects).values(event_id=env.id))
 
-    return handlers, started, calls
+    return handlers, calls
+
+
+async def in_flight(
+    consumer_on, handlers: EventHandlers, calls: list[str], broker, settings, event_id: str
+) -> Consumer:  # type: ignore[no-untyped-def]
+    """A consumer whose handler is busy with `event_id` now."""
+    consumer = await consumer_on(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope(event_id=event_id))
+    await eventually(lambda: asyncio.sleep(0, event_id in calls), what="handler started")
+    return consumer
 
 
 @pytest.fixture
@@ -54,10 +63,8 @@ async def consumer_on(db, settings) -> AsyncIterator[Callable[[EventHandlers, Br
 async def test_a_message_in_flight_finishes_within_the_drain_and_is_not_redelivered(
     db, broker, settings, consumer_on
 ) -> None:  # type: ignore[no-untyped-def]
-    handlers, started, calls = slow_handlers(first_takes=1.0)
-    first = await consumer_on(handlers, broker)
-    await publish_raw(settings, "project.deleted", envelope(event_id="in-flight"))
-    await asyncio.wait_for(started.wait(), 15)
+    handlers, calls = slow_handlers(first_takes=1.0)
+    first = await in_flight(consumer_on, handlers, calls, broker, settings, "in-flight")
 
     await first.stop(drain_seconds=10)
     assert await effect_count(db) == 1  # finished before stop() returned
@@ -71,10 +78,8 @@ async def test_a_message_in_flight_finishes_within_the_drain_and_is_not_redelive
 async def test_a_message_in_flight_past_the_drain_goes_back_and_is_handled_once(
     db, broker, settings, consumer_on
 ) -> None:  # type: ignore[no-untyped-def]
-    handlers, started, calls = slow_handlers(first_takes=30)
-    first = await consumer_on(handlers, broker)
-    await publish_raw(settings, "project.deleted", envelope(event_id="returned"))
-    await asyncio.wait_for(started.wait(), 15)
+    handlers, calls = slow_handlers(first_takes=30)
+    first = await in_flight(consumer_on, handlers, calls, broker, settings, "returned")
 
     await asyncio.wait_for(first.stop(drain_seconds=0.2), 10)  # does not wait out the 30 s handler
     assert await effect_count(db) == 0  # its transaction never committed

@@ -4,6 +4,7 @@ charge per image and without asking the provider again for an image already kept
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 
@@ -125,13 +126,12 @@ async def _settled(api: httpx.AsyncClient) -> dict | None:  # type: ignore[type-
     return balance if balance["held"] == 0 else None
 
 
-async def test_a_worker_told_to_stop_mid_job_finishes_it_before_exiting(
-    crash_suite: tuple[RealSuite, FakeHuggingFace],
-) -> None:
-    suite, fake = crash_suite
-    fake.calls.clear()
+@contextlib.asynccontextmanager
+async def _sigterm_mid_job(suite: RealSuite, drain_seconds: str) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
+    """A generation worker (CONSUMER_DRAIN_SECONDS=drain_seconds) gets SIGTERM once its job has produced an
+    image; yields (api, project id, job id) after the worker exited on its own."""
     worker = suite.worker("generation")
-    worker.start(CONSUMER_DRAIN_SECONDS="30")
+    worker.start(CONSUMER_DRAIN_SECONDS=drain_seconds)
     await worker.wait_ready()
     assert worker.proc is not None
     headers = auth(suite.settings["gateway"], f"user-{new_id()}")
@@ -139,8 +139,17 @@ async def test_a_worker_told_to_stop_mid_job_finishes_it_before_exiting(
         project_id, job_id = await _start_job(api)
         await eventually(lambda: _produced(api, job_id, 1), timeout=30)
         worker.proc.send_signal(signal.SIGTERM)
-        # It takes no new work but finishes this job, then exits; no other worker runs.
-        assert await asyncio.to_thread(worker.proc.wait, 40) == -signal.SIGTERM
+        assert await asyncio.to_thread(worker.proc.wait, 40) == -signal.SIGTERM  # exited, not killed
+        yield api, project_id, job_id
+
+
+async def test_a_worker_told_to_stop_mid_job_finishes_it_before_exiting(
+    crash_suite: tuple[RealSuite, FakeHuggingFace],
+) -> None:
+    suite, fake = crash_suite
+    fake.calls.clear()
+    async with _sigterm_mid_job(suite, drain_seconds="30") as (api, project_id, job_id):
+        # It took no new work but finished this job before exiting; no other worker ran.
         assert (await _job(api, job_id))["status"] == "succeeded"
         await _assert_done_once(api, project_id, job_id, fake)
         assert len(fake.calls) == 4
@@ -151,18 +160,8 @@ async def test_a_worker_whose_drain_runs_out_returns_the_job_and_another_finishe
 ) -> None:
     suite, fake = crash_suite
     fake.calls.clear()
-    first = suite.worker("generation")
-    first.start(CONSUMER_DRAIN_SECONDS="0.2")
-    await first.wait_ready()
-    assert first.proc is not None
-    headers = auth(suite.settings["gateway"], f"user-{new_id()}")
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{suite.gateway.port}", headers=headers, timeout=30) as api:
-        project_id, job_id = await _start_job(api)
-        await eventually(lambda: _produced(api, job_id, 1), timeout=30)
-        first.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(first.proc.wait, 30) == -signal.SIGTERM
+    async with _sigterm_mid_job(suite, drain_seconds="0.2") as (api, project_id, job_id):
         assert (await _job(api, job_id))["status"] in ("queued", "running")  # returned unfinished
-
         second = suite.worker("generation")
         second.start()
         await second.wait_ready()
