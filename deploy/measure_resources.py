@@ -4,7 +4,7 @@ beside `python -m lumiku_common.worker SERVICE`), idle, then under a mix of requ
 
     uv run python deploy/measure_resources.py [--seconds 30] [--concurrency 8]
 
-Reports per process: resident memory idle and at its peak, and CPU time per 1,000 gateway requests (CPU
+Reports per process: resident memory idle and at its peak, and CPU milliseconds per gateway request (CPU
 time, not wall time, so a busy machine skews it less than latency). Needs the local servers (`make infra`).
 """
 
@@ -16,6 +16,7 @@ import io
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,7 @@ from lumiku_devtools.testing import auth
 APP = "/api/apps/avatar-creator"
 NAMES = ("projects", "avatars", "generation", "credits", "usage")
 TICKS = os.sysconf("SC_CLK_TCK")
+FAILED: Counter[int] = Counter()
 
 
 def cpu_seconds(process: Process) -> float:
@@ -44,7 +46,7 @@ def photo() -> bytes:
 
 
 async def user_session(api: httpx.AsyncClient, headers: dict[str, str], image: bytes, until: float) -> int:
-    """One user's realistic loop; returns the requests it made."""
+    """One user's realistic loop; returns the requests it made (non-2xx answers are counted in FAILED)."""
     project = (await api.post(f"{APP}/projects", json={"name": "Load"}, headers=headers)).json()["project"]["id"]
     files = {"image": ("photo.jpg", image, "image/jpeg")}
     avatar = await api.post(f"{APP}/projects/{project}/avatars", data={"name": "A"}, files=files, headers=headers)
@@ -61,13 +63,16 @@ async def user_session(api: httpx.AsyncClient, headers: dict[str, str], image: b
             api.get(f"{APP}/avatars/{avatar_id}/usage-history", headers=headers),
             api.get(f"{APP}/generations", headers=headers),
         ):
-            (await request).raise_for_status()
+            response = await request
+            if response.status_code >= 400:
+                FAILED[response.status_code] += 1
             made += 1
     return made
 
 
 async def measure(seconds: float, concurrency: int) -> None:
-    env = {name: {"RUN_WORKERS": "false", "LOG_LEVEL": "WARNING"} for name in NAMES}
+    # A small pool: the shared development PostgreSQL must serve other people's tests meanwhile.
+    env = {name: {"RUN_WORKERS": "false", "LOG_LEVEL": "WARNING", "DB_POOL_SIZE": "3"} for name in NAMES}
     async with real_suite(NAMES, "measure", service_env=env) as suite:
         for name in NAMES:
             suite.worker(name).start()
@@ -89,10 +94,11 @@ async def measure(seconds: float, concurrency: int) -> None:
             requests = sum(await load)
         cpu = {label: cpu_seconds(p) - cpu_before[label] for label, p in processes.items()}
     print(f"{requests} gateway requests in {seconds:g} s ({requests / seconds:.0f}/s), {concurrency} users")
-    print(f"{'process':<20}{'idle RSS MiB':>14}{'peak RSS MiB':>14}{'CPU s':>8}{'CPU ms/1k req':>15}")
+    print(f"non-2xx answers: {dict(FAILED) or 'none'}")
+    print(f"{'process':<20}{'idle RSS MiB':>14}{'peak RSS MiB':>14}{'CPU s':>8}{'CPU ms/req':>12}")
     for label in processes:
-        per_k = cpu[label] / requests * 1000 * 1000
-        print(f"{label:<20}{idle[label]:>14.0f}{peak[label]:>14.0f}{cpu[label]:>8.1f}{per_k:>15.0f}")
+        per_request = cpu[label] / requests * 1000
+        print(f"{label:<20}{idle[label]:>14.0f}{peak[label]:>14.0f}{cpu[label]:>8.1f}{per_request:>12.2f}")
 
 
 def labelled(suite: RealSuite) -> dict[str, Process]:
