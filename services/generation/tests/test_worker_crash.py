@@ -129,7 +129,9 @@ async def _settled(api: httpx.AsyncClient) -> dict | None:  # type: ignore[type-
 @contextlib.asynccontextmanager
 async def _sigterm_mid_job(suite: RealSuite, drain_seconds: str) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
     """A generation worker (CONSUMER_DRAIN_SECONDS=drain_seconds) gets SIGTERM once its job has produced an
-    image; yields (api, project id, job id) after the worker exited on its own."""
+    image; yields (api, project id, job id) after the worker exited on its own. It is the only worker."""
+    for leftover in suite.workers:  # earlier tests' workers, their jobs done
+        leftover.stop()
     worker = suite.worker("generation")
     worker.start(CONSUMER_DRAIN_SECONDS=drain_seconds)
     await worker.wait_ready()
