@@ -56,6 +56,10 @@ class ServiceSettings(BaseSettings):
     outbox_notify: bool | None = None
     # The API process also runs the outbox relay and consumers unless a separate worker does.
     run_workers: bool = True
+    # Prometheus: a separate port for prometheus_client's server (standalone workers, the gateway); services'
+    # own apps also answer /metrics. Gauges read from the database and broker refresh this often.
+    metrics_port: int | None = None
+    metrics_refresh_seconds: float = 15
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     service_urls: dict[str, str] = Field(
