@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import APIRouter
-from prometheus_client.parser import text_string_to_metric_families
 
 from lumiku_common.errors import NotFound
 from lumiku_common.ids import new_id
@@ -18,6 +17,7 @@ from lumiku_common.messaging.outbox import add_event
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.settings import ServiceSettings
 from lumiku_devtools.testing import (
+    Metrics,
     delete_queues,
     eventually,
     publish_raw,
@@ -28,27 +28,6 @@ from lumiku_devtools.testing import (
 )
 
 from .test_consumer import envelope
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parsed(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-async def scrape(client: httpx.AsyncClient) -> Samples:
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return parsed(response.text)
 
 
 def items_service(name: str):
@@ -72,17 +51,16 @@ async def test_http_requests_are_counted_by_route_template_and_status():
     async with served(items_service(service)) as url, httpx.AsyncClient(base_url=url) as client:
         for path in ("/items/a", "/items/b", "/items/missing", "/nowhere/x", "/items/%00"):
             await client.get(path)
-        samples = await scrape(client)
+        samples = await Metrics.scrape(client)
     count = "lumiku_http_requests_total"
-    assert value(samples, count, service=service, method="GET", route="/items/{item_id}", status="200") == 2
-    assert value(samples, count, service=service, method="GET", route="/items/{item_id}", status="404") == 1
+    assert samples.value(count, service=service, method="GET", route="/items/{item_id}", status="200") == 2
+    assert samples.value(count, service=service, method="GET", route="/items/{item_id}", status="404") == 1
     # Unrouted and refused paths share one label: a scanner cannot grow the series.
-    assert value(samples, count, service=service, method="GET", route="unmatched", status="404") == 1
-    assert value(samples, count, service=service, method="GET", route="unmatched", status="400") == 1
-    ours = [labels for (_, labels) in samples if ("service", service) in labels]
-    assert not any(v in ("/items/a", "/nowhere/x") for labels in ours for _, v in labels)
+    assert samples.value(count, service=service, method="GET", route="unmatched", status="404") == 1
+    assert samples.value(count, service=service, method="GET", route="unmatched", status="400") == 1
+    assert not {"/items/a", "/items/missing", "/nowhere/x"} & samples.label_values()
     timed = "lumiku_http_request_duration_seconds_count"
-    assert value(samples, timed, service=service, method="GET", route="/items/{item_id}") == 3
+    assert samples.value(timed, service=service, method="GET", route="/items/{item_id}") == 3
 
 
 def consumer_service(settings: ServiceSettings, handlers: EventHandlers):
@@ -116,18 +94,18 @@ async def test_consumer_outcomes_queue_and_dlq_depth_are_exposed(db, metered):
         await publish_raw(metered, "project.deleted", envelope("flaky"))
         await publish_raw(metered, "project.deleted", b"not json")
 
-        async def settled() -> Samples | None:
+        async def settled() -> Metrics | None:
             await app.state.workers.measure()
-            samples = await scrape(client)
-            outcomes = {o: value(samples, "lumiku_consumer_messages_total", queue=queue, outcome=o) for o in
+            samples = await Metrics.scrape(client)
+            outcomes = {o: samples.value("lumiku_consumer_messages_total", queue=queue, outcome=o) for o in
                         ("handled", "retried", "dead_lettered")}  # fmt: skip
             expected = {"handled": 2, "retried": 1, "dead_lettered": 1}
-            return samples if outcomes == expected and value(samples, "lumiku_dlq_messages", queue=queue) else None
+            return samples if outcomes == expected and samples.value("lumiku_dlq_messages", queue=queue) else None
 
         samples = await eventually(settled, what="every message finished and measured")
-    assert value(samples, "lumiku_dlq_messages", queue=queue) == 1
-    assert value(samples, "lumiku_queue_messages", queue=queue) == 0
-    assert value(samples, "lumiku_consumer_handler_duration_seconds_count", queue=queue) == 3  # 2 ok + 1 failed
+    assert samples.value("lumiku_dlq_messages", queue=queue) == 1
+    assert samples.value("lumiku_queue_messages", queue=queue) == 0
+    assert samples.value("lumiku_consumer_handler_duration_seconds_count", queue=queue) == 3  # 2 ok + 1 failed
 
 
 async def test_outbox_pending_rows_and_oldest_age_are_exposed(db, metered):
@@ -135,13 +113,13 @@ async def test_outbox_pending_rows_and_oldest_age_are_exposed(db, metered):
     app = consumer_service(metered.model_copy(update={"run_workers": False}), EventHandlers())
     async with running(app) as client:
         await app.state.workers.measure()
-        before = await scrape(client)
-        assert value(before, "lumiku_outbox_pending", service="common") == 0
-        assert value(before, "lumiku_outbox_oldest_pending_age_seconds", service="common") == 0
+        before = await Metrics.scrape(client)
+        assert before.value("lumiku_outbox_pending", service="common") == 0
+        assert before.value("lumiku_outbox_oldest_pending_age_seconds", service="common") == 0
         async with app.state.db.unit_of_work() as session:
             await add_event(session, ProjectDeleted(project_id="p1"), user_id="u")
         await app.state.workers.measure()
-        after = await scrape(client)
-    assert value(after, "lumiku_outbox_pending", service="common") == 1
-    age = value(after, "lumiku_outbox_oldest_pending_age_seconds", service="common")
+        after = await Metrics.scrape(client)
+    assert after.value("lumiku_outbox_pending", service="common") == 1
+    age = after.value("lumiku_outbox_oldest_pending_age_seconds", service="common")
     assert age is not None and 0 < age < 60

@@ -109,6 +109,9 @@ HOLDS_EXPIRED = Counter(
 GENERATION_JOBS = Gauge(
     "lumiku_generation_jobs", "Unfinished generation jobs by status", ["status"], multiprocess_mode="mostrecent"
 )
+GENERATION_FINISHED = Counter(
+    "lumiku_generation_jobs_finished_total", "Generation jobs that reached a terminal status", ["status"]
+)
 PROVIDER_DURATION = Histogram(
     "lumiku_provider_request_duration_seconds",
     "Time of one call to the AI provider, by outcome (ok or the error kind)",
