@@ -42,7 +42,7 @@ async def test_metrics_are_on_the_metrics_port_only_by_route_template_with_rate_
         return (after.value(name, **labels) or 0) - (before.value(name, **labels) or 0)
 
     assert statuses == [200, 429, 429]
-    requests = "lumiku_http_requests_total"
+    requests = "lumiku_http_request_duration_seconds_count"
     assert grew(requests, service="gateway", method="POST", route=PROJECTS, status="200") == 1
     assert grew(requests, service="gateway", method="POST", route=PROJECTS, status="429") == 2
     assert grew(requests, service="gateway", method="GET", route=PROJECTS, status="200") == 1

@@ -49,13 +49,12 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _SLOW_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0)
 
 # --- HTTP ---------------------------------------------------------------------------------------------------
-HTTP_REQUESTS = Counter(
-    "lumiku_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
-)
+# One histogram gives rate (its _count), errors (_count by status) and latency, for one observation per request
+# (as OpenTelemetry's http.server.request.duration does).
 HTTP_DURATION = Histogram(
     "lumiku_http_request_duration_seconds",
-    "Time to answer an HTTP request (until the handler returns)",
-    ["service", "method", "route"],
+    "HTTP requests answered: time until the handler returned, by route template and status",
+    ["service", "method", "route", "status"],
     buckets=_LATENCY_BUCKETS,
 )
 RATE_LIMITED = Counter("lumiku_gateway_rate_limited_total", "Requests refused with 429 by a rate-limit rule", ["rule"])
@@ -157,13 +156,12 @@ class timed:  # lower case: used like `suppress`
 
 
 class HttpMetricsMiddleware:
-    """Counts and times every HTTP request by route template and status; pure ASGI, label children cached
-    (the number of templates is bounded), so a request costs two clock reads and two locked increments."""
+    """Times every HTTP request by route template and status; pure ASGI, label children cached (templates
+    and statuses are few), so a request costs two clock reads and one histogram observation."""
 
     def __init__(self, app: ASGIApp, service: str):
         self.app, self.service = app, service
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -180,20 +178,11 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
-
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        method, route = scope["method"], route_template(scope)
-        counter = self._counters.get((method, route, status))
-        if counter is None:
-            counter = self._counters[(method, route, status)] = HTTP_REQUESTS.labels(
-                self.service, method, route, str(status)
-            )
-        timer = self._timers.get((method, route))
-        if timer is None:
-            timer = self._timers[(method, route)] = HTTP_DURATION.labels(self.service, method, route)
-        counter.inc()
-        timer.observe(seconds)
+            key = (scope["method"], route_template(scope), status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = HTTP_DURATION.labels(self.service, key[0], key[1], str(status))
+            child.observe(time.perf_counter() - started)
 
 
 def route_template(scope: Scope) -> str:

@@ -63,7 +63,8 @@ def check_query(expr: str, known: dict[str, set[str]]) -> None:
 def test_the_code_defines_the_metrics_the_issue_asks_for() -> None:
     known = defined()
     for name in (
-        "lumiku_http_requests_total", "lumiku_outbox_pending", "lumiku_outbox_oldest_pending_age_seconds",
+        "lumiku_http_request_duration_seconds_count", "lumiku_outbox_pending",
+        "lumiku_outbox_oldest_pending_age_seconds",
         "lumiku_outbox_published_total", "lumiku_outbox_publish_failures_total", "lumiku_consumer_messages_total",
         "lumiku_consumer_handler_duration_seconds_bucket", "lumiku_queue_messages", "lumiku_dlq_messages",
         "lumiku_credits_holds_active", "lumiku_credits_holds_expired_total", "lumiku_generation_jobs",
@@ -97,7 +98,7 @@ def test_the_checks_catch_drift() -> None:
     known = defined()
     for broken in (
         "max(lumiku_dlq_depth) > 0",  # a name the code does not define
-        'sum(rate(lumiku_http_requests_total{code="500"}[5m]))',  # a label it does not have
+        'sum(rate(lumiku_http_request_duration_seconds_count{code="500"}[5m]))',  # a label it does not have
         "sum by (route) (lumiku_queue_messages)",  # grouping by a label no metric here has
     ):
         with pytest.raises(AssertionError):
