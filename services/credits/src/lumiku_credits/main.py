@@ -36,7 +36,8 @@ def hold_gauges(db: Database, settings: CreditsSettings) -> BackgroundLoop:
         metrics.HOLDS_ACTIVE.set(live)
         metrics.HOLDS_OVERDUE.set(overdue)
 
-    return lambda: periodic("hold-metrics", measure, settings.metrics_refresh_seconds)
+    every = settings.metrics_refresh_seconds
+    return lambda: periodic("hold-metrics", measure, every, first_delay=every)
 
 
 def create_app(settings: CreditsSettings | None = None) -> FastAPI:

@@ -66,7 +66,8 @@ def create_app(
         metrics.set_all(metrics.GENERATION_JOBS, counts.items(), ACTIVE)
 
     async def job_gauges() -> None:
-        await periodic("generation-metrics", measure, settings.metrics_refresh_seconds)
+        every = settings.metrics_refresh_seconds
+        await periodic("generation-metrics", measure, every, first_delay=every)
 
     return create_service(
         ServiceSpec(
