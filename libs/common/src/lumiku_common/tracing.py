@@ -131,10 +131,7 @@ def publishing(routing_key: str, headers: dict[str, Any], service: str) -> Itera
     if _tracer is None:
         yield headers
         return
-    attributes = {SERVICE_ATTRIBUTE: service, "messaging.system": "rabbitmq", "messaging.destination.name": routing_key}
-    with _tracer.start_as_current_span(
-        f"{routing_key} publish", context=_extract(headers), kind=SpanKind.PRODUCER, attributes=attributes
-    ):
+    with _messaging_span(f"{routing_key} publish", SpanKind.PRODUCER, headers, service, routing_key):
         sent = dict(headers)
         _propagator.inject(sent)
         yield sent
@@ -147,11 +144,18 @@ def consuming(queue: str, headers: Mapping[str, Any], service: str) -> Iterator[
     if _tracer is None:
         yield None
         return
-    attributes = {SERVICE_ATTRIBUTE: service, "messaging.system": "rabbitmq", "messaging.destination.name": queue}
-    with _tracer.start_as_current_span(
-        f"{queue} process", context=_extract(headers), kind=SpanKind.CONSUMER, attributes=attributes
-    ):
+    with _messaging_span(f"{queue} process", SpanKind.CONSUMER, headers, service, queue):
         yield current_traceparent()
+
+
+@contextmanager
+def _messaging_span(
+    name: str, kind: SpanKind, headers: Mapping[str, Any], service: str, destination: str
+) -> Iterator[None]:
+    assert _tracer is not None
+    attributes = {SERVICE_ATTRIBUTE: service, "messaging.system": "rabbitmq", "messaging.destination.name": destination}
+    with _tracer.start_as_current_span(name, context=_extract(headers), kind=kind, attributes=attributes):
+        yield
 
 
 def _extract(headers: Mapping[str, Any]) -> Any:
