@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("gateway", "credits", "avatars", "usage", "generation")
+BENCHMARKS = ("gateway", "credits", "avatars", "usage", "generation", "metrics")
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ from lumiku_common.storage import FilesystemStorage
 from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.testing import (
+    Metrics,
     auth,
     delete_queues,
     eventually,
@@ -51,7 +52,7 @@ def settings(tmp_path: Path) -> tuple[ProjectsSettings, CreditsSettings, Avatars
 
 
 @contextlib.contextmanager
-def worker_process(avatars: AvatarsSettings, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(avatars: AvatarsSettings, port: int, metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "ENVIRONMENT": "test",
@@ -62,6 +63,7 @@ def worker_process(avatars: AvatarsSettings, port: int) -> Iterator[subprocess.P
         "STORAGE_PATH": avatars.storage_path,
         "OUTBOX_POLL_SECONDS": "0.05",
         "RUN_WORKERS": "false",  # the worker must switch them on itself
+        "METRICS_PORT": str(metrics_port),
     }
     command = [sys.executable, "-m", "lumiku_common.worker", "avatars", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,9 +101,9 @@ async def test_standalone_worker_serves_probes_relays_and_cascades(settings):
     projects, credits, avatars = settings
     for s, package in ((projects, lumiku_projects), (credits, lumiku_credits), (avatars, lumiku_avatars)):
         await prepare_database(s, Path(package.__file__).parent / "migrations")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     try:
-        with worker_process(avatars, port) as proc:
+        with worker_process(avatars, port, metrics_port) as proc:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as probe:
 
                 async def ready() -> bool:
@@ -112,11 +114,12 @@ async def test_standalone_worker_serves_probes_relays_and_cascades(settings):
 
                 await eventually(ready, timeout=60, interval=0.2, what="worker ready (consumers bound)")
                 assert (await probe.get("/health")).json()["service"] == "avatars"
-                for path in (f"{APP}/avatars", "/docs", "/internal/avatars/by-projects", "/"):
+                for path in (f"{APP}/avatars", "/docs", "/internal/avatars/by-projects", "/", "/metrics"):
                     response = await probe.get(path)
                     assert (response.status_code, response.json()) == (404, {"error": "Not found"}), path
 
             await cascade_through_the_worker(projects, credits, avatars)
+            await worker_metrics(avatars, metrics_port)
     finally:
         await delete_queues(avatars, "avatars.project-events", "avatars.usage-events")
         await delete_queues(credits, "credits.commands")
@@ -152,6 +155,15 @@ async def cascade_through_the_worker(
             return rows == 0 and await stored(avatars) == []
 
         await eventually(cascaded, timeout=20, what="the worker's cascade removed rows and objects")
+
+
+async def worker_metrics(avatars: AvatarsSettings, metrics_port: int) -> None:
+    """What the worker did, on its metrics port: the relay's publishes and the cascade's consumer."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as client:
+        metrics = await Metrics.scrape(client)
+    queue = f"{avatars.queue_prefix}avatars.project-events"
+    assert (metrics.value("lumiku_outbox_published_total", service="avatars") or 0) >= 4  # 2 avatars, 2 captures
+    assert (metrics.value("lumiku_consumer_messages_total", queue=queue, outcome="handled") or 0) >= 1
 
 
 async def stored(avatars: AvatarsSettings) -> list[str]:

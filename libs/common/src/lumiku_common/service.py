@@ -16,14 +16,15 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from lumiku_common import metrics, tracing
 from lumiku_common.db import Database
 from lumiku_common.errors import ServiceUnavailable, install_error_handlers
 from lumiku_common.logs import configure_logging, get_logger
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.consumer import BatchConsumer, BatchHandlers, Consumer, EventHandlers, prune_inbox
-from lumiku_common.messaging.outbox import OutboxRelay, prune_published
+from lumiku_common.messaging.outbox import OutboxRelay, pending, prune_published
 from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
 from lumiku_common.openapi import without_fastapi_422
@@ -57,6 +58,7 @@ class ServiceSpec:
     title: str = ""
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
     stateless: bool = False  # no database, broker or workers (the gateway)
+    public: bool = False  # reachable from the internet (the gateway): metrics only on METRICS_PORT, not /metrics
     readiness: Callable[[FastAPI], Awaitable[dict[str, str]]] | None = None  # replaces db+broker checks
 
 
@@ -68,7 +70,7 @@ class Workers:
         s = spec.settings
         db: Database = app.state.db
         broker: Broker = app.state.broker
-        self.relay = OutboxRelay(db, broker, s.outbox_batch_size, s.outbox_poll_seconds)
+        self.relay = OutboxRelay(db, broker, s.outbox_batch_size, s.outbox_poll_seconds, service=s.service_name)
         self.consumers: list[Consumer] = [
             BatchConsumer(
                 name, db, broker, handlers, queue_prefix=s.queue_prefix, delivery_limit=s.consumer_delivery_limit
@@ -95,6 +97,9 @@ class Workers:
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
         self.tasks.append(asyncio.create_task(prune, name="messaging-prune"))
+        every = self.spec.settings.metrics_refresh_seconds  # first after one interval: start-up is busy enough
+        measure = periodic("messaging-metrics", self.measure, every, first_delay=every)
+        self.tasks.append(asyncio.create_task(measure, name="messaging-metrics"))
         self.tasks += [asyncio.ensure_future(loop()) for loop in self.spec.background]
 
     async def _prune(self) -> None:
@@ -103,6 +108,19 @@ class Workers:
         inbox_rows = await prune_inbox(db, timedelta(days=s.inbox_retention_days))
         if outbox_rows or inbox_rows:
             log.info("messaging_pruned", outbox=outbox_rows, inbox=inbox_rows)
+
+    async def measure(self) -> None:
+        """Refreshes the outbox and queue gauges (a query and two passive declares per queue)."""
+        service = self.spec.settings.service_name
+        count, age = await pending(self.app.state.db)
+        metrics.OUTBOX_PENDING.labels(service).set(count)
+        metrics.OUTBOX_OLDEST_AGE.labels(service).set(age)
+        if not self.consumers_started.is_set():
+            return
+        for consumer in self.consumers:
+            ready, dead = await consumer.depths()
+            metrics.QUEUE_DEPTH.labels(consumer.name).set(ready)
+            metrics.DLQ_DEPTH.labels(consumer.name).set(dead)
 
     async def _start_consumers(self) -> None:
         delay = 0.5
@@ -139,9 +157,16 @@ def create_service(spec: ServiceSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with drain_first(app, settings.shutdown_drain_seconds):
-            async with _lifespan(app):
-                yield
+        metrics_server = metrics.MetricsServer(settings.metrics_port) if settings.metrics_port else None
+        if metrics_server is not None:
+            metrics_server.start()
+        try:
+            with drain_first(app, settings.shutdown_drain_seconds):
+                async with _lifespan(app):
+                    yield
+        finally:
+            if metrics_server is not None:
+                metrics_server.stop()
 
     @asynccontextmanager
     async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -188,9 +213,14 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     app.state.parts = {type(p): p for p in (settings, *spec.parts)}
     if not spec.stateless:
         app.state.db = spec.db or database_for(settings)
+    tracing.configure(settings.service_name)
+    tracing.instrument(app, settings.service_name)  # first: its middleware runs inside the request context
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(metrics.HttpMetricsMiddleware, service=settings.service_name)
     install_error_handlers(app)
     app.include_router(health_router(settings, spec.readiness or infrastructure_checks))
+    if not spec.public:
+        app.include_router(metrics_router())
     for router in spec.routers:
         app.include_router(router)
     without_fastapi_422(app)
@@ -266,6 +296,17 @@ async def infrastructure_checks(app: FastAPI) -> dict[str, str]:
     if workers.consumers and workers.tasks and not workers.consumers_started.is_set():
         checks["consumers"] = "starting"
     return checks
+
+
+def metrics_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/metrics")
+    def scrape() -> Response:  # sync: a multi-process scrape reads files, off the event loop
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return router
 
 
 def health_router(settings: ServiceSettings, readiness: Callable[[FastAPI], Awaitable[dict[str, str]]]) -> APIRouter:

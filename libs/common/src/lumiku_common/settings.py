@@ -61,6 +61,10 @@ class ServiceSettings(BaseSettings):
     shutdown_drain_seconds: float = 0.0
     # Messages being handled on SIGTERM get this long to finish; unfinished ones go back to their queue.
     consumer_drain_seconds: float = 10.0
+    # Prometheus: a separate port for prometheus_client's server (standalone workers, the gateway); services'
+    # own apps also answer /metrics. Gauges read from the database and broker refresh this often.
+    metrics_port: int | None = None
+    metrics_refresh_seconds: float = 15
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     service_urls: dict[str, str] = Field(

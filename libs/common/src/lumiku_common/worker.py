@@ -3,9 +3,10 @@
 Runs the service's own app (built by `lumiku_SERVICE.main:create_app`) with `RUN_WORKERS=true`, so its
 lifespan does everything it does in the API process — migrations, outbox relay, consumers, background
 loops — and serves only `/health` and `/ready` (for probes) on `--port` (default `$PORT`, else 8000); every
-other path answers 404. Deploy it next to API processes started with `RUN_WORKERS=false`, so the API and
-the workers scale apart. Several workers of one service may run at once: the relay hands each outbox row
-to one of them (`SKIP LOCKED`) and queues share deliveries among consumers.
+other path answers 404 (its Prometheus metrics are on `METRICS_PORT` when set). Deploy it next to API
+processes started with `RUN_WORKERS=false`, so the API and the workers scale apart. Several workers of one
+service may run at once: the relay hands each outbox row to one of them (`SKIP LOCKED`) and queues share
+deliveries among consumers.
 """
 
 from __future__ import annotations

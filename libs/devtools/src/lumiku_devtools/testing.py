@@ -296,3 +296,29 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class Metrics:
+    """One scrape of a Prometheus endpoint, parsed: `metrics.value(name, **labels)` (None when absent)."""
+
+    def __init__(self, text: str):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def label_values(self) -> set[str]:
+        return {value for _, labels in self.samples for _, value in labels}
+
+    @classmethod
+    async def scrape(cls, client: httpx.AsyncClient, url: str = "/metrics") -> Metrics:
+        response = await client.get(url)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/plain")
+        return cls(response.text)

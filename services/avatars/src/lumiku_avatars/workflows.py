@@ -35,6 +35,7 @@ from lumiku_common.db import Database
 from lumiku_common.errors import BadRequest
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
+from lumiku_common.metrics import UPLOAD_STAGE, timed
 from lumiku_common.storage import DeleteFailed, Storage
 
 log = get_logger(__name__)
@@ -151,29 +152,37 @@ class AvatarWorkflows:
     async def _create(
         self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], origin: AvatarOrigin
     ) -> Avatar:
-        await self.projects.ensure_owned(user_id, project_id)
+        with timed(UPLOAD_STAGE, "project"):
+            await self.projects.ensure_owned(user_id, project_id)
         # From the header alone: what is no acceptable image is refused before any money moves or pixel decodes.
-        cost = await asyncio.to_thread(images.admit, image, self.limits)
+        with timed(UPLOAD_STAGE, "admit"):
+            cost = await asyncio.to_thread(images.admit, image, self.limits)
         avatar_id = new_id()  # also the upload's id: names the objects and keys the credit hold
-        hold = await self.credits.reserve(
-            ReserveRequest(
-                user_id=user_id,
-                amount=origin.cost,
-                reference_id=avatar_id,
-                reference_type=origin.reference_type,
-                description=f"{origin.label}: {name}",
-                idempotency_key=f"avatar-upload:{avatar_id}",
-                ttl_seconds=self.settings.credit_hold_ttl_seconds,
+        with timed(UPLOAD_STAGE, "hold"):
+            hold = await self.credits.reserve(
+                ReserveRequest(
+                    user_id=user_id,
+                    amount=origin.cost,
+                    reference_id=avatar_id,
+                    reference_type=origin.reference_type,
+                    description=f"{origin.label}: {name}",
+                    idempotency_key=f"avatar-upload:{avatar_id}",
+                    ttl_seconds=self.settings.credit_hold_ttl_seconds,
+                )
             )
-        )
         keys: tuple[str, ...] = ()
         try:
-            original, thumbnail = await images.process(image, self.limits, self.decodes, cost)
+            with timed(UPLOAD_STAGE, "process"):
+                original, thumbnail = await images.process(image, self.limits, self.decodes, cost)
             keys = object_keys(user_id, avatar_id, original.extension, thumbnail.extension)
-            await asyncio.gather(self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data))
-            async with self.db.unit_of_work() as session:
-                avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
-                await service.create_avatar(session, avatar, hold.id)
+            with timed(UPLOAD_STAGE, "store"):
+                await asyncio.gather(
+                    self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data)
+                )
+            with timed(UPLOAD_STAGE, "commit"):
+                async with self.db.unit_of_work() as session:
+                    avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
+                    await service.create_avatar(session, avatar, hold.id)
         except Exception as exc:
             if await asyncio.shield(self._undo(avatar_id, list(keys), hold)):
                 log.warning("upload_commit_unconfirmed_but_done", avatarId=avatar_id, error=repr(exc))

@@ -49,6 +49,18 @@ class CreditsRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
 
+    async def active_hold_counts(self) -> tuple[int, int]:
+        """Active holds (the partial index): (not yet expired, past their expiry but not yet swept)."""
+        now = func.clock_timestamp()
+        live, overdue = (
+            await self.session.execute(
+                select(func.count().filter(Hold.expires_at > now), func.count().filter(Hold.expires_at <= now)).where(
+                    Hold.status == "active"
+                )
+            )
+        ).one()
+        return int(live), int(overdue)
+
     # --- wallets ------------------------------------------------------------------------------------
 
     async def wallet_exists(self, user_id: str) -> bool:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from lumiku_common.errors import RateLimited
 from lumiku_common.logs import get_logger
+from lumiku_common.metrics import RATE_LIMITED
 from lumiku_gateway.routes import APP
 
 log = get_logger(__name__)
@@ -84,4 +85,7 @@ class RateLimiter:
             (now // window + 1) * window for (_, limit, window), n in zip(windows, counts, strict=True) if n > limit
         ]
         if resets:  # allowed again once every exceeded window has reset
+            for (key, limit, _), n in zip(windows, counts, strict=True):
+                if n > limit:
+                    RATE_LIMITED.labels(key.split(":")[1]).inc()  # the rule name, from its key
             raise RateLimited(retry_after=max(1, int(max(resets) - now + 0.999)))

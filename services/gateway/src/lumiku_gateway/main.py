@@ -19,6 +19,7 @@ from lumiku_common.errors import NotFound
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner
 from lumiku_common.messaging import asyncapi
+from lumiku_common.metrics import ROUTE_LABEL_KEY
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.storage import storage_from
@@ -72,6 +73,7 @@ def _router(settings: GatewaySettings) -> APIRouter:
         upstream = upstreams.get(route.service) if route else None
         if route is None or upstream is None:
             raise NotFound()
+        request.scope[ROUTE_LABEL_KEY] = route.template  # counted per route, not per path
         if route.authenticated:
             # Verified here so bad tokens never reach a service; services verify again (defence in depth).
             user = decode_user_token(bearer_token(request), settings.jwt_secret)
@@ -122,6 +124,7 @@ def create_app(
             settings=settings,
             routers=[_router(settings), media.router],
             stateless=True,
+            public=True,  # its metrics are served on METRICS_PORT only, never on the public port
             readiness=readiness,
             on_shutdown=[shutdown],
             title="Lumiku gateway",

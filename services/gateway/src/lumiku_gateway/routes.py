@@ -13,10 +13,16 @@ class Route:
     pattern: re.Pattern[str]
     service: str
     authenticated: bool = True
+    template: str = ""  # the pattern made readable, a bounded metrics label
 
 
 def _route(pattern: str, service: str, authenticated: bool = True) -> Route:
-    return Route(re.compile(pattern), service, authenticated)
+    return Route(re.compile(pattern), service, authenticated, _template(pattern))
+
+
+def _template(pattern: str) -> str:
+    readable = pattern.strip("^$").replace("(/.*)?", "{/rest}").replace("(/[^/]+)?", "{/id}")
+    return readable.replace("[^/]+", "{id}").replace("(/save-preview)?", "{/save-preview}")
 
 
 ROUTES: tuple[Route, ...] = (

@@ -5,6 +5,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from lumiku_common import metrics
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.avatars import AvatarsClient
 from lumiku_common.clients.credits import CreditsClient
@@ -14,7 +15,9 @@ from lumiku_common.periodic import periodic
 from lumiku_common.service import ServiceSpec, create_service, database_for
 from lumiku_generation.endpoints import router
 from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE, job_handlers, project_handlers
+from lumiku_generation.models import ACTIVE
 from lumiku_generation.provider import Provider, provider_from
+from lumiku_generation.repository import GenerationRepository
 from lumiku_generation.settings import GenerationSettings
 from lumiku_generation.signals import Signals
 from lumiku_generation.workflows import GenerationWorkflows
@@ -57,6 +60,15 @@ def create_app(
     async def sweep() -> None:
         await periodic("generation-sweep", workflows.sweep, settings.sweep_seconds, first_delay=settings.sweep_seconds)
 
+    async def measure() -> None:
+        async with db.sessions() as session:
+            counts = await GenerationRepository(session).active_counts()
+        metrics.set_all(metrics.GENERATION_JOBS, counts.items(), ACTIVE)
+
+    async def job_gauges() -> None:
+        every = settings.metrics_refresh_seconds
+        await periodic("generation-metrics", measure, every, first_delay=every)
+
     return create_service(
         ServiceSpec(
             settings=settings,
@@ -64,7 +76,7 @@ def create_app(
             db=db,
             migrations=Path(__file__).parent / "migrations",
             consumers={JOBS_QUEUE: job_handlers(workflows), PROJECTS_QUEUE: project_handlers(settings)},
-            background=[sweep],
+            background=[sweep, job_gauges],
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku generation",

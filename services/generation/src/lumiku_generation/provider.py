@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
+from lumiku_common import metrics
 from lumiku_common.logs import get_logger
 from lumiku_generation.drawing import draw_png
 from lumiku_generation.settings import GenerationSettings
@@ -172,14 +174,18 @@ class HuggingFaceProvider:
         body = self._body(model, request)
         failures = loading = limited = 0
         while True:
+            started = time.perf_counter()
             try:
                 response = await self.http.post(url, json=body, headers=headers)
             except httpx.TimeoutException:
                 reason = "the provider timed out"
+                self._measure(started, None, None)
             except httpx.TransportError as exc:
                 reason = f"the provider could not be reached ({type(exc).__name__})"
+                self._measure(started, None, None)
             else:
                 status = response.status_code
+                self._measure(started, status, response)
                 if status == 200:
                     if not is_image(response.content):
                         raise ProviderRejected("the provider answered without an image")
@@ -211,8 +217,27 @@ class HuggingFaceProvider:
             log.info("provider_retry", model=model.id, reason=reason, attempt=failures, wait=round(wait, 3))
             await self.sleep(wait)
 
+    def _measure(self, started: float, status: int | None, response: httpx.Response | None) -> None:
+        outcome = _outcome(status, response)
+        metrics.PROVIDER_DURATION.labels(self.name, outcome).observe(time.perf_counter() - started)
+        if outcome != "ok":
+            metrics.PROVIDER_ERRORS.labels(self.name, outcome).inc()
+
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _outcome(status: int | None, response: httpx.Response | None) -> str:
+    """The kind of a provider answer, for metrics: no answer (timeout, broken connection) is `failed`."""
+    if status is None or response is None:
+        return "failed"
+    if status == 200:
+        return "ok" if is_image(response.content) else "rejected"
+    if status == 503 and _loading(response) is not None:
+        return "loading"
+    if status == 429:
+        return "rate_limited"
+    return "rejected" if status < 500 else "failed"
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

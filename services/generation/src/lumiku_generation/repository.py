@@ -18,6 +18,13 @@ class GenerationRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
 
+    async def active_counts(self) -> dict[str, int]:
+        """Unfinished jobs by status (the partial index of active jobs)."""
+        rows = await self.session.execute(
+            select(Generation.status, func.count()).where(Generation.status.in_(ACTIVE)).group_by(Generation.status)
+        )
+        return {status: int(count) for status, count in rows.tuples()}
+
     async def add(self, job: Generation, images: Sequence[GenerationImage]) -> None:
         self.session.add(job)
         await self.session.flush()

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common import metrics
 from lumiku_common.clients.credits import release_command
 from lumiku_common.db import utcnow
 from lumiku_common.errors import NotFound
@@ -168,6 +169,7 @@ async def terminate(
         return
     was_running = job.status == "running"
     job.status, job.error, job.finished_at = status, error, utcnow()
+    metrics.GENERATION_FINISHED.labels(status).inc()  # at the decision: a rollback (rare) may count it twice
     job.lease_owner, job.lease_until = None, None
     await session.flush()
     await settle(session, settings, job)

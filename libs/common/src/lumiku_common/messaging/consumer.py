@@ -28,6 +28,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common import metrics, tracing
 from lumiku_common.context import bound, causation_id_var, correlation_id_var, traceparent_var
 from lumiku_common.db import Database, utcnow
 from lumiku_common.logs import get_logger
@@ -116,6 +117,7 @@ class Consumer:
         retry_delay: float = 0.2,
     ):
         self.name = f"{queue_prefix}{name}"
+        self.service = name.split(".", 1)[0]  # purposes are "<service>.<purpose>"
         self.db, self.broker, self.handlers = db, broker, handlers
         self.prefetch = handlers.prefetch or prefetch
         self.delivery_limit, self.retry_delay = delivery_limit, retry_delay
@@ -178,16 +180,34 @@ class Consumer:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
+    async def depths(self) -> tuple[int, int]:
+        """Messages ready in the queue and in its DLQ, by passive declares (no management API needed) on a
+        short-lived channel of their own: a failed passive declare closes its channel."""
+        await self.broker.connect()
+        assert self.broker.connection is not None
+        channel = await self.broker.connection.channel()
+        try:
+            counts = []
+            for name in (self.name, self.dlq_name):
+                queue = await channel.declare_queue(name, passive=True, robust=False)
+                counts.append(queue.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+        return counts[0], counts[1]
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
-            with bound(
-                (correlation_id_var, _str(headers.get("x-correlation-id"))),
-                (causation_id_var, message.message_id),
-                (traceparent_var, _str(headers.get("traceparent"))),
+            with (
+                tracing.consuming(self.name, headers, self.service) as traceparent,
+                bound(
+                    (correlation_id_var, _str(headers.get("x-correlation-id"))),
+                    (causation_id_var, message.message_id),
+                    (traceparent_var, traceparent or _str(headers.get("traceparent"))),
+                ),
             ):
                 await self._handle(message)
         finally:
@@ -200,7 +220,8 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope, event = self._decode(message)
-            handled = await self._apply(envelope, event)
+            with metrics.timed(metrics.HANDLER_DURATION, self.name):
+                handled = await self._apply(envelope, event)
         except Poison as exc:
             await self._dead_letter(message, f"poison: {exc}")
             return
@@ -208,6 +229,7 @@ class Consumer:
             await self._retry_or_dead_letter(message, exc)
             return
         await message.ack()
+        metrics.consumed(self.name, "handled" if handled else "duplicate")
         log.info(
             "event_handled" if handled else "event_duplicate_skipped",
             queue=self.name,
@@ -242,6 +264,7 @@ class Consumer:
             await self._dead_letter(message, f"failed {attempt} times: {exc!r}")
             return
         log.warning("event_handler_failed", queue=self.name, attempt=attempt, error=repr(exc))
+        metrics.consumed(self.name, "retried")
         await asyncio.sleep(self.retry_delay * attempt)
         await message.nack(requeue=True)
 
@@ -254,6 +277,7 @@ class Consumer:
         }
         await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
         await message.ack()
+        metrics.consumed(self.name, "dead_lettered")
 
 
 # --- batch mode -------------------------------------------------------------------------------------------
@@ -407,9 +431,10 @@ class BatchConsumer(Consumer):
         if not ready:
             return
         try:
-            async with self.db.unit_of_work() as session:
-                fresh = await claim_many(session, self.name, _unique([d.envelope for d in ready]))
-                await self._apply_batch(session, _first_of_each(d for d in ready if d.envelope.id in fresh))
+            with metrics.timed(metrics.HANDLER_DURATION, self.name):
+                async with self.db.unit_of_work() as session:
+                    fresh = await claim_many(session, self.name, _unique([d.envelope for d in ready]))
+                    await self._apply_batch(session, _first_of_each(d for d in ready if d.envelope.id in fresh))
         except Exception as exc:
             log.warning("event_batch_failed", queue=self.name, size=len(ready), error=repr(exc))
             for delivery in ready:  # alone now: a poison message takes only itself down
@@ -417,6 +442,8 @@ class BatchConsumer(Consumer):
             return
         for delivery in ready:
             await delivery.message.ack()
+        metrics.consumed(self.name, "handled", len(fresh))
+        metrics.consumed(self.name, "duplicate", len(ready) - len(fresh))
         log.info("event_batch_handled", queue=self.name, size=len(ready), new=len(fresh))
 
     async def _apply_batch(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
@@ -453,6 +480,7 @@ class BatchConsumer(Consumer):
     def _defer(self, delivery: Delivery, attempt: int, reason: Exception) -> None:
         delay = min(self.retry_delay * 2**attempt, self.batch.max_defer_seconds)
         log.warning("event_deferred", queue=self.name, eventId=delivery.envelope.id, retryIn=delay, reason=str(reason))
+        metrics.consumed(self.name, "deferred")
 
         async def later() -> None:
             await asyncio.sleep(delay)
@@ -465,9 +493,11 @@ class BatchConsumer(Consumer):
         if not await self._prepared([delivery], attempt):
             return
         try:
-            async with self.db.unit_of_work() as session:
-                if await claim(session, self.name, delivery.envelope):
-                    await self._apply_batch(session, [delivery])
+            with metrics.timed(metrics.HANDLER_DURATION, self.name):
+                async with self.db.unit_of_work() as session:
+                    handled = await claim(session, self.name, delivery.envelope)
+                    if handled:
+                        await self._apply_batch(session, [delivery])
         except Poison as exc:
             await self._dead_letter(delivery.message, f"poison: {exc}")
             return
@@ -478,6 +508,7 @@ class BatchConsumer(Consumer):
             await self._retry_or_dead_letter(delivery.message, exc)
             return
         await delivery.message.ack()
+        metrics.consumed(self.name, "handled" if handled else "duplicate")
 
 
 async def _never(session: AsyncSession, event: Any, envelope: Envelope) -> None:

@@ -13,10 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common import metrics, tracing
 from lumiku_common.context import causation_id_var, child_traceparent, correlation_id_var, traceparent_var
 from lumiku_common.db import Database, utcnow
 from lumiku_common.logs import get_logger
@@ -44,7 +45,8 @@ async def add_event(
     )
     headers = {
         "x-correlation-id": envelope.correlation_id or envelope.id,
-        "traceparent": child_traceparent(traceparent_var.get()),
+        # The span writing the row when tracing is on, so the relay's publish joins the request's trace.
+        "traceparent": tracing.current_traceparent() or child_traceparent(traceparent_var.get()),
     }
     await session.execute(
         insert(outbox).values(
@@ -69,8 +71,11 @@ class OutboxRelay:
         batch_size: int = 100,
         poll_seconds: float = 0.5,
         max_backoff: float = 5.0,
+        service: str = "unknown",
     ):
-        self.db, self.broker = db, broker
+        self.db, self.broker, self.service = db, broker, service
+        self._published = metrics.OUTBOX_PUBLISHED.labels(service)
+        self._failures = metrics.OUTBOX_PUBLISH_FAILURES.labels(service)
         self.batch_size, self.poll_seconds, self.max_backoff = batch_size, poll_seconds, max_backoff
 
     async def run(self) -> None:
@@ -148,6 +153,8 @@ class OutboxRelay:
             if done:
                 await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow()))
             error = next((r for r in results if isinstance(r, BaseException)), None)
+            self._published.inc(len(done))
+            self._failures.inc(len(failed))
             if failed:
                 await session.execute(
                     update(outbox)
@@ -159,9 +166,18 @@ class OutboxRelay:
         return len(done)
 
     async def _publish(self, row: Any) -> None:
-        await self.broker.publish(
-            json.dumps(row.body, separators=(",", ":")).encode(), row.routing_key, row.event_id, row.headers
-        )
+        with tracing.publishing(row.routing_key, row.headers, self.service) as headers:
+            await self.broker.publish(
+                json.dumps(row.body, separators=(",", ":")).encode(), row.routing_key, row.event_id, headers
+            )
+
+
+async def pending(db: Database) -> tuple[int, float]:
+    """How many rows wait to be published, and the age in seconds of the oldest (0 when none)."""
+    age = func.extract("epoch", func.now() - func.min(outbox.c.created_at))
+    async with db.sessions() as session:
+        count, oldest = (await session.execute(select(func.count(), age).where(outbox.c.published_at.is_(None)))).one()
+    return int(count), float(oldest or 0)
 
 
 async def prune_published(db: Database, older_than: timedelta) -> int:
