@@ -142,7 +142,7 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:  # async: inline, not in a thread
     db: Database = request.app.state.db
     return db
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware import Middleware
 
 from lumiku_common.db import Database
 from lumiku_common.errors import ServiceUnavailable, install_error_handlers
@@ -55,6 +56,9 @@ class ServiceSpec:
     own_docs: bool = True  # the gateway serves the suite's merged docs instead
     stateless: bool = False  # no database, broker or workers (the gateway)
     readiness: Callable[[FastAPI], Awaitable[dict[str, str]]] | None = None  # replaces db+broker checks
+    # Pure-ASGI steps inside the request context (ids, access log, error shape), outermost first: hot paths
+    # that answer without FastAPI's routing (the gateway's pass-through).
+    middleware: Sequence[Middleware] = ()
 
 
 class Workers:
@@ -175,6 +179,8 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     app.state.parts = {type(p): p for p in (settings, *spec.parts)}
     if not spec.stateless:
         app.state.db = spec.db or database_for(settings)
+    for step in reversed(spec.middleware):
+        app.add_middleware(step.cls, *step.args, **step.kwargs)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(health_router(settings, spec.readiness or infrastructure_checks))
@@ -185,11 +191,11 @@ def create_service(spec: ServiceSpec) -> FastAPI:
 
 
 @cache
-def part(kind: type[T]) -> Callable[[Request], T]:
+def part(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
     """The dependency provider of the service's part of type `kind` (one provider per kind, so tests can
-    override it: `app.dependency_overrides[part(Kind)] = ...`)."""
+    override it: `app.dependency_overrides[part(Kind)] = ...`). Async: a plain function would run in a thread."""
 
-    def provide(request: Request) -> T:
+    async def provide(request: Request) -> T:
         found: T = request.app.state.parts[kind]
         return found
 
