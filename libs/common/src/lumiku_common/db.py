@@ -88,8 +88,11 @@ def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS
 class Database:
     def __init__(self, url: str, source: str, pool_size: int = 10, notify_outbox: bool = False):
         self.url, self.source = url, source
+        # At most 2 x pool_size connections, the cap pool_size + overflow had, but opened lazily and kept once
+        # open: an overflow connection was closed when returned, so a burst above pool_size in-flight requests
+        # reconnected (TCP, TLS attempt, authentication) on every request it lasted.
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=RECYCLE_SECONDS
+            url, pool_size=2 * pool_size, max_overflow=0, pool_recycle=RECYCLE_SECONDS
         )
         ping_when_idle(self.engine.sync_engine)
         self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -97,7 +97,11 @@ class AvatarOut(AvatarAttributes):
     def of(cls, avatar: Avatar | Row[Any], media: MediaUrls, **extra: Any) -> Self:
         """The avatar (an ORM object, or a Core row of the avatars table) as clients see it: storage keys become
         signed, expiring URLs."""
-        fields = {name: getattr(avatar, name) for name in cls.model_fields if hasattr(avatar, name)}
+        if isinstance(avatar, Row):
+            row = avatar._mapping  # a row's missing attribute costs an exception; its mapping does not
+            fields = {name: row[name] for name in cls.model_fields if name in row}
+        else:
+            fields = {name: getattr(avatar, name) for name in cls.model_fields if hasattr(avatar, name)}
         return cls.model_validate(
             {
                 **fields,

@@ -35,7 +35,7 @@ class ProjectReads:
     async def get(self, user_id: str, project_id: str) -> ProjectOut | None:
         result = await self.conn.execute(select(*_OUT).where(Project.id == project_id, Project.user_id == user_id))
         row = result.first()
-        return ProjectOut.model_validate(row) if row is not None else None
+        return ProjectOut.model_validate(row._asdict()) if row is not None else None
 
     async def list(self, user_id: str, offset: int, limit: int) -> tuple[list[ProjectOut], int]:
         """One page and the total in one round trip (the total rides on each row); a page past the end counts
@@ -45,7 +45,7 @@ class ProjectReads:
         query = select(*_OUT, total).where(owned).order_by(Project.created_at.desc(), Project.id.desc())
         rows = (await self.conn.execute(query.offset(offset).limit(limit))).all()
         if rows:
-            return [ProjectOut.model_validate(row) for row in rows], int(rows[0].total)
+            return [ProjectOut.model_validate(row._asdict()) for row in rows], int(rows[0].total)
         if offset == 0:
             return [], 0
         return [], int(await self.conn.scalar(select(func.count()).where(owned)) or 0)
