@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few seconds of load, checked against the floor")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.requests, args.single, args.rounds = 300, 60, 1
+        args.requests, args.single, args.rounds = 200, 40, 1
     code = asyncio.run(run(args.requests, args.single, args.rounds, args.smoke))
     if code:
         sys.exit(code)
