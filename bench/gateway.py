@@ -344,6 +344,8 @@ async def run(requests: int, single: int, rounds: int, smoke: bool = False) -> i
     regressions = check_smoke(ratios)
     for line in regressions:
         print(f"REGRESSED {line}", file=sys.stderr)
+    for failure, count in runner.failures.items():
+        print(f"FAILED REQUESTS x{count}: {failure}", file=sys.stderr)
     return 1 if regressions or runner.failures else 0
 
 
