@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-unit test-fast coverage fuzz lint typecheck bench infra clean validate-deploy
+.PHONY: install dev test test-unit test-fast coverage fuzz lint typecheck bench bench-smoke infra clean validate-deploy
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -52,6 +52,11 @@ test-fast: install
 
 bench: install infra
 	$(UV) run python -m bench
+
+# A few seconds of load per operation: fails when CPU per request / the framework floor of the same run grows
+# more than 30 % over bench/gateway_expected.json (see bench/README.md).
+bench-smoke: install infra
+	$(UV) run python -m bench.gateway --smoke
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache .data

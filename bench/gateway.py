@@ -1,22 +1,27 @@
-"""Gateway overhead: the same requests straight to the projects service and through the gateway.
+"""CPU per request, per process, against a framework floor measured in the same run.
 
-Runs projects and the gateway as real uvicorn subprocesses on free ports, against a dedicated database
-(`lumiku_projects_bench`, recreated each run) and event exchange (`lumiku.events.bench`), so it never
-touches development data. Direct and gateway runs are interleaved (direct, gateway, direct, gateway) and
-each side is summarised by the median of its two runs, which halves the effect of a noisy neighbour.
+Runs projects, credits, avatars, the gateway and the floor (bench.floor: a bare Starlette app answering the
+composed `GET /projects` JSON) as real uvicorn subprocesses on free ports, against dedicated databases
+(recreated each run) and a dedicated exchange, so it never touches development data. One user owns 20
+projects, five of them with an uploaded avatar. Each operation runs at 16 clients (CPU and throughput) and at
+one client (latency), straight to its service and through the gateway; rounds are interleaved and summarised
+by their median, which damps a noisy neighbour.
 
-    uv run python -m bench.gateway [--requests 1000] [--concurrency 16]
+CPU is each process's user + system time (`/proc/<pid>/stat`) before and after the 16-client run, divided by
+the requests served: unlike latency it barely moves when the machine is busy.
+
+    uv run python -m bench.gateway [--requests 1000] [--single 300] [--rounds 2]
+    uv run python -m bench.gateway --smoke     # CI-sized; exit 1 when CPU/floor regressed by more than 30 %
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,109 +29,128 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 import httpx
+from PIL import Image
 
-from bench.lib import Stats, measure, report
+from bench.lib import Process, Stats, free_port, measure, report
 from lumiku_common.auth import mint_user_token
 from lumiku_common.settings import ServiceSettings
-from lumiku_devtools.suite import uvicorn_command
 
-DATABASE = "lumiku_projects_bench"
+__all__ = ["Process", "free_port", "main"]  # bench.avatars starts its processes with these
+
+DATABASES = {
+    "projects": "lumiku_projects_bench",
+    "credits": "lumiku_credits_bench_gw",
+    "avatars": "lumiku_avatars_bench_gw",
+}
 EXCHANGE = "lumiku.events.bench"
-PROJECTS_PATH = "/api/apps/avatar-creator/projects"
+APP = "/api/apps/avatar-creator"
 RATE_LIMIT_RULES = ("api", "create-project", "upload-avatar", "generate-avatar")
-SEEDED_PROJECTS = 20
-WARMUP = 20  # what the list benchmark pages through (one page of the default size)
+SEEDED_PROJECTS, SEEDED_AVATARS = 20, 5
+WARMUP = 20
+MEASURED = ("gateway", "projects", "avatars", "floor")  # credits is started (uploads reserve credits) but idle
+EXPECTED = Path(__file__).parent / "gateway_expected.json"
+SMOKE_TOLERANCE = 1.3  # the smoke fails when CPU per request / floor grows by more than 30 %
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@dataclass(frozen=True)
+class Operation:
+    name: str  # "GET /projects via gateway"
+    target: str  # the process the client calls
+    method: str
+    path: str
+    body: Callable[[int], dict[str, str]] | None = None
 
 
-class Process:
-    """One uvicorn subprocess; its output goes to a temporary file, printed if it fails to start."""
+@dataclass
+class Result:
+    operation: Operation
+    cpu_ms: dict[str, float]  # per process, per request, median of rounds
+    busy: Stats  # 16 clients
+    single: Stats  # 1 client
 
-    def __init__(self, name: str, factory: str, port: int, env: dict[str, str]):
-        self.name, self.port = name, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            uvicorn_command(factory, port, "--log-level", "warning"),
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} was not ready within {timeout}s:\n{self.output()}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (Linux /proc; NaN elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+    @property
+    def cpu_total(self) -> float:
+        return sum(self.cpu_ms.values())
 
 
-async def recreate_database(postgres_url: str) -> None:
-    """A fresh bench database each run keeps runs comparable (same table sizes) and dev data untouched."""
+async def recreate_databases(postgres_url: str) -> None:
+    """Fresh bench databases each run keep runs comparable (same table sizes) and dev data untouched."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(f"{postgres_url.rstrip('/')}/postgres", isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+            for database in DATABASES.values():
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
     finally:
         await engine.dispose()
 
 
+def _start(processes: dict[str, Process], name: str, factory: str, env: dict[str, str]) -> Process:
+    process = Process(name, factory, free_port(), env)
+    processes[name] = process
+    process.wait_ready()
+    return process
+
+
 @contextmanager
-def suite(base_env: dict[str, str]) -> Iterator[tuple[Process, Process]]:
-    processes: list[Process] = []
+def suite(env: dict[str, str]) -> Iterator[dict[str, Process]]:
+    processes: dict[str, Process] = {}
     try:
-        projects = Process("projects", "lumiku_projects.main:create_app", free_port(), base_env)
-        processes.append(projects)
-        projects.wait_ready()
-        gateway_env = {**base_env, "SERVICE_URLS": json.dumps({"projects": projects.url})}
-        gateway = Process("gateway", "lumiku_gateway.main:create_app", free_port(), gateway_env)
-        processes.append(gateway)
-        gateway.wait_ready()
-        yield projects, gateway
+        urls: dict[str, str] = {}
+        for name in ("projects", "credits", "avatars"):
+            service_env = env | {"DATABASE_NAME": DATABASES[name], "SERVICE_URLS": json.dumps(urls)}
+            urls[name] = _start(processes, name, f"lumiku_{name}.main:create_app", service_env).url
+        _start(processes, "gateway", "lumiku_gateway.main:create_app", env | {"SERVICE_URLS": json.dumps(urls)})
+        yield processes
     finally:
-        for p in reversed(processes):
+        for p in reversed(processes.values()):
             p.stop()
+
+
+def _small_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((320, 240)).convert("RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+async def seed(client: httpx.AsyncClient, gateway: str, headers: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The lister's projects (newest first is how they list) and avatars."""
+    projects = []
+    for i in range(SEEDED_PROJECTS):
+        created = await client.post(f"{gateway}{APP}/projects", json={"name": f"Seed {i}"}, headers=headers)
+        created.raise_for_status()
+        projects.append(created.json()["project"]["id"])
+    avatars, image = [], _small_jpeg()
+    for project in projects[:SEEDED_AVATARS]:
+        files = {"image": ("photo.jpg", image, "image/jpeg")}
+        uploaded = await client.post(
+            f"{gateway}{APP}/projects/{project}/avatars", data={"name": "Bench"}, files=files, headers=headers
+        )
+        uploaded.raise_for_status()
+        avatars.append(uploaded.json()["avatar"]["id"])
+    return projects, avatars
+
+
+def operations(project: str, avatar: str) -> list[Operation]:
+    def rename(i: int) -> dict[str, str]:
+        return {"name": f"Renamed {i}", "description": "updated by bench.gateway"}  # a real write each time
+
+    return [
+        Operation("floor (bare Starlette, same JSON)", "floor", "GET", "/"),
+        Operation("GET /projects direct", "projects", "GET", f"{APP}/projects"),
+        Operation("GET /projects via gateway (composed)", "gateway", "GET", f"{APP}/projects"),
+        Operation("GET /avatars/:id direct", "avatars", "GET", f"{APP}/avatars/{avatar}"),
+        Operation("GET /avatars/:id via gateway", "gateway", "GET", f"{APP}/avatars/{avatar}"),
+        Operation("PUT /projects/:id direct", "projects", "PUT", f"{APP}/projects/{project}", rename),
+        Operation("PUT /projects/:id via gateway (composed)", "gateway", "PUT", f"{APP}/projects/{project}", rename),
+    ]
 
 
 def _describe(exc: Exception) -> str:
@@ -155,140 +179,188 @@ def median_stats(name: str, runs: list[Stats]) -> Stats:
     )
 
 
-async def run(requests: int, concurrency: int) -> Path:
+class Runner:
+    def __init__(self, client: httpx.AsyncClient, processes: dict[str, Process], headers: dict[str, str]):
+        self.client, self.processes, self.headers = client, processes, headers
+        self.failures: Counter[str] = Counter()
+
+    def op(self, operation: Operation) -> Callable[[int], Awaitable[object]]:
+        url = f"{self.processes[operation.target].url}{operation.path}"
+
+        async def call(i: int) -> None:
+            body = operation.body(i) if operation.body else None
+            try:
+                response = await self.client.request(operation.method, url, json=body, headers=self.headers)
+                response.raise_for_status()
+            except Exception as exc:
+                self.failures[_describe(exc)] += 1
+                raise
+
+        return call
+
+    async def busy(self, operation: Operation, requests: int, concurrency: int) -> tuple[Stats, dict[str, float]]:
+        measured = [p for name, p in self.processes.items() if name in MEASURED]
+        before = {p.name: p.cpu_seconds() for p in measured}
+        stats = await measure(
+            f"{operation.name} c={concurrency}",
+            self.op(operation),
+            concurrency=concurrency,
+            requests=requests,
+            warmup=WARMUP,
+            progress=False,
+        )
+        served = requests + WARMUP
+        cpu = {p.name: (p.cpu_seconds() - before[p.name]) * 1000 / served for p in measured}
+        print(stats.line(), " cpu ms/req", {k: round(v, 3) for k, v in cpu.items() if v > 0}, file=sys.stderr)
+        return stats, cpu
+
+    async def single(self, operation: Operation, requests: int) -> Stats:
+        name = f"{operation.name} c=1"
+        stats = await measure(name, self.op(operation), concurrency=1, requests=requests, warmup=5, progress=False)
+        print(stats.line(), file=sys.stderr, flush=True)
+        return stats
+
+
+def _who_serves(operation: Operation) -> set[str]:
+    """The processes a request of `operation` runs in (others' CPU in that window is idle noise)."""
+    if operation.target == "floor":
+        return {"floor"}
+    if operation.target == "gateway":
+        return {"gateway", "projects", "avatars"}  # composition, or avatars' own call to projects
+    return {"projects", "avatars"} if operation.target == "avatars" else {operation.target}
+
+
+async def measure_all(runner: Runner, ops: list[Operation], requests: int, single: int, rounds: int) -> list[Result]:
+    busy: dict[str, list[Stats]] = {op.name: [] for op in ops}
+    single_runs: dict[str, list[Stats]] = {op.name: [] for op in ops}
+    cpu: dict[str, list[dict[str, float]]] = {op.name: [] for op in ops}
+    for _ in range(rounds):
+        for operation in ops:
+            # The floor answers cheaply, so it serves more requests: its CPU is read in 10 ms clock ticks.
+            n = requests * 3 if operation.target == "floor" else requests
+            stats, used = await runner.busy(operation, n, 16)
+            busy[operation.name].append(stats)
+            cpu[operation.name].append(used)
+            single_runs[operation.name].append(await runner.single(operation, single))
+    results = []
+    for operation in ops:
+        per_process = {
+            name: round(statistics.median(run[name] for run in cpu[operation.name]), 3)
+            for name in sorted(_who_serves(operation), key=MEASURED.index)
+        }
+        results.append(
+            Result(
+                operation,
+                per_process,
+                median_stats(f"{operation.name} c=16", busy[operation.name]),
+                median_stats(f"{operation.name} c=1", single_runs[operation.name]),
+            )
+        )
+    return results
+
+
+def table(results: list[Result]) -> str:
+    floor = results[0]
+    lines = [
+        "| operation | CPU ms/request (per process) | total | x floor | req/s at 16 | x floor | p95 at 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        per = ", ".join(f"{name} {ms:.2f}" for name, ms in r.cpu_ms.items())
+        lines.append(
+            f"| {r.operation.name} | {per} | {r.cpu_total:.2f} | {r.cpu_total / floor.cpu_total:.1f} "
+            f"| {r.busy.throughput:.0f} | {r.busy.throughput / floor.busy.throughput:.2f} | {r.single.p95_ms:.1f} ms |"
+        )
+    return "\n".join(lines)
+
+
+def ratios_of(results: list[Result]) -> dict[str, float]:
+    floor = results[0]
+    ratios: dict[str, float] = {}
+    for r in results[1:]:
+        ratios[f"{r.operation.name}: cpu/floor"] = round(r.cpu_total / floor.cpu_total, 2)
+        ratios[f"{r.operation.name}: throughput/floor"] = round(r.busy.throughput / floor.busy.throughput, 3)
+    return ratios
+
+
+def check_smoke(ratios: dict[str, float]) -> list[str]:
+    """The CPU ratios more than 30 % above the checked-in ones (bench/gateway_expected.json)."""
+    expected: dict[str, float] = json.loads(EXPECTED.read_text())
+    return [
+        f"{key}: {ratios[key]:.2f} > {want:.2f} x {SMOKE_TOLERANCE}"
+        for key, want in expected.items()
+        if key in ratios and ratios[key] > want * SMOKE_TOLERANCE
+    ]
+
+
+async def run(requests: int, single: int, rounds: int, smoke: bool = False) -> int:
     settings = ServiceSettings(environment="development")
-    await recreate_database(settings.postgres_url)
+    await recreate_databases(settings.postgres_url)
+    workdir = Path(tempfile.mkdtemp(prefix="lumiku-bench-gateway-"))
     env = {
         **os.environ,
         "ENVIRONMENT": "development",
         "LOG_LEVEL": "WARNING",
-        "DATABASE_NAME": DATABASE,
         "EVENTS_EXCHANGE": EXCHANGE,
         "QUEUE_PREFIX": "bench.",
+        "STORAGE_PATH": str(workdir / "objects"),
         "PYTHONUNBUFFERED": "1",
-        # The gateway's per-user limits (100 requests/min, 10 projects/hour) would answer 429 within the first
-        # second. They stay enabled, so the Redis counting is part of the measured overhead, but far out of reach.
+        # The per-user limits (100 requests/min) would answer 429 within the first second. They stay enabled,
+        # so the limiter is part of the measured cost, but far out of reach.
         "RATE_LIMIT_ENABLED": "true",
         "RATE_LIMITS": json.dumps({name: "100000000/60" for name in RATE_LIMIT_RULES}),
     }
-    # The services' dev defaults; an outer JWT_SECRET in the environment is passed through to both.
     secret = env.get("JWT_SECRET", settings.jwt_secret)
-    run_id = uuid.uuid4().hex[:8]
-
-    def auth(user: str) -> dict[str, str]:
-        token = mint_user_token(secret, f"bench-{user}-{run_id}", f"{user}@bench.example")
-        return {"Authorization": f"Bearer {token}"}
-
-    lister, creator = auth("lister"), auth("creator")
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    token = mint_user_token(secret, f"bench-lister-{uuid.uuid4().hex[:8]}", "lister@bench.example")
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     started = time.monotonic()
-    with suite(env) as (projects, gateway):
+    with suite(env) as processes:
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            for i in range(SEEDED_PROJECTS):
-                seeded = await client.post(f"{projects.url}{PROJECTS_PATH}", json={"name": f"Seed {i}"}, headers=lister)
-                seeded.raise_for_status()
-
-            def list_op(base: str) -> Callable[[int], Awaitable[object]]:
-                async def op(_: int) -> None:
-                    response = await client.get(f"{base}{PROJECTS_PATH}", headers=lister)
-                    response.raise_for_status()
-
-                return op
-
-            def create_op(base: str) -> Callable[[int], Awaitable[object]]:
-                async def op(i: int) -> None:
-                    body = {"name": f"Bench {i}", "description": "created by bench.gateway"}
-                    response = await client.post(f"{base}{PROJECTS_PATH}", json=body, headers=creator)
-                    response.raise_for_status()
-
-                return op
-
-            failures: Counter[str] = Counter()
-
-            def counted(op: Callable[[int], Awaitable[object]]) -> Callable[[int], Awaitable[object]]:
-                async def wrapped(i: int) -> object:
-                    try:
-                        return await op(i)
-                    except Exception as exc:
-                        failures[_describe(exc)] += 1
-                        raise
-
-                return wrapped
-
-            raw: list[Stats] = []
-            # CPU milliseconds each process spent per request: unlike latency, barely moved by a busy machine.
-            sides = ("direct", "gateway")
-            cpu: dict[str, dict[str, dict[str, list[float]]]] = {
-                op: {side: {"projects": [], "gateway": []} for side in sides} for op in ("list", "create")
-            }
-            summary: dict[str, dict[str, Stats]] = {}
-            for operation, make in (("list", list_op), ("create", create_op)):
-                runs: dict[str, list[Stats]] = {"direct": [], "gateway": []}
-                for round_ in (1, 2):
-                    for side, base in (("direct", projects.url), ("gateway", gateway.url)):
-                        cpu_before = {p.name: p.cpu_seconds() for p in (projects, gateway)}
-                        stats = await measure(
-                            f"{operation} {side} #{round_}",
-                            counted(make(base)),
-                            concurrency=concurrency,
-                            requests=requests,
-                            warmup=WARMUP,
-                            progress=False,
-                        )
-                        print(stats.line(), file=sys.stderr, flush=True)
-                        raw.append(stats)
-                        served = requests + WARMUP
-                        for p in (projects, gateway):
-                            cpu[operation][side][p.name].append((p.cpu_seconds() - cpu_before[p.name]) * 1000 / served)
-                        runs[side].append(stats)
-                summary[operation] = {side: median_stats(f"{operation} {side} (median)", r) for side, r in runs.items()}
-
-    ratios: dict[str, float] = {}
-    for operation, by_side in summary.items():
-        direct, via = by_side["direct"], by_side["gateway"]
-        ratios[f"{operation}_p50_ratio"] = round(via.p50_ms / direct.p50_ms, 3)
-        ratios[f"{operation}_p95_ratio"] = round(via.p95_ms / direct.p95_ms, 3)
-        ratios[f"{operation}_throughput_ratio"] = round(via.throughput / direct.throughput, 3)
-        ratios[f"{operation}_added_p50_ms"] = round(via.p50_ms - direct.p50_ms, 2)
-        gateway_cpu = statistics.median(cpu[operation]["gateway"]["gateway"])
-        projects_cpu = statistics.median(cpu[operation]["direct"]["projects"])
-        ratios[f"{operation}_gateway_cpu_ms_per_request"] = round(gateway_cpu, 3)
-        ratios[f"{operation}_projects_cpu_ms_per_request"] = round(projects_cpu, 3)
-        ratios[f"{operation}_gateway_cpu_ratio"] = round(gateway_cpu / projects_cpu, 3)
-    medians = [s for by_side in summary.values() for s in by_side.values()]
-    return report(
-        "gateway",
-        medians + raw,
-        ratios,
-        notes={
-            "what": "projects list (GET, 20 rows) and create (POST) straight to projects vs through the gateway",
-            "method": "interleaved direct/gateway/direct/gateway; '(median)' rows are the median of the two runs",
-            "ratios": "gateway / direct: p50 and p95 latency (>1 = slower), throughput (<1 = fewer requests/s)",
-            "client": f"one httpx.AsyncClient, HTTP/1.1 keep-alive, pool {concurrency * 2}, same machine",
-            "processes": "one uvicorn worker each for projects and gateway; client in a third process",
-            "rate_limits": "gateway limiter on (Redis counters per request) with limits raised out of reach",
-            "database": DATABASE,
-            "exchange": EXCHANGE,
-            "wall_seconds": round(time.monotonic() - started, 1),
-            "errors": dict(failures),
-            "cpu_ms_per_request": {
-                op: {
-                    side: {name: [round(v, 3) for v in values] for name, values in procs.items()}
-                    for side, procs in by.items()
-                }
-                for op, by in cpu.items()
-            },
-            "cpu_ratio": "gateway CPU per proxied request / projects CPU per direct request (the gateway's cost)",
-        },
-    )
+            gateway = processes["gateway"].url
+            projects, avatars = await seed(client, gateway, headers)
+            composed = await client.get(f"{gateway}{APP}/projects", headers=headers)
+            composed.raise_for_status()
+            (workdir / "floor.json").write_bytes(composed.content)
+            _start(processes, "floor", "bench.floor:create_app", env | {"FLOOR_BODY": str(workdir / "floor.json")})
+            runner = Runner(client, processes, headers)
+            results = await measure_all(runner, operations(projects[0], avatars[0]), requests, single, rounds)
+    ratios = ratios_of(results)
+    print(table(results))
+    notes: dict[str, Any] = {
+        "table": table(results).splitlines(),
+        "cpu_ms_per_request": {r.operation.name: r.cpu_ms for r in results},
+        "method": f"{rounds} interleaved round(s); 16-client runs of {requests} requests (floor 3x), 1-client runs "
+        f"of {single}; medians over rounds",
+        "client": "one httpx.AsyncClient, HTTP/1.1 keep-alive, in a third process on the same machine",
+        "processes": "one uvicorn worker each; rate limiter on with limits out of reach",
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "errors": dict(runner.failures),
+    }
+    stats = [s for r in results for s in (r.busy, r.single)]
+    report("gateway-smoke" if smoke else "gateway", stats, ratios, notes)
+    if not smoke:
+        return 0
+    regressions = check_smoke(ratios)
+    for line in regressions:
+        print(f"REGRESSED {line}", file=sys.stderr)
+    for failure, count in runner.failures.items():
+        print(f"FAILED REQUESTS x{count}: {failure}", file=sys.stderr)
+    return 1 if regressions or runner.failures else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="requests per run (4 runs per operation)")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=1000, help="requests per 16-client run")
+    parser.add_argument("--single", type=int, default=300, help="requests per 1-client run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds of load, checked against the floor")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.requests, args.concurrency))
+    if args.smoke:
+        args.requests, args.single, args.rounds = 200, 40, 1
+    code = asyncio.run(run(args.requests, args.single, args.rounds, args.smoke))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
+
+import httpx
+
+from lumiku_devtools.suite import uvicorn_command
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -112,3 +120,60 @@ def report(
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Process:
+    """One uvicorn subprocess; its output goes to a temporary file, printed if it fails to start."""
+
+    def __init__(self, name: str, factory: str, port: int, env: dict[str, str]):
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            uvicorn_command(factory, port, "--log-level", "warning"),
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} was not ready within {timeout}s:\n{self.output()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (Linux /proc; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

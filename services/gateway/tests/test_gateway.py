@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import httpx
@@ -212,6 +213,22 @@ async def test_rate_limits_answer_429_with_retry_after_per_user():
     assert limited.json()["error"] == "Too many requests"
     assert 1 <= int(limited.headers["retry-after"]) <= 3600
     assert other_user.status_code == 200 and reads.status_code == 200
+
+
+async def test_concurrent_requests_counted_together_are_each_counted_exactly():
+    """Requests that arrive while a count is in flight share the next Redis call: still one count each, so
+    exactly the limit passes, shared by two gateways (two processes' worth of limiters on one Redis)."""
+    transports = {"projects": httpx.ASGITransport(app=echo_app())}
+    limits = {"api": "1000/60", "create-project": "7/3600"}
+    user = f"burst-{RUN_ID}"
+    async with (
+        gateway({"projects": "http://projects"}, transports, rate_limit_enabled=True, rate_limits=limits) as one,
+        gateway({"projects": "http://projects"}, transports, rate_limit_enabled=True, rate_limits=limits) as two,
+    ):
+        headers = auth(settings_for_tests(GatewaySettings), user)
+        burst = [api.post(f"{APP}/projects", json={}, headers=headers) for api in (one, two) for _ in range(10)]
+        statuses = Counter(response.status_code for response in await asyncio.gather(*burst))
+    assert statuses == {200: 7, 429: 13}
 
 
 async def test_save_preview_counts_against_the_upload_limit():

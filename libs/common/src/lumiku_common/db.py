@@ -1,12 +1,19 @@
 """Database per service: async engine, a unit of work per request/message, and database bootstrap.
 
 Services and repositories never commit: the request (or message) scope commits once at the end, so a
-state change and the events it causes land together or not at all.
+state change and the events it causes land together or not at all. Hot reads that change nothing use
+`ReadConnection` instead: one statement at a time without BEGIN/COMMIT (each statement of a transaction at
+READ COMMITTED sees its own snapshot anyway, so a read of several statements loses no guarantee).
+
+A connection is pinged only when it comes out of the pool after sitting idle (`PING_AFTER_IDLE_SECONDS`): a
+ping per checkout was a round trip per request. One found dead then is replaced before use (the pool retries
+the checkout); one that dies while busy fails its request with 503 and the pool reconnects for the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Set
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -14,10 +21,12 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.pool import ConnectionPoolEntry
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -53,12 +62,40 @@ def apply_changes(entity: object, changes: dict[str, Any], clearable: Set[str] =
     return bool(changed)
 
 
+PING_AFTER_IDLE_SECONDS = 10.0
+RECYCLE_SECONDS = 1800  # below the idle timeouts of the usual proxies and load balancers in front of PostgreSQL
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Pre-ping only the connections idle for `idle_seconds`; a dead one is discarded and the checkout retried
+    with a new connection (what `pool_pre_ping` does on every checkout)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("connection found dead after idling") from exc
+
+
 class Database:
     def __init__(self, url: str, source: str, pool_size: int = 10, notify_outbox: bool = False):
         self.url, self.source = url, source
+        # At most 2 x pool_size connections, the cap pool_size + overflow had, but opened lazily and kept once
+        # open: an overflow connection was closed when returned, so a burst above pool_size in-flight requests
+        # reconnected (TCP, TLS attempt, authentication) on every request it lasted.
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            url, pool_size=2 * pool_size, max_overflow=0, pool_recycle=RECYCLE_SECONDS
         )
+        ping_when_idle(self.engine.sync_engine)
+        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # `source` names this service in the envelopes of the events its sessions stage.
         self.sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, info={"source": source, "notify_outbox": notify_outbox}
@@ -77,6 +114,12 @@ class Database:
                 raise
             if session.info.pop("outbox_written", False):
                 self.outbox_signal.set()
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that change nothing: no transaction, nothing to commit."""
+        async with self.read_engine.connect() as conn:
+            yield conn
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -102,7 +145,7 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:  # async: inline, not in a thread
     db: Database = request.app.state.db
     return db
 
@@ -117,3 +160,12 @@ async def _request_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
 
 # scope="function": commit before the response is sent, so a 201 always means "committed".
 DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+
+
+async def _read_connection(db: DatabaseDep) -> AsyncIterator[AsyncConnection]:
+    async with db.reading() as conn:
+        yield conn
+
+
+# For GET endpoints that only read: statements run outside any transaction (see the module's docstring).
+ReadConnection = Annotated[AsyncConnection, Depends(_read_connection, scope="function")]

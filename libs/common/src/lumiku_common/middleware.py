@@ -8,6 +8,7 @@ value can only be junk, and deeper down it fails in surprising places (PostgreSQ
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from urllib.parse import unquote_to_bytes
@@ -26,10 +27,13 @@ from lumiku_common.logs import get_logger
 
 LOGGER_NAME = "http"
 log = get_logger(LOGGER_NAME)
+_access_log = logging.getLogger(LOGGER_NAME)  # asked for the level first: the line's fields cost even if dropped
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = {"/health", "/ready"}
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_PLAIN = re.compile(rb"[^\x20-\x24\x26-\x7e]")  # anything but printable ASCII without `%`
+_ID_HEADERS = frozenset({b"x-request-id", b"x-correlation-id", b"traceparent"})
 # Added to every response that does not set its own (the gateway's /media sets its own caching): answers
 # are per user and must not be cached or sniffed into another content type.
 DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
@@ -37,6 +41,8 @@ DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", 
 
 def _is_clean(raw: bytes) -> bool:
     """True when `raw` percent-decodes to UTF-8 text without control characters."""
+    if not _NOT_PLAIN.search(raw):
+        return True  # printable ASCII without escapes, what nearly every request has: nothing to decode
     if _BAD_ESCAPE.search(raw):
         return False
     try:
@@ -63,12 +69,14 @@ def _with_defaults(status: int, headers: list[tuple[bytes, bytes]]) -> list[tupl
     return [*headers, *added]
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
+def _ids(scope: Scope) -> dict[bytes, str]:
+    """The id headers the client sent (the first of each), those safe to log and pass on; one pass."""
+    found: dict[bytes, str] = {}
+    for key, value in scope.get("headers", ()):
+        if key in _ID_HEADERS and key not in found:
             text = value.decode("latin-1")
-            return text if _SAFE_ID.match(text) else None
-    return None
+            found[key] = text if _SAFE_ID.match(text) else ""
+    return found
 
 
 class RequestContextMiddleware:
@@ -79,9 +87,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _header(scope, b"x-request-id") or new_id()
-        correlation_id = _header(scope, b"x-correlation-id") or request_id
-        traceparent = child_traceparent(_header(scope, b"traceparent"))
+        ids = _ids(scope)
+        request_id = ids.get(b"x-request-id") or new_id()
+        correlation_id = ids.get(b"x-correlation-id") or request_id
+        traceparent = child_traceparent(ids.get(b"traceparent"))
         with bound((request_id_var, request_id), (correlation_id_var, correlation_id), (traceparent_var, traceparent)):
             await self._handle(scope, receive, send, request_id, correlation_id)
 
@@ -109,7 +118,7 @@ class RequestContextMiddleware:
             if not response_started:
                 await _send_json(send_with_ids, 500, {"error": "Internal server error", "requestId": request_id})
         finally:
-            if scope["path"] not in _QUIET_PATHS:
+            if scope["path"] not in _QUIET_PATHS and _access_log.isEnabledFor(logging.INFO):
                 log.info(
                     "request",
                     method=scope["method"],

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
+from starlette.responses import Response
 
 
 def iso_utc(value: datetime) -> str:
@@ -43,6 +44,13 @@ class CamelModel(BaseModel):
         serialize_by_alias=True,
         from_attributes=True,
     )
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """`model` as JSON bytes, serialised once by pydantic-core. Hot endpoints return this (and keep declaring
+    `response_model` for the docs): a returned model is validated against `response_model` again, dumped to
+    Python and only then encoded."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 class RequestModel(CamelModel):

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 
 from lumiku_common import metrics, tracing
 from lumiku_common.db import Database
@@ -60,6 +61,9 @@ class ServiceSpec:
     stateless: bool = False  # no database, broker or workers (the gateway)
     public: bool = False  # reachable from the internet (the gateway): metrics only on METRICS_PORT, not /metrics
     readiness: Callable[[FastAPI], Awaitable[dict[str, str]]] | None = None  # replaces db+broker checks
+    # Pure-ASGI steps inside the request context (ids, access log, error shape), outermost first: hot paths
+    # that answer without FastAPI's routing (the gateway's pass-through).
+    middleware: Sequence[Middleware] = ()
 
 
 class Workers:
@@ -213,8 +217,11 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     app.state.parts = {type(p): p for p in (settings, *spec.parts)}
     if not spec.stateless:
         app.state.db = spec.db or database_for(settings)
+    for step in reversed(spec.middleware):
+        app.add_middleware(step.cls, *step.args, **step.kwargs)
     tracing.configure(settings.service_name)
-    tracing.instrument(app, settings.service_name)  # first: its middleware runs inside the request context
+    # Added after the pass-through steps so its span's traceparent is bound around them (calls they forward).
+    tracing.instrument(app, settings.service_name)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(metrics.HttpMetricsMiddleware, service=settings.service_name)
     install_error_handlers(app)
@@ -228,11 +235,11 @@ def create_service(spec: ServiceSpec) -> FastAPI:
 
 
 @cache
-def part(kind: type[T]) -> Callable[[Request], T]:
+def part(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
     """The dependency provider of the service's part of type `kind` (one provider per kind, so tests can
-    override it: `app.dependency_overrides[part(Kind)] = ...`)."""
+    override it: `app.dependency_overrides[part(Kind)] = ...`). Async: a plain function would run in a thread."""
 
-    def provide(request: Request) -> T:
+    async def provide(request: Request) -> T:
         found: T = request.app.state.parts[kind]
         return found
 

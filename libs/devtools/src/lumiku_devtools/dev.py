@@ -56,6 +56,17 @@ def _wait_ready(port: int, timeout: float = 60) -> bool:
     return False
 
 
+def workers(cores: int | None = None, overrides: str | None = None) -> dict[str, int]:
+    """uvicorn workers per process of `lumiku dev`. One each below 4 cores: the six processes, PostgreSQL,
+    RabbitMQ and Redis already share them, and a second worker only adds memory. With more cores the gateway
+    (every request passes it) and projects and avatars (every composed `GET /projects`) get more.
+    `DEV_WORKERS='{"gateway": 3}'` overrides."""
+    cores = cores or os.cpu_count() or 1
+    counts = {"gateway": max(1, cores // 4), "projects": max(1, cores // 8), "avatars": max(1, cores // 8)}
+    counts.update(json.loads(overrides or "{}"))
+    return counts
+
+
 def run() -> None:
     settings = ServiceSettings()
     check_infrastructure(settings)
@@ -64,15 +75,18 @@ def run() -> None:
     env = {**os.environ, "SERVICE_URLS": json.dumps(urls)}
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(factory: str, port: int) -> None:
-        processes.append(subprocess.Popen(uvicorn_command(factory, port), env=env))
+    counts = workers(overrides=os.environ.get("DEV_WORKERS"))
+
+    def start(name: str, factory: str, port: int) -> None:
+        options = ("--workers", str(counts[name])) if counts.get(name, 1) > 1 else ()
+        processes.append(subprocess.Popen(uvicorn_command(factory, port, *options), env=env))
 
     for service in SERVICES:  # each migrates its own database at start-up
-        start(service.factory, service.port)
+        start(service.name, service.factory, service.port)
     for service in SERVICES:
         if not _wait_ready(service.port):
             print(f"lumiku dev: {service.name} did not start; see its log above", file=sys.stderr)
-    start(GATEWAY.factory, gateway_port)
+    start(GATEWAY.name, GATEWAY.factory, gateway_port)
     _wait_ready(gateway_port)
     token = mint_user_token(settings.jwt_secret, "dev-user", "dev@example.com")
     admin = mint_user_token(settings.jwt_secret, "dev-admin", "admin@example.com", "admin")

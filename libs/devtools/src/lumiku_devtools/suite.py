@@ -45,5 +45,7 @@ def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
         "--no-access-log",
         "--http",
         PROTOCOL,
+        "--loop",
+        "uvloop",  # explicit: `auto` silently falls back to asyncio's slower loop if uvloop is missing
         *options,
     ]

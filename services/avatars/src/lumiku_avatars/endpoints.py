@@ -13,6 +13,7 @@ from lumiku_avatars.schemas import (
     AvatarListResponse,
     AvatarOut,
     AvatarResponse,
+    AvatarsByProjectOut,
     AvatarUpdate,
     AvatarUploadFields,
     AvatarWithProject,
@@ -35,9 +36,9 @@ from lumiku_common.clients.avatars import (
     generated_path,
     owner_path,
 )
-from lumiku_common.db import DbSession
+from lumiku_common.db import DbSession, ReadConnection
 from lumiku_common.openapi import AUTHENTICATED, responses
-from lumiku_common.schemas import PageParams, Pagination
+from lumiku_common.schemas import PageParams, Pagination, json_response
 
 APP = "/api/apps/avatar-creator"
 router = APIRouter(prefix=APP, tags=["avatars"], responses=AUTHENTICATED)
@@ -110,11 +111,9 @@ async def avatar_stats(user: CurrentUser, session: DbSession, media: MediaDep) -
 
 
 @router.get("/avatars/{avatar_id}", response_model=AvatarDetailResponse, responses=responses(404))
-async def get_avatar(
-    user: CurrentUser, workflows: WorkflowsDep, media: MediaDep, avatar_id: str
-) -> AvatarDetailResponse:
+async def get_avatar(user: CurrentUser, workflows: WorkflowsDep, media: MediaDep, avatar_id: str) -> Response:
     avatar, project = await workflows.detail(user.id, avatar_id)
-    return AvatarDetailResponse(avatar=AvatarWithProject(**AvatarOut.of(avatar, media).model_dump(), project=project))
+    return json_response(AvatarDetailResponse(avatar=AvatarWithProject.of(avatar, media, project=project)))
 
 
 @router.put("/avatars/{avatar_id}", response_model=AvatarResponse, responses=responses(400, 404))
@@ -133,15 +132,12 @@ async def delete_avatar(user: CurrentUser, session: DbSession, janitor: JanitorD
 
 @internal.get(BY_PROJECTS, response_model=AvatarsByProject)
 async def avatars_by_projects(
-    _: ServiceCaller, session: DbSession, media: MediaDep, query: Annotated[ByProjectsQuery, Query()]
-) -> AvatarsByProject:
+    _: ServiceCaller, conn: ReadConnection, media: MediaDep, query: Annotated[ByProjectsQuery, Query()]
+) -> Response:
     """The gateway's composition of projects with their avatars: the newest N of each, in one query."""
-    grouped = await service.newest_by_project(session, query.user_id, query.ids, query.limit_per_project)
-    return AvatarsByProject(
-        avatars={
-            pid: [AvatarOut.of(a, media).model_dump(mode="json") for a in avatars] for pid, avatars in grouped.items()
-        }
-    )
+    grouped = await service.newest_by_project(conn, query.user_id, query.ids, query.limit_per_project)
+    avatars = {pid: [AvatarOut.of(a, media) for a in rows] for pid, rows in grouped.items()}
+    return json_response(AvatarsByProjectOut(avatars=avatars))
 
 
 @internal.get(owner_path("{avatar_id}"), response_model=AvatarOwner)

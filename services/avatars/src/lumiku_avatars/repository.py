@@ -3,10 +3,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, text, update
+from sqlalchemy import ColumnElement, Row, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, ObjectDeletion
@@ -78,19 +79,6 @@ class AvatarRepository:
         rows = await self.session.execute(query)
         total = await self.session.scalar(select(func.count()).select_from(Avatar).where(*conditions))
         return list(rows.scalars()), int(total or 0)
-
-    async def newest_per_project(self, user_id: str, project_ids: Sequence[str], per_project: int) -> list[Avatar]:
-        rank = (
-            func.row_number().over(partition_by=Avatar.project_id, order_by=_NEWEST).label("rank")  # type: ignore[arg-type]
-        )
-        ranked = select(Avatar.id, rank).where(Avatar.user_id == user_id, Avatar.project_id.in_(project_ids)).subquery()
-        rows = await self.session.execute(
-            select(Avatar)
-            .join(ranked, ranked.c.id == Avatar.id)
-            .where(ranked.c.rank <= per_project)
-            .order_by(Avatar.project_id, *_NEWEST)
-        )
-        return list(rows.scalars())
 
     async def delete(self, avatar: Avatar) -> None:
         await self.session.execute(delete(Avatar).where(Avatar.id == avatar.id))
@@ -229,3 +217,30 @@ class ObjectDeletionRepository:
         await self.session.execute(
             update(ObjectDeletion).where(ObjectDeletion.key.in_(keys)).values(requested_at=func.now())
         )
+
+
+class AvatarReads:
+    """Hot reads as Core rows of the avatars table (`AvatarOut.of` takes them): no ORM objects built only to be
+    serialised, and no transaction (see lumiku_common.db.ReadConnection)."""
+
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def get(self, user_id: str, avatar_id: str) -> Row[Any] | None:
+        table = Avatar.__table__
+        result = await self.conn.execute(select(table).where(table.c.id == avatar_id, table.c.user_id == user_id))
+        return result.first()
+
+    async def newest_per_project(self, user_id: str, project_ids: Sequence[str], per_project: int) -> list[Row[Any]]:
+        rank = (
+            func.row_number().over(partition_by=Avatar.project_id, order_by=_NEWEST).label("rank")  # type: ignore[arg-type]
+        )
+        ranked = select(Avatar.id, rank).where(Avatar.user_id == user_id, Avatar.project_id.in_(project_ids)).subquery()
+        table = Avatar.__table__
+        rows = await self.conn.execute(
+            select(table)
+            .join(ranked, ranked.c.id == table.c.id)
+            .where(ranked.c.rank <= per_project)
+            .order_by(table.c.project_id, *_NEWEST)
+        )
+        return list(rows.all())

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
+from sqlalchemy import Row
 
 from lumiku_avatars.models import Avatar
 from lumiku_common.clients.projects import ProjectInfo
@@ -93,14 +94,20 @@ class AvatarOut(AvatarAttributes):
     updated_at: UtcDatetime
 
     @classmethod
-    def of(cls, avatar: Avatar, media: MediaUrls) -> AvatarOut:
-        """The avatar as clients see it: storage keys become signed, expiring URLs."""
-        fields = {name: getattr(avatar, name) for name in cls.model_fields if hasattr(avatar, name)}
+    def of(cls, avatar: Avatar | Row[Any], media: MediaUrls, **extra: Any) -> Self:
+        """The avatar (an ORM object, or a Core row of the avatars table) as clients see it: storage keys become
+        signed, expiring URLs."""
+        if isinstance(avatar, Row):
+            row = avatar._mapping  # a row's missing attribute costs an exception; its mapping does not
+            fields = {name: row[name] for name in cls.model_fields if name in row}
+        else:
+            fields = {name: getattr(avatar, name) for name in cls.model_fields if hasattr(avatar, name)}
         return cls.model_validate(
             {
                 **fields,
                 "base_image_url": media.url(avatar.base_image_key),
                 "thumbnail_url": media.url(avatar.thumbnail_key),
+                **extra,
             }
         )
 
@@ -113,6 +120,12 @@ class AvatarResponse(CamelModel):
     success: bool = True
     avatar: AvatarOut
     message: str | None = None
+
+
+class AvatarsByProjectOut(CamelModel):
+    """What `lumiku_common.clients.avatars.AvatarsByProject` reads, typed here so it is serialised in one go."""
+
+    avatars: dict[str, list[AvatarOut]]
 
 
 class AvatarDetailResponse(CamelModel):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import ObjectJanitor
-from lumiku_avatars.repository import AvatarRepository, CountedUse
+from lumiku_avatars.repository import AvatarReads, AvatarRepository, CountedUse
 from lumiku_avatars.schemas import AvatarFilters, AvatarOut, AvatarStats, AvatarUpdate
 from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner
 from lumiku_common.clients.credits import capture_command
@@ -117,11 +119,18 @@ async def record_usages(session: AsyncSession, usages: Sequence[tuple[UsageRecor
     return await AvatarRepository(session).count_usages(uses)
 
 
+async def read_avatar(conn: AsyncConnection, user_id: str, avatar_id: str) -> Row[Any]:
+    avatar = await AvatarReads(conn).get(user_id, avatar_id)
+    if avatar is None:
+        raise AvatarNotFound()
+    return avatar
+
+
 async def newest_by_project(
-    session: AsyncSession, user_id: str, project_ids: Sequence[str], per_project: int
-) -> dict[str, list[Avatar]]:
-    grouped: dict[str, list[Avatar]] = {pid: [] for pid in project_ids}
-    for avatar in await AvatarRepository(session).newest_per_project(user_id, project_ids, per_project):
+    conn: AsyncConnection, user_id: str, project_ids: Sequence[str], per_project: int
+) -> dict[str, list[Row[Any]]]:
+    grouped: dict[str, list[Row[Any]]] = {pid: [] for pid in project_ids}
+    for avatar in await AvatarReads(conn).newest_per_project(user_id, project_ids, per_project):
         grouped[avatar.project_id].append(avatar)
     return grouped
 

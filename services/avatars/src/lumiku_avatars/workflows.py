@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Row
 
 from lumiku_avatars import images, service
 from lumiku_avatars.form import ImageRequired, UploadForm, too_large
@@ -143,10 +144,10 @@ class AvatarWorkflows:
         except Exception as exc:
             log.warning("generated_undo_objects_failed", avatarId=avatar_id, error=repr(exc))
 
-    async def detail(self, user_id: str, avatar_id: str) -> tuple[Avatar, ProjectInfo]:
+    async def detail(self, user_id: str, avatar_id: str) -> tuple[Row[Any], ProjectInfo]:
         """The avatar and the project it belongs to (`GET /avatars/:id` shows both)."""
-        async with self.db.unit_of_work() as session:
-            avatar = await service.get_avatar(session, user_id, avatar_id)
+        async with self.db.reading() as conn:
+            avatar = await service.read_avatar(conn, user_id, avatar_id)
         return avatar, await self.projects.ensure_owned(user_id, avatar.project_id)
 
     async def _create(

@@ -10,12 +10,12 @@ answer, the projects are still returned (with `avatars: []`) and the response sa
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Any
 
+import pydantic_core
 from fastapi import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from lumiku_common.auth import User
 from lumiku_common.clients.avatars import AvatarJson, AvatarsClient
@@ -42,14 +42,14 @@ class ProjectComposer:
 
     @staticmethod
     def _shape(request: Request) -> str | None:
-        path = request.url.path
+        path = request.scope["path"]
         return "list" if _LIST.match(path) else "one" if _ONE.match(path) else None
 
     def applies(self, request: Request) -> bool:
         return (request.method, self._shape(request)) in _COMPOSED
 
     async def respond(self, projects: Upstream, request: Request, user: User) -> Response:
-        one = _ONE.match(request.url.path)
+        one = _ONE.match(request.scope["path"])
         if request.method == "GET" and one is None:
             return await self._list(projects, request, user)
         # A project just created has no avatars yet; for one project, both are asked at once.
@@ -113,7 +113,7 @@ def _json_of(response: Response, key: str, kind: type) -> dict[str, Any] | None:
     ):
         return None
     try:
-        body = json.loads(bytes(response.body))
+        body = pydantic_core.from_json(bytes(response.body))
     except ValueError:
         return None
     if not isinstance(body, dict) or not isinstance(body.get(key), kind):
@@ -124,8 +124,10 @@ def _json_of(response: Response, key: str, kind: type) -> dict[str, Any] | None:
     return body
 
 
-def _composed(upstream: Response, body: dict[str, Any], degraded: bool) -> JSONResponse:
+def _composed(upstream: Response, body: dict[str, Any], degraded: bool) -> Response:
     headers = {k: v for k, v in upstream.headers.items() if k not in ("content-length", "content-type")}
     if degraded:
         headers["X-Composition-Degraded"] = "avatars"
-    return JSONResponse(body, status_code=upstream.status_code, headers=headers)
+    # pydantic-core encodes in one native pass (json.dumps walks every avatar in Python).
+    content = pydantic_core.to_json(body)
+    return Response(content, status_code=upstream.status_code, headers=headers, media_type="application/json")

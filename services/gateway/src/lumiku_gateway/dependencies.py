@@ -10,8 +10,6 @@ from fastapi import Depends
 from lumiku_common.media import MediaSigner
 from lumiku_common.service import part
 from lumiku_common.storage import Storage
-from lumiku_gateway.composition import ProjectComposer
-from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
 from lumiku_gateway.upstreams import Upstreams
 
@@ -26,6 +24,4 @@ class Media:
 
 UpstreamsDep = Annotated[Upstreams, Depends(part(Upstreams))]
 OpenAPIDep = Annotated[SuiteOpenAPI, Depends(part(SuiteOpenAPI))]
-ComposerDep = Annotated[ProjectComposer, Depends(part(ProjectComposer))]
-LimiterDep = Annotated[RateLimiter, Depends(part(RateLimiter))]
 MediaDep = Annotated[Media, Depends(part(Media))]

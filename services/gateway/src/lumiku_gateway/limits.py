@@ -2,13 +2,20 @@
 
 If Redis is unreachable the gateway lets requests through (and logs it): limits protect the suite, they
 must not take it down.
+
+Every request is counted in Redis, exactly, so every replica sees the same counts and the 429 contract holds
+across processes. What is saved is the round trip per request: one script call is in flight at a time per
+process, and the requests that arrive meanwhile are counted together by the next (each INCR still its own,
+in arrival order). A lone request calls at once, itself, so latency and cost at low load are unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -55,13 +62,65 @@ return counts
 """
 
 
+_Waiting = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
+
+
+class _Counter:
+    """Counts windows in Redis, the requests that wait for a call in flight together in the next call."""
+
+    def __init__(self, redis: Redis):
+        self._script = redis.register_script(_COUNT)
+        self._waiting: list[_Waiting] = []
+        self._busy = False  # a call is in flight
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def count(self, keys: list[str], expiries: list[int]) -> list[int]:
+        if self._busy:
+            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            self._waiting.append((keys, expiries, future))
+            return await future
+        self._busy = True
+        try:
+            return [int(n) for n in await self._script(keys=keys, args=expiries)]
+        finally:
+            # Whoever arrived meanwhile goes in one call, from its own task: this request may be cancelled.
+            if self._waiting:
+                self._drainer = asyncio.ensure_future(self._drain())
+            else:
+                self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._call(batch)
+        finally:
+            self._busy = False
+
+    async def _call(self, batch: list[_Waiting]) -> None:
+        keys = [key for waiting in batch for key in waiting[0]]
+        args = [expiry for waiting in batch for expiry in waiting[1]]
+        try:
+            counts: list[Any] = await self._script(keys=keys, args=args)
+        except Exception as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for waiting_keys, _, future in batch:
+            if not future.done():  # a waiter whose request was cancelled meanwhile
+                future.set_result([int(n) for n in counts[start : start + len(waiting_keys)]])
+            start += len(waiting_keys)
+
+
 class RateLimiter:
     """Without Redis (rate limits switched off) every request passes."""
 
     def __init__(self, redis: Redis | None, limits: dict[str, str]):
         self.redis = redis
         self.limits = {name: parse_limit(spec) for name, spec in limits.items()}
-        self._count = redis.register_script(_COUNT) if redis is not None else None
+        self._count = _Counter(redis).count if redis is not None else None
 
     async def check(self, user_id: str, method: str, path: str) -> None:
         """Counts the request against every rule it matches; raises RateLimited when one is exceeded."""
@@ -77,7 +136,7 @@ class RateLimiter:
         if not windows:
             return
         try:
-            counts = await self._count(keys=[w[0] for w in windows], args=[w[2] + 1 for w in windows])
+            counts = await self._count([w[0] for w in windows], [w[2] + 1 for w in windows])
         except (RedisError, OSError) as exc:
             log.warning("rate_limit_unavailable", error=repr(exc))
             return

@@ -7,30 +7,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from redis.asyncio import Redis
+from starlette.middleware import Middleware
 from starlette.responses import Response
 
-from lumiku_common.auth import ServiceTokens, bearer_token, decode_user_token
+from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.avatars import AvatarsClient
 from lumiku_common.errors import NotFound
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner
 from lumiku_common.messaging import asyncapi
-from lumiku_common.metrics import ROUTE_LABEL_KEY
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.storage import storage_from
 from lumiku_gateway import media
 from lumiku_gateway.composition import ProjectComposer
 from lumiku_gateway.cors import CorsMiddleware
-from lumiku_gateway.dependencies import ComposerDep, LimiterDep, Media, OpenAPIDep, UpstreamsDep
+from lumiku_gateway.dependencies import Media, OpenAPIDep, UpstreamsDep
 from lumiku_gateway.limits import RateLimiter
 from lumiku_gateway.openapi import SuiteOpenAPI
-from lumiku_gateway.proxy import forward
-from lumiku_gateway.routes import match
+from lumiku_gateway.passthrough import PassThrough
 from lumiku_gateway.settings import GatewaySettings
 from lumiku_gateway.upstreams import Upstreams
 
@@ -68,19 +67,9 @@ def _router(settings: GatewaySettings) -> APIRouter:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Lumiku Avatar Creator API")
 
     @router.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def proxy(request: Request, upstreams: UpstreamsDep, limiter: LimiterDep, composer: ComposerDep) -> Response:
-        route = match(request.url.path)
-        upstream = upstreams.get(route.service) if route else None
-        if route is None or upstream is None:
-            raise NotFound()
-        request.scope[ROUTE_LABEL_KEY] = route.template  # counted per route, not per path
-        if route.authenticated:
-            # Verified here so bad tokens never reach a service; services verify again (defence in depth).
-            user = decode_user_token(bearer_token(request), settings.jwt_secret)
-            await limiter.check(user.id, request.method, request.url.path)
-            if composer.applies(request):
-                return await composer.respond(upstream, request, user)
-        return await forward(upstream, request)
+    async def unrouted() -> Response:
+        """Routed paths are answered before FastAPI (lumiku_gateway.passthrough); what reaches here no service owns."""
+        raise NotFound()
 
     return router
 
@@ -130,6 +119,7 @@ def create_app(
             title="Lumiku gateway",
             own_docs=False,
             parts=[upstreams, limiter, composer, media_parts, suite_openapi],
+            middleware=[Middleware(PassThrough, settings.jwt_secret, upstreams, limiter, composer)],
         )
     )
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins)  # outermost: errors carry CORS too

@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from starlette.responses import Response
 
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
-from lumiku_common.db import DbSession
+from lumiku_common.db import DbSession, ReadConnection
 from lumiku_common.openapi import AUTHENTICATED, responses
-from lumiku_common.schemas import PageParams, Pagination
+from lumiku_common.schemas import PageParams, Pagination, json_response
 from lumiku_projects import service
 from lumiku_projects.schemas import (
     DeletedResponse,
@@ -25,34 +26,28 @@ internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
 @router.get("", response_model=ProjectListResponse, responses=responses(400))
-async def list_projects(
-    user: CurrentUser, session: DbSession, page: Annotated[PageParams, Query()]
-) -> ProjectListResponse:
-    projects, total = await service.list_projects(session, user.id, page.offset, page.limit)
-    return ProjectListResponse(
-        projects=[ProjectOut.model_validate(p) for p in projects],
-        pagination=Pagination.of(page.page, page.limit, total),
-    )
+async def list_projects(user: CurrentUser, conn: ReadConnection, page: Annotated[PageParams, Query()]) -> Response:
+    projects, total = await service.list_projects(conn, user.id, page.offset, page.limit)
+    return json_response(ProjectListResponse(projects=projects, pagination=Pagination.of(page.page, page.limit, total)))
 
 
 @router.post("", response_model=ProjectChangedResponse, status_code=201, responses=responses(400))
-async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> ProjectChangedResponse:
+async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> Response:
     project = await service.create_project(session, user.id, body)
-    return ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
+    created = ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
+    return json_response(created, 201)
 
 
 @router.get("/{project_id}", response_model=ProjectResponse, responses=responses(404))
-async def get_project(user: CurrentUser, session: DbSession, project_id: str) -> ProjectResponse:
-    project = await service.get_project(session, user.id, project_id)
-    return ProjectResponse(project=ProjectOut.model_validate(project))
+async def get_project(user: CurrentUser, conn: ReadConnection, project_id: str) -> Response:
+    return json_response(ProjectResponse(project=await service.read_project(conn, user.id, project_id)))
 
 
 @router.put("/{project_id}", response_model=ProjectChangedResponse, responses=responses(400, 404))
-async def update_project(
-    user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate
-) -> ProjectChangedResponse:
+async def update_project(user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate) -> Response:
     project = await service.update_project(session, user.id, project_id, body)
-    return ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
+    updated = ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
+    return json_response(updated)
 
 
 @router.delete("/{project_id}", response_model=DeletedResponse, responses=responses(404))
@@ -63,7 +58,7 @@ async def delete_project(user: CurrentUser, session: DbSession, project_id: str)
 
 @internal.get(project_path("{project_id}"), response_model=ProjectInfo)
 async def get_project_internal(
-    _: ServiceCaller, session: DbSession, project_id: str, user_id: Annotated[str, Query(alias=USER_ID_PARAM)]
-) -> ProjectInfo:
+    _: ServiceCaller, conn: ReadConnection, project_id: str, user_id: Annotated[str, Query(alias=USER_ID_PARAM)]
+) -> Response:
     """Ownership check for other services: 404 unless the project exists and belongs to `userId`."""
-    return ProjectInfo.model_validate(await service.get_project(session, user_id, project_id))
+    return json_response(await service.read_project(conn, user_id, project_id))

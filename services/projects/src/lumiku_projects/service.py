@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import apply_changes
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
 from lumiku_projects.models import Project
-from lumiku_projects.repository import ProjectRepository
-from lumiku_projects.schemas import ProjectCreate, ProjectUpdate
+from lumiku_projects.repository import ProjectReads, ProjectRepository
+from lumiku_projects.schemas import ProjectCreate, ProjectOut, ProjectUpdate
 
 
 async def get_project(session: AsyncSession, user_id: str, project_id: str) -> Project:
@@ -20,8 +20,15 @@ async def get_project(session: AsyncSession, user_id: str, project_id: str) -> P
     return project
 
 
-async def list_projects(session: AsyncSession, user_id: str, offset: int, limit: int) -> tuple[list[Project], int]:
-    return await ProjectRepository(session).list(user_id, offset, limit)
+async def read_project(conn: AsyncConnection, user_id: str, project_id: str) -> ProjectOut:
+    project = await ProjectReads(conn).get(user_id, project_id)
+    if project is None:
+        raise ProjectNotFound()
+    return project
+
+
+async def list_projects(conn: AsyncConnection, user_id: str, offset: int, limit: int) -> tuple[list[ProjectOut], int]:
+    return await ProjectReads(conn).list(user_id, offset, limit)
 
 
 async def create_project(session: AsyncSession, user_id: str, data: ProjectCreate) -> Project:
