@@ -15,7 +15,7 @@ from lumiku_common.clients.avatars import AvatarNotFound
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import UsageRecorded
-from lumiku_common.messaging.outbox import add_event
+from lumiku_common.messaging.outbox import add_events, outbox_row
 from lumiku_usage.models import PARTITION_PREFIX, KnownAvatar, UsageEvent
 from lumiku_usage.repository import UsageRepository, partition_name
 from lumiku_usage.schemas import (
@@ -122,17 +122,21 @@ async def record(session: AsyncSession, uses: Sequence[Use]) -> list[UsageEvent]
         hours[hour_key] = hours.get(hour_key, 0) + 1
     await repository.bump_totals(totals)
     await repository.bump_hours(hours)
-    for row, use in zip(rows, kept, strict=True):
-        with use.context:
-            event = UsageRecorded(
-                usage_id=row["id"],
-                avatar_id=row["avatar_id"],
-                app_id=row["app_id"],
-                action=row["action"],
-                used_at=row["created_at"],
-            )
-            await add_event(session, event, user_id=row["user_id"], subject=row["avatar_id"])
+    await add_events(session, [_recorded(session, row, use) for row, use in zip(rows, kept, strict=True)])
     return [UsageEvent(**row) for row in rows]
+
+
+def _recorded(session: AsyncSession, row: dict[str, Any], use: Use) -> dict[str, Any]:
+    """The `usage.recorded` outbox row of a use, staged in the use's own correlation context."""
+    event = UsageRecorded(
+        usage_id=row["id"],
+        avatar_id=row["avatar_id"],
+        app_id=row["app_id"],
+        action=row["action"],
+        used_at=row["created_at"],
+    )
+    with use.context:
+        return outbox_row(session, event, user_id=row["user_id"], subject=row["avatar_id"])[1]
 
 
 async def track(session: AsyncSession, user_id: str, body: TrackUsageRequest) -> TrackUsageResponse:

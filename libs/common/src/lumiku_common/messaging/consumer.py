@@ -87,7 +87,9 @@ async def claim_many(session: AsyncSession, consumer: str, envelopes: list[Envel
         return set()
     rows = [{"consumer": consumer, "event_id": e.id, "event_type": e.type} for e in envelopes]
     rows.sort(key=lambda r: r["event_id"])  # one lock order for concurrent batches
-    result = await session.execute(insert(inbox).values(rows).on_conflict_do_nothing().returning(inbox.c.event_id))
+    # Many parameter sets: SQLAlchemy sends them as one multi-row INSERT from a cached compilation (a
+    # `.values(rows)` statement is compiled again for every batch).
+    result = await session.execute(insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id), rows)
     return set(result.scalars())
 
 

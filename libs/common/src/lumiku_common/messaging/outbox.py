@@ -33,6 +33,15 @@ async def add_event(
     session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
 ) -> Envelope:
     """Stage `event` in the current unit of work; it is published only if the transaction commits."""
+    envelope, row = outbox_row(session, event, user_id=user_id, subject=subject)
+    await add_events(session, [row])
+    return envelope
+
+
+def outbox_row(
+    session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
+) -> tuple[Envelope, dict[str, Any]]:
+    """The envelope of `event` and its outbox row, in the current correlation context (not written yet)."""
     envelope = envelope_for(
         event,
         source=session.info.get("source", "unknown"),
@@ -46,19 +55,24 @@ async def add_event(
         "x-correlation-id": envelope.correlation_id or envelope.id,
         "traceparent": child_traceparent(traceparent_var.get()),
     }
-    await session.execute(
-        insert(outbox).values(
-            event_id=envelope.id,
-            routing_key=envelope.type,
-            body=envelope.model_dump(mode="json"),
-            headers=headers,
-        )
-    )
+    row = {
+        "event_id": envelope.id,
+        "routing_key": envelope.type,
+        "body": envelope.model_dump(mode="json"),
+        "headers": headers,
+    }
+    return envelope, row
+
+
+async def add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Stages outbox rows (`outbox_row`) in one statement: a batch of events costs one round trip."""
+    if not rows:
+        return
+    await session.execute(insert(outbox), rows)
     if not session.info.get("outbox_written") and session.info.get("notify_outbox"):
         # Delivered at commit (and only then) to every relay listening on this database, in any process.
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
     session.info["outbox_written"] = True
-    return envelope
 
 
 class OutboxRelay:
