@@ -11,8 +11,10 @@
    (row ~90k, by cursor), vs the plain indexed `SELECT … ORDER BY created_at DESC, id DESC LIMIT 100` on the
    same table (asyncpg, same deep position).
 
-The suite runs in-process (projects, credits, avatars, usage behind the gateway) on their own databases and
-queues (namespace `bench_usage`).
+The suite runs as real processes (projects, credits, avatars, usage behind the gateway; uvicorn, as `make dev`
+starts them), on their own databases and queues (namespace `bench_usage`); `--one-process` runs it all
+in-process instead, where the three hops of an ingested use (usage's consumer, its relay, avatars' consumer)
+share one event loop with the publisher and the raw baseline.
 
     uv run python -m bench.usage [--events 5000] [--repeat 3] [--rows 100000] [--samples 200]
                                  [--only ingest propagation history]
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ from lumiku_common.settings import ServiceSettings
 from lumiku_credits.main import create_app as create_credits
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.gateway import gateway_for
+from lumiku_devtools.processes import real_suite
 from lumiku_devtools.testing import auth, delete_queues, prepare_database, settings_for_tests
 from lumiku_projects.main import create_app as create_projects
 from lumiku_projects.settings import ProjectsSettings
@@ -318,7 +323,9 @@ async def rounds_of_ingest(
     return statistics.median(ratios), notes
 
 
-async def run(events: int, rows: int, samples: int, repeat: int, only: set[str]) -> None:
+@contextlib.asynccontextmanager
+async def in_process() -> AsyncIterator[tuple[httpx.AsyncClient, UsageSettings, AvatarsSettings]]:
+    """Every service and the gateway in this process, on one event loop (and one core)."""
     storage = Path(f"/tmp/lumiku-bench-usage-{uuid.uuid4().hex[:6]}")
     projects = settings_for_tests(ProjectsSettings, NS, log_level="ERROR")
     credits = settings_for_tests(CreditsSettings, NS, credits_sweep_seconds=3600, log_level="ERROR")
@@ -331,36 +338,52 @@ async def run(events: int, rows: int, samples: int, repeat: int, only: set[str])
         (usage, lumiku_usage),
     ):
         await prepare_database(settings, Path(str(package.__file__)).parent / "migrations")
-
     services: dict[str, Any] = {
         "projects": create_projects(projects),
         "credits": create_credits(credits),
         "avatars": lambda t: create_avatars(avatars, t),
         "usage": lambda t: create_usage(usage, t),
     }
-    stats: list[Stats] = []
-    ratios: dict[str, float] = {}
-    notes: dict[str, Any] = {}
     try:
         async with gateway_for(services, storage_path=str(storage)) as api:
-            if "ingest" in only:
-                ratios["ingest_vs_raw_broker_median"], notes = await rounds_of_ingest(
-                    api, usage, avatars, events, repeat
-                )
-            if "propagation" in only:
-                stats.append(prop := await propagation(api, usage, samples))
-                notes["propagation_p99_ms"] = prop.p99_ms
-            if "history" in only:
-                stats += (hist := await history(api, usage, rows, samples))
-                ratios |= {
-                    "history_first_p95_vs_plain_select": round(hist[0].p95_ms / hist[2].p95_ms, 3),
-                    "history_deep_p95_vs_plain_select": round(hist[1].p95_ms / hist[3].p95_ms, 3),
-                    "history_deep_p95_vs_first_p95": round(hist[1].p95_ms / hist[0].p95_ms, 3),
-                }
-                notes |= {"history_rows": rows, "history_first_p95_ms": hist[0].p95_ms}
+            yield api, usage, avatars
     finally:
         await delete_queues(usage, AVATAR_EVENTS, AVATAR_USED)
         await delete_queues(avatars, "avatars.project-events", "avatars.usage-events")
+
+
+@contextlib.asynccontextmanager
+async def as_processes() -> AsyncIterator[tuple[httpx.AsyncClient, UsageSettings, AvatarsSettings]]:
+    """The services and the gateway as the uvicorn processes `make dev` runs (each with its workers), as
+    deployed: usage's consumer and relay and avatars' counter consumer each have their own process."""
+    async with (
+        real_suite(("projects", "credits", "avatars", "usage"), NS) as suite,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{suite.gateway.port}", timeout=30) as api,
+    ):
+        usage, avatars = suite.settings["usage"], suite.settings["avatars"]
+        assert isinstance(usage, UsageSettings) and isinstance(avatars, AvatarsSettings)
+        yield api, usage, avatars
+
+
+async def run(events: int, rows: int, samples: int, repeat: int, only: set[str], one_process: bool) -> None:
+    stats: list[Stats] = []
+    ratios: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+    async with in_process() if one_process else as_processes() as (api, usage, avatars):
+        if "ingest" in only:
+            ratios["ingest_vs_raw_broker_median"], notes = await rounds_of_ingest(api, usage, avatars, events, repeat)
+        if "propagation" in only:
+            stats.append(prop := await propagation(api, usage, samples))
+            notes["propagation_p99_ms"] = prop.p99_ms
+        if "history" in only:
+            stats += (hist := await history(api, usage, rows, samples))
+            ratios |= {
+                "history_first_p95_vs_plain_select": round(hist[0].p95_ms / hist[2].p95_ms, 3),
+                "history_deep_p95_vs_plain_select": round(hist[1].p95_ms / hist[3].p95_ms, 3),
+                "history_deep_p95_vs_first_p95": round(hist[1].p95_ms / hist[0].p95_ms, 3),
+            }
+            notes |= {"history_rows": rows, "history_first_p95_ms": hist[0].p95_ms}
+    notes["suite"] = "one process" if one_process else "processes"
     print(json.dumps(notes, indent=2))
     report("usage", stats, ratios, notes)
 
@@ -372,8 +395,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="ingest rounds; the median ratio is reported")
     parser.add_argument("--only", nargs="*", choices=PARTS, default=PARTS)
+    parser.add_argument("--one-process", action="store_true", help="the suite in-process instead of processes")
     args = parser.parse_args()
-    asyncio.run(run(args.events, args.rows, args.samples, args.repeat, set(args.only)))
+    asyncio.run(run(args.events, args.rows, args.samples, args.repeat, set(args.only), args.one_process))
 
 
 if __name__ == "__main__":

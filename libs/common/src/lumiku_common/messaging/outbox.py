@@ -7,13 +7,12 @@ While the broker is down rows stay pending and the relay retries with backoff; n
 from __future__ import annotations
 
 import asyncio
-import json
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Text, cast, delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -147,7 +146,14 @@ class OutboxRelay:
         async with self.db.sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(outbox.c.id, outbox.c.event_id, outbox.c.routing_key, outbox.c.body, outbox.c.headers)
+                    # The body as PostgreSQL's JSON text: published as is, never decoded and encoded again.
+                    select(
+                        outbox.c.id,
+                        outbox.c.event_id,
+                        outbox.c.routing_key,
+                        cast(outbox.c.body, Text).label("body"),
+                        outbox.c.headers,
+                    )
                     .where(outbox.c.published_at.is_(None))
                     .order_by(outbox.c.id)
                     .limit(self.batch_size)
@@ -173,9 +179,7 @@ class OutboxRelay:
         return len(done)
 
     async def _publish(self, row: Any) -> None:
-        await self.broker.publish(
-            json.dumps(row.body, separators=(",", ":")).encode(), row.routing_key, row.event_id, row.headers
-        )
+        await self.broker.publish(row.body.encode(), row.routing_key, row.event_id, row.headers)
 
 
 async def prune_published(db: Database, older_than: timedelta) -> int:
