@@ -174,9 +174,12 @@ async def ingest(
     try:
         started = time.perf_counter()
         await publish_all(usage.amqp_url, usage.events_exchange, "avatar.used", bodies)
+        published = recorded = time.perf_counter() - started  # where the time goes: publish, rows, counters
         while True:
             rows = await usage_db.fetchval("SELECT count(*) FROM usage_events WHERE avatar_id = ANY($1)", ids)
             counted = await avatars_db.fetchval("SELECT sum(usage_count) FROM avatars WHERE id = ANY($1)", ids)
+            if rows < events:
+                recorded = time.perf_counter() - started
             if rows >= events and (counted or 0) >= events:
                 break
             if time.perf_counter() - started > 600:
@@ -198,6 +201,8 @@ async def ingest(
         "lost": events - distinct,
         "duplicated": rows - distinct,
         "counters": int(counted or 0),
+        "published_seconds": round(published, 3),
+        "rows_seconds": round(recorded, 3),
         "ingest_seconds": round(seconds, 3),
         "raw_seconds": round(raw_seconds, 3),
         "ingest_per_second": round(events / seconds, 1),

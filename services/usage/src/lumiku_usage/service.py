@@ -79,9 +79,10 @@ def owned(known: KnownAvatar | None, user_id: str) -> bool:
 # --- recording ----------------------------------------------------------------------------------------
 
 
-async def record(session: AsyncSession, uses: Sequence[Use]) -> list[UsageEvent]:
+async def record(session: AsyncSession, uses: Sequence[Use]) -> list[dict[str, Any]]:
     """Writes the uses whose avatar (still) belongs to their user, the rollups and one `usage.recorded` each,
-    in the caller's transaction; returns the rows written (the others' avatars were deleted meanwhile)."""
+    in the caller's transaction; returns the rows written (the others' avatars were deleted meanwhile), as
+    plain dicts: a batch of hundreds builds no ORM objects nobody reads."""
     repository = UsageRepository(session)
     known = await repository.owners([u.avatar_id for u in uses], lock=True)
     now = datetime.now(UTC)
@@ -123,7 +124,7 @@ async def record(session: AsyncSession, uses: Sequence[Use]) -> list[UsageEvent]
     await repository.bump_totals(totals)
     await repository.bump_hours(hours)
     await add_events(session, [_recorded(session, row, use) for row, use in zip(rows, kept, strict=True)])
-    return [UsageEvent(**row) for row in rows]
+    return rows
 
 
 def _recorded(session: AsyncSession, row: dict[str, Any], use: Use) -> dict[str, Any]:
@@ -154,7 +155,7 @@ async def track(session: AsyncSession, user_id: str, body: TrackUsageRequest) ->
     rows = await record(session, [use])
     if not rows:
         raise AvatarNotFound()
-    return TrackUsageResponse(usage=UsageOut.model_validate(rows[0]))
+    return TrackUsageResponse(usage=UsageOut.model_validate(UsageEvent(**rows[0])))
 
 
 # --- reading ------------------------------------------------------------------------------------------
