@@ -122,3 +122,42 @@ async def _count_is(db: Database, n: int) -> bool:
 
 async def _at_least(items: list[str], n: int) -> bool:
     return len(items) >= n
+
+
+async def test_a_batch_is_acked_at_once_but_never_a_deferred_message_before_it(db, broker, settings, make_consumer):
+    """Batches are acked with one `multiple` ack; a deferred message delivered earlier is still unacked after
+    later batches commit: stopped then, the broker has it back."""
+    handlers = BatchHandlers(batch_size=10, linger_seconds=0.05)
+    seen: list[str] = []
+
+    @handlers.before(ProjectDeleted)
+    async def check(deliveries: list[Delivery]) -> dict[str, Exception]:
+        seen.extend(d.envelope.id for d in deliveries)
+        return {d.envelope.id: Defer("owner unknown yet") for d in deliveries if d.envelope.id.startswith("deferred")}
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+
+    consumer = await make_consumer(handlers, broker)
+    await publish_raw(settings, "project.deleted", envelope("p0", "deferred-1"))
+    await eventually(lambda: _at_least(seen, 1))
+    for n in range(12):  # two batches after it
+        await publish_raw(settings, "project.deleted", envelope(f"p{n}", f"ok-{n:02}"))
+    await eventually(lambda: _count_is(db, 12))
+    await consumer.stop()  # whatever is unacked goes back to the queue
+
+    async def waiting() -> int | None:
+        return await ready_messages(settings, consumer.name) or None
+
+    assert await eventually(waiting) == 1  # the deferred one, and only it
+
+
+async def ready_messages(settings, name: str) -> int:
+    import aio_pika
+
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0

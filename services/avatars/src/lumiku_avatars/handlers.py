@@ -22,7 +22,7 @@ def project_handlers(janitor: ObjectJanitor) -> EventHandlers:
 
 def usage_handlers() -> BatchHandlers:
     """Counters follow `usage.recorded`, in batches: a burst of uses is a few transactions, not one each."""
-    handlers = BatchHandlers(batch_size=200)
+    handlers = BatchHandlers(batch_size=500)
 
     @handlers.on(UsageRecorded)
     async def _usage_recorded(session: AsyncSession, deliveries: list[Delivery]) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, delete, func, select, text, update
+from sqlalchemy import ColumnElement, Row, Table, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -111,11 +111,10 @@ class AvatarRepository:
         unique = sorted({u.usage_id: u for u in usages}.values(), key=lambda u: u.usage_id)
         if not unique:
             return 0
+        # Many parameter sets: one multi-row INSERT from a cached compilation (`.values(rows)` recompiles).
         claimed = await self.session.execute(
-            insert(CountedUsage)
-            .values([{"usage_id": u.usage_id, "avatar_id": u.avatar_id} for u in unique])
-            .on_conflict_do_nothing()
-            .returning(CountedUsage.usage_id)
+            insert(cast(Table, CountedUsage.__table__)).on_conflict_do_nothing().returning(CountedUsage.usage_id),
+            [{"usage_id": u.usage_id, "avatar_id": u.avatar_id} for u in unique],
         )
         fresh = set(claimed.scalars())
         per_avatar: dict[tuple[str, str | None], tuple[int, datetime]] = {}

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, desc, func, literal, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, Table, and_, delete, desc, func, literal, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lumiku_usage.models import DEFAULT_PARTITION, PARTITION_PREFIX, KnownAvatar, UsageEvent, UsageHour, UsageTotal
+from lumiku_usage.models import (
+    DEFAULT_PARTITION,
+    PARTITION_PREFIX,
+    Base,
+    KnownAvatar,
+    UsageEvent,
+    UsageHour,
+    UsageTotal,
+)
+
+
+def _table(model: type[Base]) -> Table:
+    """A model's table, for Core statements with many parameter sets."""
+    return cast(Table, model.__table__)
 
 
 class UsageRepository:
@@ -43,7 +56,8 @@ class UsageRepository:
     # --- writing uses ---------------------------------------------------------------------------------
 
     async def add(self, rows: Sequence[dict[str, Any]]) -> None:
-        await self.session.execute(insert(UsageEvent).values(list(rows)))
+        # Core, many parameter sets: one multi-row INSERT from a cached compilation (no ORM bulk path).
+        await self.session.execute(insert(_table(UsageEvent)), list(rows))
 
     async def bump_totals(self, totals: dict[tuple[str, str], tuple[str, int, datetime]]) -> None:
         """Adds counts per (avatar, app); sorted, so concurrent batches lock rows in one order."""
@@ -51,7 +65,7 @@ class UsageRepository:
             {"avatar_id": a, "app_id": app, "user_id": u, "uses": n, "last_used_at": last}
             for (a, app), (u, n, last) in sorted(totals.items())
         ]
-        statement = insert(UsageTotal).values(rows)
+        statement = insert(_table(UsageTotal))
         await self.session.execute(
             statement.on_conflict_do_update(
                 index_elements=[UsageTotal.avatar_id, UsageTotal.app_id],
@@ -59,7 +73,8 @@ class UsageRepository:
                     "uses": UsageTotal.uses + statement.excluded.uses,
                     "last_used_at": func.greatest(UsageTotal.last_used_at, statement.excluded.last_used_at),
                 },
-            )
+            ),
+            rows,
         )
 
     async def bump_hours(self, hours: dict[tuple[str, datetime, str, str], int]) -> None:
@@ -67,12 +82,13 @@ class UsageRepository:
             {"user_id": u, "hour": h, "avatar_id": a, "app_id": app, "uses": n}
             for (u, h, a, app), n in sorted(hours.items())
         ]
-        statement = insert(UsageHour).values(rows)
+        statement = insert(_table(UsageHour))
         await self.session.execute(
             statement.on_conflict_do_update(
                 index_elements=[UsageHour.user_id, UsageHour.hour, UsageHour.avatar_id, UsageHour.app_id],
                 set_={"uses": UsageHour.uses + statement.excluded.uses},
-            )
+            ),
+            rows,
         )
 
     async def delete_avatar(self, avatar_id: str) -> int:

@@ -15,7 +15,7 @@ from lumiku_common.clients.avatars import AvatarNotFound
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import UsageRecorded
-from lumiku_common.messaging.outbox import add_event
+from lumiku_common.messaging.outbox import add_events, outbox_row
 from lumiku_usage.models import PARTITION_PREFIX, KnownAvatar, UsageEvent
 from lumiku_usage.repository import UsageRepository, partition_name
 from lumiku_usage.schemas import (
@@ -79,9 +79,10 @@ def owned(known: KnownAvatar | None, user_id: str) -> bool:
 # --- recording ----------------------------------------------------------------------------------------
 
 
-async def record(session: AsyncSession, uses: Sequence[Use]) -> list[UsageEvent]:
+async def record(session: AsyncSession, uses: Sequence[Use]) -> list[dict[str, Any]]:
     """Writes the uses whose avatar (still) belongs to their user, the rollups and one `usage.recorded` each,
-    in the caller's transaction; returns the rows written (the others' avatars were deleted meanwhile)."""
+    in the caller's transaction; returns the rows written (the others' avatars were deleted meanwhile), as
+    plain dicts: a batch of hundreds builds no ORM objects nobody reads."""
     repository = UsageRepository(session)
     known = await repository.owners([u.avatar_id for u in uses], lock=True)
     now = datetime.now(UTC)
@@ -122,17 +123,21 @@ async def record(session: AsyncSession, uses: Sequence[Use]) -> list[UsageEvent]
         hours[hour_key] = hours.get(hour_key, 0) + 1
     await repository.bump_totals(totals)
     await repository.bump_hours(hours)
-    for row, use in zip(rows, kept, strict=True):
-        with use.context:
-            event = UsageRecorded(
-                usage_id=row["id"],
-                avatar_id=row["avatar_id"],
-                app_id=row["app_id"],
-                action=row["action"],
-                used_at=row["created_at"],
-            )
-            await add_event(session, event, user_id=row["user_id"], subject=row["avatar_id"])
-    return [UsageEvent(**row) for row in rows]
+    await add_events(session, [_recorded(session, row, use) for row, use in zip(rows, kept, strict=True)])
+    return rows
+
+
+def _recorded(session: AsyncSession, row: dict[str, Any], use: Use) -> dict[str, Any]:
+    """The `usage.recorded` outbox row of a use, staged in the use's own correlation context."""
+    event = UsageRecorded(
+        usage_id=row["id"],
+        avatar_id=row["avatar_id"],
+        app_id=row["app_id"],
+        action=row["action"],
+        used_at=row["created_at"],
+    )
+    with use.context:
+        return outbox_row(session, event, user_id=row["user_id"], subject=row["avatar_id"])[1]
 
 
 async def track(session: AsyncSession, user_id: str, body: TrackUsageRequest) -> TrackUsageResponse:
@@ -150,7 +155,7 @@ async def track(session: AsyncSession, user_id: str, body: TrackUsageRequest) ->
     rows = await record(session, [use])
     if not rows:
         raise AvatarNotFound()
-    return TrackUsageResponse(usage=UsageOut.model_validate(rows[0]))
+    return TrackUsageResponse(usage=UsageOut.model_validate(UsageEvent(**rows[0])))
 
 
 # --- reading ------------------------------------------------------------------------------------------

@@ -88,7 +88,9 @@ async def claim_many(session: AsyncSession, consumer: str, envelopes: list[Envel
         return set()
     rows = [{"consumer": consumer, "event_id": e.id, "event_type": e.type} for e in envelopes]
     rows.sort(key=lambda r: r["event_id"])  # one lock order for concurrent batches
-    result = await session.execute(insert(inbox).values(rows).on_conflict_do_nothing().returning(inbox.c.event_id))
+    # Many parameter sets: SQLAlchemy sends them as one multi-row INSERT from a cached compilation (a
+    # `.values(rows)` statement is compiled again for every batch).
+    result = await session.execute(insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id), rows)
     return set(result.scalars())
 
 
@@ -361,6 +363,7 @@ class BatchConsumer(Consumer):
         )
         self.batch = handlers
         self._incoming: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._deferred = 0  # deferred messages waiting for their retry: unacked, older than later batches
         self._tasks: set[asyncio.Task[None]] = set()
         self._processing: asyncio.Future[None] | None = None
         self._stopping = False
@@ -440,11 +443,22 @@ class BatchConsumer(Consumer):
             for delivery in ready:  # alone now: a poison message takes only itself down
                 await self._one(delivery)
             return
-        for delivery in ready:
-            await delivery.message.ack()
+        await self._ack_all(ready)
         metrics.consumed(self.name, "handled", len(fresh))
         metrics.consumed(self.name, "duplicate", len(ready) - len(fresh))
         log.info("event_batch_handled", queue=self.name, size=len(ready), new=len(fresh))
+
+    async def _ack_all(self, ready: list[Delivery]) -> None:
+        """One `multiple` ack for the batch when nothing older is still unsettled on the channel: every
+        message delivered before the batch's last one is in this batch or already acked or dead-lettered
+        (deliveries arrive in order, a batch takes them in order, and its rejects were settled before it
+        committed). A deferred message is unacked and older, so while one waits, each is acked alone."""
+        last = max(ready, key=lambda d: d.message.delivery_tag or 0)
+        if self._deferred == 0 and all(d.message.delivery_tag is not None for d in ready):
+            await last.message.ack(multiple=True)
+            return
+        for delivery in ready:
+            await delivery.message.ack()
 
     async def _apply_batch(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
         by_type: dict[str, list[Delivery]] = {}
@@ -483,9 +497,13 @@ class BatchConsumer(Consumer):
         metrics.consumed(self.name, "deferred")
 
         async def later() -> None:
-            await asyncio.sleep(delay)
-            await self._one(delivery, attempt + 1)
+            try:
+                await asyncio.sleep(delay)
+                await self._one(delivery, attempt + 1)
+            finally:
+                self._deferred -= 1
 
+        self._deferred += 1
         self._spawn(later())
 
     async def _one(self, delivery: Delivery, attempt: int = 0) -> None:

@@ -7,13 +7,12 @@ While the broker is down rows stay pending and the relay retries with backoff; n
 from __future__ import annotations
 
 import asyncio
-import json
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import Text, cast, delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +33,15 @@ async def add_event(
     session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
 ) -> Envelope:
     """Stage `event` in the current unit of work; it is published only if the transaction commits."""
+    envelope, row = outbox_row(session, event, user_id=user_id, subject=subject)
+    await add_events(session, [row])
+    return envelope
+
+
+def outbox_row(
+    session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
+) -> tuple[Envelope, dict[str, Any]]:
+    """The envelope of `event` and its outbox row, in the current correlation context (not written yet)."""
     envelope = envelope_for(
         event,
         source=session.info.get("source", "unknown"),
@@ -48,19 +56,24 @@ async def add_event(
         # The span writing the row when tracing is on, so the relay's publish joins the request's trace.
         "traceparent": tracing.current_traceparent() or child_traceparent(traceparent_var.get()),
     }
-    await session.execute(
-        insert(outbox).values(
-            event_id=envelope.id,
-            routing_key=envelope.type,
-            body=envelope.model_dump(mode="json"),
-            headers=headers,
-        )
-    )
+    row = {
+        "event_id": envelope.id,
+        "routing_key": envelope.type,
+        "body": envelope.model_dump(mode="json"),
+        "headers": headers,
+    }
+    return envelope, row
+
+
+async def add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Stages outbox rows (`outbox_row`) in one statement: a batch of events costs one round trip."""
+    if not rows:
+        return
+    await session.execute(insert(outbox), rows)
     if not session.info.get("outbox_written") and session.info.get("notify_outbox"):
         # Delivered at commit (and only then) to every relay listening on this database, in any process.
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
     session.info["outbox_written"] = True
-    return envelope
 
 
 class OutboxRelay:
@@ -138,7 +151,14 @@ class OutboxRelay:
         async with self.db.sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(outbox.c.id, outbox.c.event_id, outbox.c.routing_key, outbox.c.body, outbox.c.headers)
+                    # The body as PostgreSQL's JSON text: published as is, never decoded and encoded again.
+                    select(
+                        outbox.c.id,
+                        outbox.c.event_id,
+                        outbox.c.routing_key,
+                        cast(outbox.c.body, Text).label("body"),
+                        outbox.c.headers,
+                    )
                     .where(outbox.c.published_at.is_(None))
                     .order_by(outbox.c.id)
                     .limit(self.batch_size)
@@ -167,9 +187,7 @@ class OutboxRelay:
 
     async def _publish(self, row: Any) -> None:
         with tracing.publishing(row.routing_key, row.headers, self.service) as headers:
-            await self.broker.publish(
-                json.dumps(row.body, separators=(",", ":")).encode(), row.routing_key, row.event_id, headers
-            )
+            await self.broker.publish(row.body.encode(), row.routing_key, row.event_id, headers)
 
 
 async def pending(db: Database) -> tuple[int, float]:
