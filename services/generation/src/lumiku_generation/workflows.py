@@ -216,8 +216,9 @@ class GenerationWorkflows:
                             return
                     if found:
                         continue
+                    quiet_for = loop.time() - quiet_since
                     with suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), 1.0)
+                        await asyncio.wait_for(wake.wait(), max(0.0, min(1.0, keepalive - quiet_for)))
                     if loop.time() - quiet_since >= keepalive:
                         yield b": keepalive\n\n"
                         quiet_since = loop.time()
