@@ -121,16 +121,6 @@ async def images(session: AsyncSession, job_id: str) -> list[GenerationImage]:
     return await GenerationRepository(session).images(job_id)
 
 
-async def unfinished_images(session: AsyncSession, job_id: str) -> int:
-    """Images of the job neither stored nor failed."""
-    return await GenerationRepository(session).unfinished_images(job_id)
-
-
-async def paid_avatars(session: AsyncSession, job_id: str) -> list[dict[str, Any]]:
-    """The job's avatars in the order they were paid (the first paid the first image's price)."""
-    return await GenerationRepository(session).paid_avatars(job_id)
-
-
 def received(img: GenerationImage, data: bytes, provider: str, model: str) -> None:
     img.status, img.data, img.provider, img.model = "received", data, provider, model
 
