@@ -63,6 +63,8 @@ async def test_a_user_runs_two_jobs_at_once_the_third_waits_queued_then_runs(sui
     assert later["startedAt"] >= min(j["finishedAt"] for j in jobs if j["id"] != waiting)
     assert (await suite.balance(headers))["balance"] == 100 - 45
     assert len(await suite.avatars(user_id)) == 3
+    listed = (await suite.api.get(f"{APP}/generations", headers=headers)).json()["generations"]
+    assert [g["id"] for g in listed] == ids[::-1]  # newest first
 
 
 async def test_a_job_whose_worker_vanished_is_picked_up_after_its_lease_expires_and_paid_once(suite: Suite) -> None:
@@ -92,6 +94,36 @@ async def test_a_job_whose_worker_vanished_is_picked_up_after_its_lease_expires_
     assert (await suite.balance(headers))["balance"] == 75
     usage = [e for e in await suite.ledger(headers) if e["type"] == "usage"]
     assert sorted(-e["amount"] for e in usage) == [10, 15] and {e["referenceId"] for e in usage} == {job_id}
+
+
+async def test_a_job_past_its_deadline_that_nobody_runs_is_failed_and_released(suite: Suite) -> None:
+    """The deadline keeps every capture before the credit holds expire: a job whose worker vanished and whose
+    deadline passed is not resumed but failed, its holds released, and nothing its old worker makes is kept."""
+    user_id, headers = suite.user()
+    project_id = await suite.project(headers)
+    suite.fake.delay = 1.0
+    job_id = (await suite.generate(headers, project_id, count=2, prefer_async=True)).json()["generation"]["id"]
+    await eventually(lambda: asyncio.sleep(0, len(suite.fake.calls) >= 1))
+    async with suite.generation_app.state.db.unit_of_work() as session:
+        await session.execute(
+            text(
+                "UPDATE generations SET lease_owner = 'vanished-worker', lease_until = now() - interval '1 second', "
+                "deadline = now() - interval '1 second' WHERE id = :id AND status = 'running'"
+            ),
+            {"id": job_id},
+        )
+    job = await suite.finished(headers, job_id)
+    assert (job["status"], job["error"], job["produced"], job["charged"], job["refunded"]) == (
+        "failed",
+        "generation timed out",
+        0,
+        0,
+        25,
+    )
+    await asyncio.sleep(1.5)  # the provider's answers to the old worker arrive meanwhile
+    assert await suite.avatars(user_id) == []
+    assert (await suite.balance(headers))["balance"] == 100
+    assert len(suite.fake.calls) == 2  # never resumed
 
 
 async def _read_events(
