@@ -67,23 +67,30 @@ async def test_a_user_runs_two_jobs_at_once_the_third_waits_queued_then_runs(sui
     assert [g["id"] for g in listed] == ids[::-1]  # newest first
 
 
+async def _handed_to_a_vanished_worker(suite: Suite, headers: dict[str, str], assignments: str) -> str:
+    """A running job of 2 images (the provider slow) whose lease now belongs to a worker that will never come
+    back (as a SIGKILLed one), with `assignments` (SQL) made to its row."""
+    project_id = await suite.project(headers)
+    suite.fake.delay = 1.0
+    job_id: str = (await suite.generate(headers, project_id, count=2, prefer_async=True)).json()["generation"]["id"]
+    await eventually(lambda: asyncio.sleep(0, len(suite.fake.calls) >= 1))
+    async with suite.generation_app.state.db.unit_of_work() as session:
+        await session.execute(
+            text(
+                f"UPDATE generations SET lease_owner = 'vanished-worker', {assignments} "
+                "WHERE id = :id AND status = 'running'"
+            ),
+            {"id": job_id},
+        )
+    return job_id
+
+
 async def test_a_job_whose_worker_vanished_is_picked_up_after_its_lease_expires_and_paid_once(suite: Suite) -> None:
     """The job's lease is handed to a worker that will never come back (as a SIGKILLed one): the worker that was
     running it loses it (its images are no longer its to keep), and once the lease expires the sweep sends the job
     to the workers again; it finishes once, one charge per image."""
     user_id, headers = suite.user()
-    project_id = await suite.project(headers)
-    suite.fake.delay = 1.0
-    job_id = (await suite.generate(headers, project_id, count=2, prefer_async=True)).json()["generation"]["id"]
-    await eventually(lambda: asyncio.sleep(0, len(suite.fake.calls) >= 1))
-    async with suite.generation_app.state.db.unit_of_work() as session:
-        await session.execute(
-            text(
-                "UPDATE generations SET lease_owner = 'vanished-worker', lease_until = now() + interval '1 second' "
-                "WHERE id = :id AND status = 'running'"
-            ),
-            {"id": job_id},
-        )
+    job_id = await _handed_to_a_vanished_worker(suite, headers, "lease_until = now() + interval '1 second'")
     job = await suite.finished(headers, job_id, timeout=30)
     assert (job["status"], job["produced"], job["charged"], job["refunded"]) == ("succeeded", 2, 25, 0)
     assert len(suite.fake.calls) >= 3  # the first worker's answers were not its to keep: asked again
@@ -100,18 +107,8 @@ async def test_a_job_past_its_deadline_that_nobody_runs_is_failed_and_released(s
     """The deadline keeps every capture before the credit holds expire: a job whose worker vanished and whose
     deadline passed is not resumed but failed, its holds released, and nothing its old worker makes is kept."""
     user_id, headers = suite.user()
-    project_id = await suite.project(headers)
-    suite.fake.delay = 1.0
-    job_id = (await suite.generate(headers, project_id, count=2, prefer_async=True)).json()["generation"]["id"]
-    await eventually(lambda: asyncio.sleep(0, len(suite.fake.calls) >= 1))
-    async with suite.generation_app.state.db.unit_of_work() as session:
-        await session.execute(
-            text(
-                "UPDATE generations SET lease_owner = 'vanished-worker', lease_until = now() - interval '1 second', "
-                "deadline = now() - interval '1 second' WHERE id = :id AND status = 'running'"
-            ),
-            {"id": job_id},
-        )
+    past = "now() - interval '1 second'"
+    job_id = await _handed_to_a_vanished_worker(suite, headers, f"lease_until = {past}, deadline = {past}")
     job = await suite.finished(headers, job_id)
     assert (job["status"], job["error"], job["produced"], job["charged"], job["refunded"]) == (
         "failed",

@@ -30,8 +30,6 @@ class GenerationNotFound(NotFound):
 
 
 async def out(session: AsyncSession, job: Generation) -> GenerationOut:
-    if not job.produced:  # most status events (queued, running, failed): no avatar to look up
-        return GenerationOut.of(job, [])
     ids = await GenerationRepository(session).avatar_ids([job.id])
     return GenerationOut.of(job, ids[job.id])
 
