@@ -10,6 +10,9 @@ prompt and `parameters.seed`, at the asked size), or one of its failures:
   text          200 text/plain (not an image)
   hang[:s]      no answer for s seconds (a timeout, for a client with a shorter one), then an image
 
+A body whose `parameters` are not the text-to-image task's (or whose `inputs` is no text) is refused with 400, as
+the real server validates its input, whatever the script says.
+
 Each call takes the next answer from the model's script (POST /_control/script {"model", "answers": [...]}, or
 `FakeHuggingFace.script`), else from the default `--mode`. Every call is recorded (GET /_control/calls).
 """
@@ -29,6 +32,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from lumiku_generation.drawing import draw_png
+
+# The text-to-image task's parameters (huggingface.js tasks/text-to-image/spec/input.json).
+TASK_PARAMETERS = frozenset(
+    {"guidance_scale", "negative_prompt", "num_inference_steps", "width", "height", "target_size", "scheduler", "seed"}
+)
 
 
 @dataclass
@@ -67,9 +75,12 @@ class FakeHuggingFace:
         return queued.popleft() if queued else self.mode
 
     async def answer(self, model: str, body: dict[str, Any], authorization: str | None) -> Response:
-        answer = self._next(model)
+        invalid = _invalid(body)
+        answer = "invalid" if invalid else self._next(model)
         call = Call(model, body, authorization, time.monotonic(), answer)
         self.calls.append(call)
+        if invalid:
+            return JSONResponse({"error": f"Input validation error: {invalid}"}, 400)
         kind, _, arg = answer.partition(":")
         seconds = float(arg) if arg else None
         if kind == "loading":
@@ -119,6 +130,14 @@ class FakeHuggingFace:
             return await self.answer(model, await request.json(), request.headers.get("authorization"))
 
         return app
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    if not isinstance(body.get("inputs"), str):
+        return "`inputs` must be a prompt"
+    parameters = body.get("parameters") or {}
+    unknown = sorted(set(parameters) - TASK_PARAMETERS) if isinstance(parameters, dict) else ["parameters"]
+    return f"unknown parameters {', '.join(unknown)}" if unknown else None
 
 
 def serving(fake: FakeHuggingFace, port: int = 0) -> contextlib.AbstractAsyncContextManager[str]:

@@ -9,6 +9,16 @@ each answer handled as the task's contract says, and tested against a stand-in s
 - other 4xx: fail at once with the provider's message (no retry, no fallback: the request itself is wrong);
 - 200 whose body is no JPEG/PNG/WebP: fail.
 When the primary model keeps failing (retries exhausted), the fallback model is tried the same way.
+
+LoRA (`GENERATION_LORA`, e.g. `XLabs-AI/flux-RealismLora`): the text-to-image task's parameters have no adapter
+fields (`guidance_scale`, `negative_prompt`, `num_inference_steps`, `width`, `height`, `scheduler`, `seed`), so
+nothing about the adapter goes in the body. Hugging Face's inference serves an adapter repository under its own
+id instead: `POST {base}/{lora}` loads the adapter card's `base_model` (FLUX.1-dev for the RealismLora) and applies
+the adapter to it. So with a LoRA the primary call goes to the adapter's endpoint with the same task body; the
+image is reported as made by `GENERATION_MODEL` with that `lora`. The adapter is applied at its trained strength:
+the task has no scale parameter, so the original's "scale 0.9" cannot be sent (a deployment that needs another
+strength serves its own endpoint through `HUGGINGFACE_INFERENCE_URL`). The fallback model runs without the LoRA
+(an adapter for FLUX.1-dev does not fit FLUX.1-schnell's few-step schedule).
 """
 
 from __future__ import annotations
@@ -89,10 +99,14 @@ def is_image(data: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Model:
-    id: str
+    id: str  # the model that makes the image (reported)
     steps: int
     guidance: float
-    lora: str | None = None
+    lora: str | None = None  # an adapter of `id`, served under its own id
+
+    @property
+    def endpoint(self) -> str:
+        return self.lora or self.id
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -149,7 +163,7 @@ class HuggingFaceProvider:
         raise failure
 
     def _body(self, model: _Model, request: ImageRequest) -> dict[str, Any]:
-        parameters: dict[str, Any] = {
+        parameters = {
             "negative_prompt": request.negative_prompt,
             "width": request.width,
             "height": request.height,
@@ -157,9 +171,6 @@ class HuggingFaceProvider:
             "guidance_scale": model.guidance,
             "seed": request.seed,
         }
-        if model.lora:
-            parameters["lora_weights"] = model.lora
-            parameters["lora_scale"] = self.settings.generation_lora_scale
         return {"inputs": request.prompt, "parameters": parameters}
 
     def _backoff(self, failures: int) -> float:
@@ -169,7 +180,7 @@ class HuggingFaceProvider:
 
     async def _call(self, model: _Model, request: ImageRequest) -> bytes:
         s = self.settings
-        url = f"{s.huggingface_inference_url.rstrip('/')}/{model.id}"
+        url = f"{s.huggingface_inference_url.rstrip('/')}/{model.endpoint}"
         headers = {"Authorization": f"Bearer {s.huggingface_token}", "Accept": "image/png, image/jpeg, image/webp"}
         body = self._body(model, request)
         failures = loading = limited = 0

@@ -73,6 +73,24 @@ class GenerationRepository:
         )
         return result.scalar_one_or_none()
 
+    async def unfinished_images(self, job_id: str) -> int:
+        return int(
+            await self.session.scalar(
+                select(func.count())
+                .select_from(GenerationImage)
+                .where(GenerationImage.generation_id == job_id, GenerationImage.status.not_in(("stored", "failed")))
+            )
+            or 0
+        )
+
+    async def paid_avatars(self, job_id: str) -> list[dict[str, Any]]:
+        rows = await self.session.scalars(
+            select(GenerationImage.avatar)
+            .where(GenerationImage.generation_id == job_id, GenerationImage.status == "stored")
+            .order_by(GenerationImage.hold_index)
+        )
+        return [avatar for avatar in rows if avatar is not None]
+
     async def avatar_ids(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
         """The avatars of each job, in the order they were paid (the first one paid the first image's price)."""
         found: dict[str, list[str]] = {job_id: [] for job_id in job_ids}

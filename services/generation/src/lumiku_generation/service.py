@@ -31,6 +31,8 @@ class GenerationNotFound(NotFound):
 
 
 async def out(session: AsyncSession, job: Generation) -> GenerationOut:
+    if not job.produced:  # most status events (queued, running, failed): no avatar to look up
+        return GenerationOut.of(job, [])
     ids = await GenerationRepository(session).avatar_ids([job.id])
     return GenerationOut.of(job, ids[job.id])
 
@@ -120,6 +122,16 @@ async def image(session: AsyncSession, image_id: str) -> GenerationImage:
 
 async def images(session: AsyncSession, job_id: str) -> list[GenerationImage]:
     return await GenerationRepository(session).images(job_id)
+
+
+async def unfinished_images(session: AsyncSession, job_id: str) -> int:
+    """Images of the job neither stored nor failed."""
+    return await GenerationRepository(session).unfinished_images(job_id)
+
+
+async def paid_avatars(session: AsyncSession, job_id: str) -> list[dict[str, Any]]:
+    """The job's avatars in the order they were paid (the first paid the first image's price)."""
+    return await GenerationRepository(session).paid_avatars(job_id)
 
 
 def received(img: GenerationImage, data: bytes, provider: str, model: str) -> None:

@@ -18,8 +18,9 @@ class GenerationSettings(ServiceSettings):
     huggingface_inference_url: str = "https://router.huggingface.co/hf-inference/models"
     # FLUX.1-dev is licensed for non-commercial use only: a deployment picks its model here.
     generation_model: str = "black-forest-labs/FLUX.1-dev"
-    generation_lora: str | None = None  # e.g. XLabs-AI/flux-RealismLora
-    generation_lora_scale: float = 0.9
+    # An adapter of GENERATION_MODEL (e.g. XLabs-AI/flux-RealismLora), called under its own id at its trained
+    # strength: the text-to-image task has no scale parameter (see provider.py).
+    generation_lora: str | None = None
     generation_fallback_model: str | None = "black-forest-labs/FLUX.1-schnell"
     generation_fallback_steps: int = 4
     generation_fallback_guidance: float = 0.0

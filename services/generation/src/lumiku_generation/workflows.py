@@ -43,7 +43,7 @@ from lumiku_common.logs import get_logger
 from lumiku_generation import service
 from lumiku_generation.models import TERMINAL, Generation, GenerationImage
 from lumiku_generation.prompts import NEGATIVE_PROMPT, enhance
-from lumiku_generation.provider import Provider, ProviderError, image_request
+from lumiku_generation.provider import Provider, ProviderError, ProviderImage, image_request
 from lumiku_generation.schemas import GenerateRequest, GenerationOut, Preview, PreviewMetadata, PreviewRequest
 from lumiku_generation.settings import GenerationSettings
 from lumiku_generation.signals import Signals
@@ -173,9 +173,9 @@ class GenerationWorkflows:
         async with self.db.unit_of_work() as session:
             job = await service.get(session, user_id, job_id)
             summary = await service.out(session, job)
-            images = await service.images(session, job_id)
-        paid = sorted((i for i in images if i.status == "stored" and i.avatar), key=lambda i: i.hold_index or 0)
-        return Outcome(summary, [i.avatar for i in paid if i.avatar is not None])
+            # Only a finished job's avatars are answered (a running job's rows may hold provider bytes: not read).
+            avatars = await service.paid_avatars(session, job_id) if job.status in TERMINAL else []
+        return Outcome(summary, avatars)
 
     async def wait(self, user_id: str, job_id: str, seconds: float) -> Outcome:
         """The job once it is finished, or as it is when `seconds` have passed."""
@@ -216,8 +216,9 @@ class GenerationWorkflows:
                             return
                     if found:
                         continue
+                    quiet_for = loop.time() - quiet_since
                     with suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), 1.0)
+                        await asyncio.wait_for(wake.wait(), max(0.0, min(1.0, keepalive - quiet_for)))
                     if loop.time() - quiet_since >= keepalive:
                         yield b": keepalive\n\n"
                         quiet_since = loop.time()
@@ -296,10 +297,8 @@ class GenerationWorkflows:
                     group.create_task(run.image(img))
             async with self.db.unit_of_work() as session:
                 current = await service.owned(session, job_id, owner)
-                if current is not None:
-                    left = [i for i in await service.images(session, job_id) if i.status not in ("stored", "failed")]
-                    if not left:
-                        await service.finish(session, self.settings, current)
+                if current is not None and not await service.unfinished_images(session, job_id):
+                    await service.finish(session, self.settings, current)
         except BaseException:
             # Let the next delivery take over at once instead of waiting for the lease to run out.
             with suppress(Exception):
@@ -362,15 +361,20 @@ class _Run:
             return await action(session, job)
 
     async def image(self, img: GenerationImage) -> None:
-        data = img.data
+        made: ProviderImage | None = None
         if img.status == "pending":
-            data = await self._ask_provider(img)
-            if data is None:
+            made = await self._ask_provider(img)
+            if made is None:
                 return
+            if self.store_lock.locked():  # another image is being stored: keep these bytes while this one waits
+                fresh = made
+                if not await self._owned(lambda s, j: self._keep(s, img.id, fresh)):
+                    return
+                made = None
         async with self.store_lock:
-            await self._store(img.id, data or b"")
+            await self._store(img.id, made)
 
-    async def _ask_provider(self, img: GenerationImage) -> bytes | None:
+    async def _ask_provider(self, img: GenerationImage) -> ProviderImage | None:
         flows, job = self.flows, self.job
         async with self.calls:
             if self.lost.is_set():
@@ -380,35 +384,41 @@ class _Run:
                 return None
             request = image_request(flows.settings, job.enhanced_prompt, NEGATIVE_PROMPT, img.seed)
             try:
-                made = await flows.provider.generate(request)
+                return await flows.provider.generate(request)
             except ProviderError as exc:
                 reason = exc.reason
                 await self._owned(lambda s, j: self._failed(s, j, img.id, reason))
                 return None
 
-        async def keep(session: Any, job: Generation) -> bool:
-            current = await service.image(session, img.id)
-            service.received(current, made.data, made.provider, made.model)
-            return True
-
-        kept = await self._owned(keep)
-        return made.data if kept else None
+    async def _keep(self, session: Any, image_id: str, made: ProviderImage) -> GenerationImage:
+        """The provider's bytes, kept: a resumed job stores them instead of asking the provider again."""
+        img = await service.image(session, image_id)
+        if img.status == "pending":
+            service.received(img, made.data, made.provider, made.model)
+        return img
 
     async def _failed(self, session: Any, job: Generation, image_id: str, reason: str) -> None:
         await service.image_failed(session, job, await service.image(session, image_id), reason)
 
-    async def _store(self, image_id: str, data: bytes) -> None:
-        async def assign(session: Any, job: Generation) -> GenerationImage | None:
-            img = await service.image(session, image_id)
-            if img.status not in ("received", "storing"):
+    async def _store(self, image_id: str, made: ProviderImage | None) -> None:
+        """`made`: bytes just received and not kept yet; they are kept in the transaction that assigns the hold
+        (one round trip less on the way to the avatar)."""
+
+        async def assign(session: Any, job: Generation) -> tuple[GenerationImage, bytes] | None:
+            img = (
+                await self._keep(session, image_id, made)
+                if made is not None
+                else await service.image(session, image_id)
+            )
+            if img.status not in ("received", "storing") or img.data is None:
                 return None
             await service.assign_hold(session, job, img)
-            return img
+            return img, img.data
 
-        img = await self._owned(assign)
-        if img is None or img.hold_index is None:
+        assigned = await self._owned(assign)
+        if assigned is None or assigned[0].hold_index is None:
             return
-        hold_id = self.job.hold_ids[img.hold_index]
+        hold_id, data = self.job.hold_ids[assigned[0].hold_index], assigned[1]
         await self._owned(lambda s, j: self._create_avatar(s, j, image_id, hold_id, data))
 
     async def _create_avatar(self, session: Any, job: Generation, image_id: str, hold_id: str, data: bytes) -> None:
@@ -444,6 +454,9 @@ class _Run:
             self.lost.set()
             return
         await service.stored(session, job, img, made.avatar)
+        if not await service.unfinished_images(session, job.id):
+            # The last image: the job ends in the same commit (the waiting request wakes once, with the outcome).
+            await service.finish(session, self.flows.settings, job)
 
 
 def _sse(seq: int, kind: str, data: dict[str, Any]) -> bytes:

@@ -39,7 +39,7 @@ def test_defaults_are_the_spec_s_model_and_parameters() -> None:
         "black-forest-labs/FLUX.1-schnell",
     )
     assert (s.generation_width, s.generation_height, s.generation_steps, s.generation_guidance) == (1024, 1024, 30, 3.5)
-    assert (s.generation_fallback_steps, s.generation_fallback_guidance, s.generation_lora_scale) == (4, 0.0, 0.9)
+    assert (s.generation_fallback_steps, s.generation_fallback_guidance, s.generation_lora) == (4, 0.0, None)
     assert s.generation_sync_wait_s == 120
 
 

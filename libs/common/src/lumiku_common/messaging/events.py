@@ -216,7 +216,9 @@ class RunGeneration(Event):
 
 
 class GenerationFinished(Event):
-    """A generation job reached its terminal status; `charged` + `refunded` = `cost`."""
+    """A generation job reached its terminal status and its credits are settled (`charged` + `refunded` =
+    `cost`). No service of the suite consumes it (the job's client follows its SSE stream or reads
+    `GET /generations/:id`); it is published for the sibling apps and notifications ("your avatars are ready")."""
 
     type = "generation.finished"
     generation_id: str
