@@ -1,0 +1,100 @@
+"""The fault schedule, run beside the load: three tracks at once, each spreading its faults over the load's
+duration. Processes: every API, every worker process and the gateway SIGKILLed once and restarted (a process
+that dies while starting, e.g. migrating during a database cut, is started again, as an orchestrator would).
+Links: PostgreSQL and RabbitMQ cut (TCP proxies in front of the shared servers) for `cut_seconds`. Provider:
+bursts of 503 "loading", 429 and hanging answers from the stand-in. Each fault is recorded as a `Window`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
+
+from lumiku_devtools.fake_hf import FakeHuggingFace
+from lumiku_devtools.processes import Process
+from lumiku_devtools.system.timeline import Window
+from lumiku_devtools.testing import TcpProxy
+
+PROVIDER_BURSTS = ("loading:0.5", "rate:1", "hang:6")  # hang: longer than generation's provider timeout
+
+
+class Chaos:
+    def __init__(
+        self,
+        processes: dict[str, Process],
+        proxies: dict[str, TcpProxy],
+        fake: FakeHuggingFace,
+        seed: int,
+        cut_seconds: float = 5.0,
+        burst_seconds: float = 4.0,
+    ):
+        self.processes, self.proxies, self.fake = processes, proxies, fake
+        self.random = random.Random(seed)
+        self.cut_seconds, self.burst_seconds = cut_seconds, burst_seconds
+        self.windows: list[Window] = []
+        self.restarts: dict[str, int] = {}  # starts needed before a killed process was ready again
+
+    async def run(self, seconds: float) -> None:
+        names = list(self.processes)
+        self.random.shuffle(names)
+        links = [name for _ in range(2) for name in self.proxies]
+        # Three kill tracks: a restart takes several seconds on a busy machine, one track would overrun the load.
+        await asyncio.gather(
+            *(self._spread(seconds, [lambda n=n: self.kill(n) for n in names[i::3]]) for i in range(3)),  # type: ignore[misc]
+            self._spread(seconds, [lambda n=n: self.cut(n) for n in links]),  # type: ignore[misc]
+            self._spread(seconds, [lambda b=b: self.burst(b) for b in PROVIDER_BURSTS]),  # type: ignore[misc]
+        )
+
+    async def _spread(self, seconds: float, faults: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """One fault per slot, at a random moment in the first half of it: the track ends within `seconds`
+        unless a restart runs long."""
+        slot = seconds / len(faults)
+        start = time.monotonic()
+        for i, fault in enumerate(faults):
+            await asyncio.sleep(max(0.0, start + slot * i + self.random.uniform(0, slot / 2) - time.monotonic()))
+            await fault()
+
+    async def kill(self, name: str) -> None:
+        process = self.processes[name]
+        began = time.monotonic()
+        process.stop()  # SIGKILL
+        await asyncio.sleep(self.random.uniform(0.5, 2.0))
+        self.restarts[name] = await restart(process)
+        self.windows.append(Window("kill", name, began, time.monotonic()))
+
+    async def cut(self, name: str) -> None:
+        proxy = self.proxies[name]
+        began = time.monotonic()
+        proxy.cut()
+        await asyncio.sleep(self.cut_seconds)
+        proxy.restore()
+        self.windows.append(Window("cut", name, began, time.monotonic()))
+
+    async def burst(self, answer: str) -> None:
+        began = time.monotonic()
+        self.fake.mode = answer
+        await asyncio.sleep(self.burst_seconds)
+        self.fake.mode = "ok"
+        # A hanging answer is still being waited for until the provider timeout ends it.
+        self.windows.append(Window("provider", f"provider:{answer}", began, time.monotonic()))
+
+
+async def restart(process: Process, timeout: float = 90) -> int:
+    """Starts the process until it is ready (a start that dies is repeated); returns how many starts it took."""
+    deadline = time.monotonic() + timeout
+    starts = 0
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if not process.alive:
+                process.start()
+                starts += 1
+            try:
+                if (await client.get(f"http://127.0.0.1:{process.port}/ready")).status_code == 200:
+                    return starts
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{process.command} not ready {timeout} s after its restart")
