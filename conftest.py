@@ -15,6 +15,7 @@ from lumiku_common.middleware import LOGGER_NAME as MIDDLEWARE_LOGGER
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: fast tier, needs no server (any test under a unit/ folder)")
     config.addinivalue_line("markers", "unhandled_errors: the test provokes an unhandled error (500) on purpose")
+    config.addinivalue_line("markers", "system: the whole suite under load and faults (minutes; make system-test)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

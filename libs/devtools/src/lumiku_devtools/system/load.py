@@ -90,7 +90,8 @@ class Load:
             self.record.exchanges.append(Exchange(started, time.monotonic(), method, route, None, repr(exc)))
             await asyncio.sleep(0.5)  # a client backs off when nothing answers (the gateway is down)
             return None
-        self.record.exchanges.append(Exchange(started, time.monotonic(), method, route, response.status_code))
+        detail = response.text[:200] if response.status_code >= 400 else ""
+        self.record.exchanges.append(Exchange(started, time.monotonic(), method, route, response.status_code, detail))
         return response
 
     async def until_definite(
@@ -219,7 +220,7 @@ class Load:
     async def upload(self, user: User) -> None:
         if (project := await self._project(user)) is None:
             return
-        files = {"file": ("me.png", self.random.choice(self.images), "image/png")}
+        files = {"image": ("me.png", self.random.choice(self.images), "image/png")}
         response = await self.call(
             "POST /projects/{id}/avatars",
             "POST",
