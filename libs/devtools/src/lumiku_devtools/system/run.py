@@ -39,6 +39,7 @@ class Config:
     grace_seconds: float = 5.0  # after a fault ends, 5xx are still its doing for this long
     cut_seconds: float = 5.0
     chaos: bool = True
+    db_pool_size: int = 1
     report_dir: Path = Path(".data/system-test")
 
 
@@ -55,12 +56,15 @@ class Report:
         return all(not i["failures"] for i in self.invariants) and not self.drain.get("still busy")
 
 
-def _env(proxies: dict[str, TcpProxy], provider_url: str) -> dict[str, dict[str, str]]:
+def _env(proxies: dict[str, TcpProxy], provider_url: str, db_pool_size: int) -> dict[str, dict[str, str]]:
     base = settings_for_tests(SETTINGS["projects"], NAMESPACE)
     links = {
         "POSTGRES_URL": proxies["postgres"].url_for(base.postgres_url),
         "AMQP_URL": proxies["rabbitmq"].url_for(base.amqp_url),
         "RUN_WORKERS": "false",  # the APIs alone; each service's workers are separate processes
+        # Ten processes share one PostgreSQL (max_connections 100 here, with other test runs on it): a pool of
+        # one (plus one overflow) each keeps the run's share near 30 connections.
+        "DB_POOL_SIZE": str(db_pool_size),
     }
     quick = {
         "avatars": {
@@ -115,7 +119,11 @@ async def run(config: Config) -> Report:
         async with (
             serving(fake) as provider_url,
             real_suite(
-                SERVICES, NAMESPACE, _env(proxies, provider_url), log_dir=_log_dir(config), ready_timeout=240
+                SERVICES,
+                NAMESPACE,
+                _env(proxies, provider_url, config.db_pool_size),
+                log_dir=_log_dir(config),
+                ready_timeout=240,
             ) as suite,
         ):
             await _run_suite(suite, config, proxies, fake, report)
