@@ -11,13 +11,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-import httpx
-
 from lumiku_devtools.fake_hf import FakeHuggingFace
 from lumiku_devtools.processes import Process
 from lumiku_devtools.system.timeline import Window
 from lumiku_devtools.testing import TcpProxy
 
+RESTART_TIMEOUT = 240.0  # a busy 2-core machine has taken 45 s to start one process
 PROVIDER_BURSTS = ("loading:0.5", "rate:1", "hang:6")  # hang: longer than generation's provider timeout
 
 
@@ -62,7 +61,10 @@ class Chaos:
         began = time.monotonic()
         process.stop()  # SIGKILL
         await asyncio.sleep(self.random.uniform(0.5, 2.0))
-        self.restarts[name] = await restart(process)
+        before = process.starts
+        process.start()
+        await process.wait_ready(RESTART_TIMEOUT)  # respawns it while it dies starting
+        self.restarts[name] = process.starts - before
         self.windows.append(Window("kill", name, began, time.monotonic()))
 
     async def cut(self, name: str) -> None:
@@ -80,21 +82,3 @@ class Chaos:
         self.fake.mode = "ok"
         # A hanging answer is still being waited for until the provider timeout ends it.
         self.windows.append(Window("provider", f"provider:{answer}", began, time.monotonic()))
-
-
-async def restart(process: Process, timeout: float = 90) -> int:
-    """Starts the process until it is ready (a start that dies is repeated); returns how many starts it took."""
-    deadline = time.monotonic() + timeout
-    starts = 0
-    async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            if not process.alive:
-                process.start()
-                starts += 1
-            try:
-                if (await client.get(f"http://127.0.0.1:{process.port}/ready")).status_code == 200:
-                    return starts
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{process.command} not ready {timeout} s after its restart")

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from lumiku_devtools.fake_hf import FakeHuggingFace, serving
 from lumiku_devtools.processes import SETTINGS, Process, RealSuite, real_suite
 from lumiku_devtools.system import snapshot
@@ -104,7 +106,14 @@ def _log_dir(config: Config) -> Path:
 async def _fresh_databases() -> None:
     for name in SERVICES:
         migrations = Path(str(importlib.import_module(f"lumiku_{name}").__file__)).parent / "migrations"
-        await prepare_database(settings_for_tests(SETTINGS[name], NAMESPACE), migrations)
+        for attempt in range(60):  # the shared server may be full of other test runs' connections for a while
+            try:
+                await prepare_database(settings_for_tests(SETTINGS[name], NAMESPACE), migrations)
+                break
+            except asyncpg.TooManyConnectionsError:
+                if attempt == 59:
+                    raise
+                await asyncio.sleep(2)
 
 
 async def run(config: Config) -> Report:
@@ -124,6 +133,7 @@ async def run(config: Config) -> Report:
                 _env(proxies, provider_url, config.db_pool_size),
                 log_dir=_log_dir(config),
                 ready_timeout=240,
+                respawn=True,
             ) as suite,
         ):
             await _run_suite(suite, config, proxies, fake, report)
