@@ -33,24 +33,35 @@ class Sources:
     record: Record
     created: EventSpy  # avatar.created, all run long
     deleted: EventSpy  # avatar.deleted
+    engines: dict[str, AsyncEngine]  # one connection per database, taken before the load (see `engines`)
 
 
 @contextlib.asynccontextmanager
-async def _engine(settings: ServiceSettings) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(settings.database_url, pool_size=1)
+async def engines(settings: dict[str, ServiceSettings]) -> AsyncIterator[dict[str, AsyncEngine]]:
+    """One connection per service database, opened now and kept: the shared server may be full of other runs'
+    connections by the time the checker needs them."""
+    opened = {
+        n: create_async_engine(s.database_url, pool_size=1, max_overflow=0)
+        for n, s in settings.items()
+        if n != "gateway"
+    }
     try:
-        yield engine
+        for engine in opened.values():
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        yield opened
     finally:
-        await engine.dispose()
+        for engine in opened.values():
+            await engine.dispose()
 
 
-async def _rows(settings: ServiceSettings, sql: str) -> list[Any]:
-    async with _engine(settings) as engine, engine.connect() as conn:
+async def _rows(sources: Sources, service: str, sql: str) -> list[Any]:
+    async with sources.engines[service].connect() as conn:
         return list((await conn.execute(text(sql))).all())
 
 
-async def _scalar(settings: ServiceSettings, sql: str) -> int:
-    return int((await _rows(settings, sql))[0][0] or 0)
+async def _scalar(sources: Sources, service: str, sql: str) -> int:
+    return int((await _rows(sources, service, sql))[0][0] or 0)
 
 
 def _queue_names(sources: Sources) -> dict[str, str]:
@@ -75,9 +86,8 @@ async def queue_depths(sources: Sources, suffix: str = "") -> dict[str, int]:
 
 async def outbox_pending(sources: Sources) -> dict[str, int]:
     return {
-        name: await _scalar(settings, "SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        for name, settings in sources.settings.items()
-        if name != "gateway"
+        name: await _scalar(sources, name, "SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        for name in sources.engines
     }
 
 
@@ -91,9 +101,9 @@ async def settled(sources: Sources) -> list[str]:
     busy = [f"outbox {s}: {n}" for s, n in (await outbox_pending(sources)).items() if n]
     busy += [f"queue {q}: {n}" for q, n in (await queue_depths(sources)).items() if n]
     jobs = await _scalar(
-        sources.settings["generation"], "SELECT count(*) FROM generations WHERE status IN ('queued', 'running')"
+        sources, "generation", "SELECT count(*) FROM generations WHERE status IN ('queued', 'running')"
     )
-    deletions = await _scalar(sources.settings["avatars"], "SELECT count(*) FROM object_deletions")
+    deletions = await _scalar(sources, "avatars", "SELECT count(*) FROM object_deletions")
     busy += [f"{n} {what}" for n, what in ((jobs, "generation jobs unfinished"), (deletions, "object deletions")) if n]
     dead = sum((await queue_depths(sources, ".dlq")).values())
     if dead < len(sources.record.injected):
@@ -106,7 +116,8 @@ async def settled(sources: Sources) -> list[str]:
 
 async def _avatar_rows(sources: Sources) -> dict[str, AvatarRow]:
     rows = await _rows(
-        sources.settings["avatars"],
+        sources,
+        "avatars",
         "SELECT id, user_id, source_type, base_image_key, thumbnail_key, usage_count FROM avatars",
     )
     return {r[0]: AvatarRow(r[1], r[2], tuple(k for k in (r[3], r[4]) if k), r[5]) for r in rows}
@@ -140,35 +151,37 @@ def _dlq_entry(queue: str, message: aio_pika.abc.AbstractIncomingMessage) -> Dlq
 
 
 async def take(sources: Sources) -> Snapshot:
-    credits, usage = sources.settings["credits"], sources.settings["usage"]
+    credits, usage = "credits", "usage"
     announced = {
         e["data"]["avatarId"]: (e["userId"], e["data"]["sourceType"]) for e in sources.created.of_type("avatar.created")
     }
     usage_rows: dict[str, Counter[str]] = {}
     for avatar, reference, n in await _rows(
-        usage, "SELECT avatar_id, reference_id, count(*) FROM usage_events GROUP BY avatar_id, reference_id"
+        sources, usage, "SELECT avatar_id, reference_id, count(*) FROM usage_events GROUP BY avatar_id, reference_id"
     ):
         usage_rows.setdefault(avatar, Counter())[reference] += n
     overdue = await _rows(
+        sources,
         credits,
         "SELECT id FROM holds WHERE status = 'active'"
         f" AND expires_at < now() - interval '{HOLD_SWEEP_GRACE_SECONDS} seconds'",
     )
     return Snapshot(
-        wallets=dict(await _rows(credits, "SELECT user_id, balance FROM wallets")),
+        wallets=dict(await _rows(sources, credits, "SELECT user_id, balance FROM wallets")),
         ledger_sums={
             u: int(s)
-            for u, s in await _rows(credits, "SELECT user_id, sum(amount) FROM ledger_entries GROUP BY user_id")
+            for u, s in await _rows(
+                sources, credits, "SELECT user_id, sum(amount) FROM ledger_entries GROUP BY user_id"
+            )
         },
         grants=dict(sources.record.grants),
         announced=announced,
         deleted={e["data"]["avatarId"] for e in sources.deleted.of_type("avatar.deleted")},
         avatars=await _avatar_rows(sources),
-        generated_by=dict(
-            await _rows(sources.settings["generation"], "SELECT id, generation_id FROM generation_images")
-        ),
+        generated_by=dict(await _rows(sources, "generation", "SELECT id, generation_id FROM generation_images")),
         holds_overdue=[r[0] for r in overdue],
-        holds_active=await _scalar(credits, "SELECT count(*) FROM holds WHERE status = 'active'") - len(overdue),
+        holds_active=await _scalar(sources, credits, "SELECT count(*) FROM holds WHERE status = 'active'")
+        - len(overdue),
         usage_rows=usage_rows,
         accepted_uses=sources.record.accepted_uses,
         uncertain_uses=sources.record.uncertain_uses,
