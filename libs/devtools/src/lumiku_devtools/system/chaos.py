@@ -11,6 +11,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from lumiku_devtools.fake_hf import FakeHuggingFace
 from lumiku_devtools.processes import Process
 from lumiku_devtools.system.timeline import Window
@@ -82,3 +85,28 @@ class Chaos:
         self.fake.mode = "ok"
         # A hanging answer is still being waited for until the provider timeout ends it.
         self.windows.append(Window("provider", f"provider:{answer}", began, time.monotonic()))
+
+
+async def watch_database_room(engine: AsyncEngine, windows: list[Window], stop: asyncio.Event) -> None:
+    """Records when the shared PostgreSQL has no connection left for anyone (other test runs share it): that is an
+    outage too, but the environment's, not one of ours; the report counts these windows apart."""
+    full_since: float | None = None
+    query = text(
+        "SELECT count(*) >= current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int FROM pg_stat_activity"
+    )
+    while not stop.is_set():
+        try:
+            async with engine.connect() as conn:
+                full = bool((await conn.execute(query)).scalar())
+        except Exception:  # our own connection refused: full as well
+            full = True
+        now = time.monotonic()
+        if full and full_since is None:
+            full_since = now
+        elif not full and full_since is not None:
+            windows.append(Window("environment", "postgres-full", full_since, now))
+            full_since = None
+        await asyncio.sleep(0.5)
+    if full_since is not None:
+        windows.append(Window("environment", "postgres-full", full_since, time.monotonic()))

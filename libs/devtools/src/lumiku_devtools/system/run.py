@@ -18,7 +18,7 @@ import asyncpg
 from lumiku_devtools.fake_hf import FakeHuggingFace, serving
 from lumiku_devtools.processes import SETTINGS, Process, RealSuite, real_suite
 from lumiku_devtools.system import snapshot
-from lumiku_devtools.system.chaos import Chaos
+from lumiku_devtools.system.chaos import Chaos, watch_database_room
 from lumiku_devtools.system.invariants import Check, Snapshot, Work, check_all, check_work
 from lumiku_devtools.system.load import Load
 from lumiku_devtools.system.timeline import Exchange, Verdict, classify
@@ -38,7 +38,8 @@ class Config:
     users: int = 8
     seed: int = 12
     drain_seconds: float = 120.0
-    grace_seconds: float = 5.0  # after a fault ends, 5xx are still its doing for this long
+    # After a fault ends, 5xx are still its doing for this long (pools reconnect, the gateway's next try).
+    grace_seconds: float = 5.0
     cut_seconds: float = 5.0
     chaos: bool = True
     db_pool_size: int = 1
@@ -170,7 +171,7 @@ async def _run_suite(
             await asyncio.sleep(config.tail_seconds)  # load with every process back: recovering is part of it
             stop.set()
 
-        await asyncio.gather(load.run(stop), schedule())
+        await asyncio.gather(load.run(stop), schedule(), watch_database_room(engines["credits"], chaos.windows, stop))
         elapsed = time.monotonic() - began
         sources = snapshot.Sources(
             suite.settings, suite.envs["avatars"]["STORAGE_PATH"], load.record, created, deleted, engines
@@ -251,7 +252,12 @@ def _fill(
             "starts": chaos.restarts.get(w.target),
         }
         for w in sorted(chaos.windows, key=lambda w: w.start)
+        if w.kind != "environment"
     ]
+    full = [w for w in chaos.windows if w.kind == "environment"]
+    if full:  # not injected: the shared server had no connection left (other runs on it)
+        seconds = round(sum(w.end - w.start for w in full), 1)
+        report.faults.append({"kind": "environment", "target": "postgres-full", "count": len(full), "seconds": seconds})
     report.faults += [
         {"kind": "event", "target": kind, "count": n} for kind, n in _count(load.record.injected.values()).items()
     ]
