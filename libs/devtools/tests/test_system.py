@@ -16,5 +16,5 @@ from lumiku_devtools.system.run import Config, render, run, write
 async def test_the_suite_keeps_its_invariants_under_load_and_faults(tmp_path: Path) -> None:
     config = Config(load_seconds=float(os.environ.get("SYSTEM_LOAD_SECONDS", "45")), report_dir=tmp_path)
     report = await run(config)
-    write(report, tmp_path)
+    print(render(report), f"report: {write(report, tmp_path)}", sep="\n")  # shown with -s
     assert report.ok, render(report)
