@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,9 +46,9 @@ class Chaos:
         links = [name for _ in range(2) for name in self.proxies]
         # Three kill tracks: a restart takes several seconds on a busy machine, one track would overrun the load.
         await asyncio.gather(
-            *(self._spread(seconds, [lambda n=n: self.kill(n) for n in names[i::3]]) for i in range(3)),  # type: ignore[misc]
-            self._spread(seconds, [lambda n=n: self.cut(n) for n in links]),  # type: ignore[misc]
-            self._spread(seconds, [lambda b=b: self.burst(b) for b in PROVIDER_BURSTS]),  # type: ignore[misc]
+            *(self._spread(seconds, [partial(self.kill, n) for n in names[i::3]]) for i in range(3)),
+            self._spread(seconds, [partial(self.cut, n) for n in links]),
+            self._spread(seconds, [partial(self.burst, b) for b in PROVIDER_BURSTS]),
         )
 
     async def _spread(self, seconds: float, faults: Sequence[Callable[[], Awaitable[None]]]) -> None:
