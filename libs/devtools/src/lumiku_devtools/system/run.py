@@ -18,7 +18,7 @@ import asyncpg
 from lumiku_devtools.fake_hf import FakeHuggingFace, serving
 from lumiku_devtools.processes import SETTINGS, Process, RealSuite, real_suite
 from lumiku_devtools.system import snapshot
-from lumiku_devtools.system.chaos import Chaos, watch_database_room
+from lumiku_devtools.system.chaos import RESTART_TIMEOUT, Chaos, watch_database_room
 from lumiku_devtools.system.invariants import Check, Snapshot, Work, check_all, check_work
 from lumiku_devtools.system.load import Load
 from lumiku_devtools.system.timeline import Exchange, Verdict, classify
@@ -261,6 +261,9 @@ def _fill(
     report.faults += [
         {"kind": "event", "target": kind, "count": n} for kind, n in _count(load.record.injected.values()).items()
     ]
+    back = Check("every killed process came back", checked=len(chaos.restarts))
+    back.failures = [f"{name} not ready {RESTART_TIMEOUT:g} s after its restart" for name in chaos.unrecovered]
+    checks.append(back)
     five_xx = Check("5xx only during faults, only 502/503/504", checked=verdict.server_errors)
     five_xx.failures = [
         f"{e.method} {e.route} -> {e.status or e.error} at +{e.started - exchanges[0].started:.1f}s"
