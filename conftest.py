@@ -22,6 +22,7 @@ CONTAINERS = pytest.StashKey[contextlib.ExitStack]()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: fast tier, needs no server (any test under a unit/ folder)")
     config.addinivalue_line("markers", "unhandled_errors: the test provokes an unhandled error (500) on purpose")
+    config.addinivalue_line("markers", "system: the whole suite under load and faults (minutes; make system-test)")
     unit_only = config.option.markexpr == "unit"
     if os.environ.get("PYTEST_XDIST_WORKER") is None and not unit_only:  # once: xdist workers inherit the URLs
         choices = infra_selection.probe()

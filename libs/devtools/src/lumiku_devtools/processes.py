@@ -46,21 +46,27 @@ QUEUES = {
 
 
 class Process:
+    log: Path | None = None  # where the process's output is appended (each start); discarded when None
+    respawn = False  # wait_ready starts the process again when it died (an orchestrator's restart policy)
+    starts = 0
+
     def __init__(self, command: list[str], port: int, env: dict[str, str]):
         self.command, self.port, self.env = command, port, env
         self.proc: subprocess.Popen[bytes] | None = None
+        self._extra_env: dict[str, str] = {}
 
     @classmethod
     def uvicorn(cls, factory: str, port: int, env: dict[str, str]) -> Process:
         return cls(uvicorn_command(factory, port), port, env)
 
     def start(self, **extra_env: str) -> None:
-        self.proc = subprocess.Popen(
-            self.command,
-            env={**os.environ, **self.env, **extra_env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.starts += 1
+        self._extra_env = extra_env
+        with contextlib.ExitStack() as stack:
+            output = stack.enter_context(self.log.open("ab")) if self.log else subprocess.DEVNULL
+            self.proc = subprocess.Popen(
+                self.command, env={**os.environ, **self.env, **extra_env}, stdout=output, stderr=output
+            )
 
     def stop(self) -> None:
         """SIGKILL: nothing of the process's own shutdown runs, as in a crash."""
@@ -81,6 +87,9 @@ class Process:
 
     async def wait_ready(self, timeout: float = 60) -> None:
         async def ready() -> bool:
+            if self.respawn and not self.alive:
+                self.start(**self._extra_env)
+                return False
             try:
                 return (await client.get(f"http://127.0.0.1:{self.port}/ready")).status_code == 200
             except httpx.HTTPError:
@@ -97,6 +106,8 @@ class RealSuite:
     settings: dict[str, ServiceSettings] = field(default_factory=dict)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
+    log_dir: Path | None = None  # each process's output in <name>.log there, when given
+    respawn: bool = False
 
     @property
     def processes(self) -> list[Process]:
@@ -108,6 +119,9 @@ class RealSuite:
         port = free_port()
         command = [sys.executable, "-m", "lumiku_common.worker", name, "--host", "127.0.0.1", "--port", str(port)]
         process = Process(command, port, {**self.envs[name], "RUN_WORKERS": "true"})
+        if self.log_dir:
+            process.log = self.log_dir / f"{name}-worker-{len(self.workers)}.log"
+        process.respawn = self.respawn
         self.workers.append(process)
         return process
 
@@ -128,10 +142,16 @@ async def real_suite(
     names: tuple[str, ...],
     namespace: str,
     service_env: dict[str, dict[str, str]] | None = None,
+    log_dir: Path | None = None,
+    ready_timeout: float = 60,
+    respawn: bool = False,
     **gateway_env: str,
 ) -> AsyncIterator[RealSuite]:
     """Starts the named services and a gateway in front of them; each migrates its own test database.
-    `service_env` adds environment variables to one service's processes (its workers' too)."""
+    `service_env` adds environment variables to one service's processes (its workers' too); with `log_dir`,
+    each process's output goes to a file there instead of nowhere; `ready_timeout` bounds the start-up (a busy
+    machine starting many processes at once needs more); with `respawn`, a process that dies (e.g. its
+    migration found no free database connection) is started again, as an orchestrator would."""
     factories = {s.name: s.factory for s in SERVICES}
     ports = {name: free_port() for name in names}
     urls = json.dumps({name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
@@ -142,11 +162,15 @@ async def real_suite(
         envs = {n: {**_env(settings[n]), **common, **(service_env or {}).get(n, {})} for n in names}
         services = {n: Process.uvicorn(factories[n], ports[n], envs[n]) for n in names}
         gateway = Process.uvicorn(GATEWAY.factory, free_port(), {**_env(gateway_settings), **common, **gateway_env})
-        suite = RealSuite(gateway, services, {**settings, "gateway": gateway_settings}, envs)
+        suite = RealSuite(
+            gateway, services, {**settings, "gateway": gateway_settings}, envs, log_dir=log_dir, respawn=respawn
+        )
+        for name, process in [*services.items(), ("gateway", gateway)]:
+            process.log, process.respawn = log_dir / f"{name}.log" if log_dir else None, respawn
         try:
             for process in suite.processes:
                 process.start()
-            await asyncio.gather(*(p.wait_ready() for p in suite.processes))
+            await asyncio.gather(*(p.wait_ready(ready_timeout) for p in suite.processes))
             yield suite
         finally:
             for process in [*suite.processes, *suite.workers]:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.errors import ServiceUnavailable, is_unavailable
+from lumiku_common.logs import get_logger
 from lumiku_common.messaging.consumer import EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted, RunGeneration
 from lumiku_generation import service
 from lumiku_generation.settings import GenerationSettings
 from lumiku_generation.workflows import GenerationWorkflows
+
+log = get_logger(__name__)
 
 JOBS_QUEUE = "generation.jobs"
 PROJECTS_QUEUE = "generation.project-events"
@@ -21,9 +25,24 @@ def job_handlers(workflows: GenerationWorkflows) -> EventHandlers:
 
     @handlers.work(RunGeneration)
     async def _run(event: RunGeneration, _: Envelope) -> None:
-        await workflows.run(event.generation_id)
+        try:
+            await workflows.run(event.generation_id)
+        except Exception as exc:
+            if not dependency_down(exc):
+                raise
+            # Retrying at once would use up the command's deliveries within seconds and dead-letter a job that is
+            # fine: the run gave its lease back, so the sweeper sends the job to a worker again once it can.
+            log.warning("generation_run_postponed", generationId=event.generation_id, error=repr(exc)[:300])
 
     return handlers
+
+
+def dependency_down(exc: BaseException) -> bool:
+    """Whether the run failed only because a dependency (avatars, credits, storage, the database) is down; the
+    images of a job run in a TaskGroup, so their failures come as a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(dependency_down(e) for e in exc.exceptions)
+    return isinstance(exc, ServiceUnavailable) or is_unavailable(exc)
 
 
 def project_handlers(settings: GenerationSettings) -> EventHandlers:
