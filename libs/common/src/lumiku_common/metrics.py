@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -240,8 +240,6 @@ class MetricsServer:
 
 
 # --- gauges refreshed by background loops -------------------------------------------------------------------
-
-Refresh = Callable[[], Awaitable[None]]
 
 
 def set_all(gauge: Gauge, values: Iterable[tuple[str, float]], known: Iterable[str]) -> None:
