@@ -1,5 +1,6 @@
 """A consumer told to stop (SIGTERM's path: Workers.stop) with a message in flight: it finishes the message
-within the drain time, or returns it to the queue, where the next consumer handles it; once either way."""
+within the drain time, or returns it to the queue, where the next consumer handles it; once either way. A batch
+consumer commits the batch in flight and returns the messages still waiting."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import insert
 
 from lumiku_common.messaging.broker import Broker
-from lumiku_common.messaging.consumer import Consumer, EventHandlers
+from lumiku_common.messaging.consumer import BatchConsumer, BatchHandlers, Consumer, Delivery, EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted
 from lumiku_devtools.testing import delete_queues, eventually, publish_raw
 
@@ -94,3 +95,39 @@ async def test_a_message_in_flight_past_the_drain_goes_back_and_is_handled_once(
 
 async def effect_count_is(db, n: int) -> bool:  # type: ignore[no-untyped-def]
     return await effect_count(db) == n
+
+
+async def test_a_batch_being_committed_finishes_within_the_drain_and_waiting_messages_go_back(
+    db, broker, settings
+) -> None:  # type: ignore[no-untyped-def]
+    handlers, batches, release = BatchHandlers(batch_size=5, linger_seconds=0.05), [], asyncio.Event()
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:  # type: ignore[no-untyped-def]
+        batches.append([d.envelope.id for d in deliveries])
+        if len(batches) == 1:
+            await asyncio.wait_for(release.wait(), 30)
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+
+    def consumer() -> BatchConsumer:
+        return BatchConsumer(QUEUE, db, broker, handlers, queue_prefix=settings.queue_prefix)
+
+    first = consumer()
+    await first.start()
+    try:
+        for n in range(12):  # the first batch blocks; the rest waits in memory or the queue, unacked
+            await publish_raw(settings, "project.deleted", envelope(f"p{n}", f"e{n:02}"))
+        await eventually(lambda: asyncio.sleep(0, len(batches) == 1), what="first batch in its transaction")
+        asyncio.get_running_loop().call_later(0.5, release.set)
+        await first.stop(drain_seconds=10)
+        assert len(batches) == 1  # nothing started after the stop
+        assert await effect_count(db) == len(batches[0])  # the batch in flight committed
+        second = consumer()
+        await second.start()
+        await eventually(lambda: effect_count_is(db, 12), what="the rest redelivered and handled")
+        await asyncio.sleep(0.3)
+        assert await effect_count(db) == 12  # each once
+        await second.stop()
+    finally:
+        await first.stop()
+        await delete_queues(settings, QUEUE)
