@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
+from lumiku_common.errors import is_unavailable
 from lumiku_devtools.fake_hf import FakeHuggingFace, serving
 from lumiku_devtools.processes import SETTINGS, Process, RealSuite, real_suite
 from lumiku_devtools.system import snapshot
@@ -111,8 +110,8 @@ async def _fresh_databases() -> None:
             try:
                 await prepare_database(settings_for_tests(SETTINGS[name], NAMESPACE), migrations)
                 break
-            except asyncpg.TooManyConnectionsError:
-                if attempt == 59:
+            except Exception as exc:  # raw from asyncpg, or wrapped by SQLAlchemy
+                if attempt == 59 or not is_unavailable(exc):
                     raise
                 await asyncio.sleep(2)
 
