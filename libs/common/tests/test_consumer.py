@@ -190,14 +190,22 @@ async def test_crash_between_commit_and_ack_is_harmless(db, settings, make_consu
 
 
 async def queue_empty(settings, name: str) -> bool:
+    result = await declared(settings, name)
+    return result.message_count == 0 and result.consumer_count >= 1
+
+
+async def queue_depth(settings, name: str) -> int:
+    return int((await declared(settings, name)).message_count or 0)
+
+
+async def declared(settings, name: str):
     import aio_pika
 
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(name, passive=True)
-        result = queue.declaration_result
-        return result.message_count == 0 and result.consumer_count >= 1
+        return queue.declaration_result
 
 
 async def test_prune_inbox_forgets_only_old_ids(db):
@@ -218,3 +226,23 @@ async def test_prune_inbox_forgets_only_old_ids(db):
     assert await prune_inbox(db, timedelta(days=14)) == 1
     async with db.sessions() as session:
         assert sorted((await session.execute(select(inbox.c.event_id))).scalars()) == ["e1", "e2"]
+
+
+async def test_an_outage_longer_than_the_retries_dead_letters_nothing(db, broker, settings, make_consumer):
+    """A dependency down for longer than the delivery limit's retries would last: the consumer holds the message
+    and retries in place, so the event lands once when the dependency is back, and nothing is dead-lettered."""
+    handlers, calls = EventHandlers(), []
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, event: ProjectDeleted, env: Envelope) -> None:
+        calls.append(env.id)
+        if len(calls) <= 8:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        await session.execute(insert(effects).values(event_id=env.id))
+
+    consumer = await make_consumer(handlers, broker, delivery_limit=3)
+    await publish_raw(settings, "project.deleted", envelope("outlasting"))
+    await eventually(lambda: effect_count_is(db, 1), timeout=30)
+    assert len(calls) == 9
+    await eventually(lambda: queue_empty(settings, consumer.name))
+    assert await queue_depth(settings, consumer.dlq_name) == 0

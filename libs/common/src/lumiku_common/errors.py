@@ -126,6 +126,14 @@ def is_unavailable(exc: BaseException | None) -> bool:
     return False
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether work failed only because something it depends on is down (a database, broker or socket failure,
+    or another service answering 503), so retrying later can succeed; a group fails so when all its parts do."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_outage(e) for e in exc.exceptions)
+    return isinstance(exc, ServiceUnavailable) or is_unavailable(exc)
+
+
 def error_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status_code, headers=headers)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lumiku_common.errors import ServiceUnavailable, is_unavailable
+from lumiku_common.errors import is_outage
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.consumer import EventHandlers
 from lumiku_common.messaging.events import Envelope, ProjectDeleted, RunGeneration
@@ -28,21 +28,13 @@ def job_handlers(workflows: GenerationWorkflows) -> EventHandlers:
         try:
             await workflows.run(event.generation_id)
         except Exception as exc:
-            if not dependency_down(exc):
+            if not is_outage(exc):
                 raise
             # Retrying at once would use up the command's deliveries within seconds and dead-letter a job that is
             # fine: the run gave its lease back, so the sweeper sends the job to a worker again once it can.
             log.warning("generation_run_postponed", generationId=event.generation_id, error=repr(exc)[:300])
 
     return handlers
-
-
-def dependency_down(exc: BaseException) -> bool:
-    """Whether the run failed only because a dependency (avatars, credits, storage, the database) is down; the
-    images of a job run in a TaskGroup, so their failures come as a group."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(dependency_down(e) for e in exc.exceptions)
-    return isinstance(exc, ServiceUnavailable) or is_unavailable(exc)
 
 
 def project_handlers(settings: GenerationSettings) -> EventHandlers:

@@ -31,12 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from lumiku_common import metrics, tracing
 from lumiku_common.context import bound, causation_id_var, correlation_id_var, traceparent_var
 from lumiku_common.db import Database, utcnow
+from lumiku_common.errors import is_outage
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.broker import DLX_NAME, Broker
 from lumiku_common.messaging.events import Envelope, Event, UnknownEvent
 from lumiku_common.messaging.tables import inbox
 
 log = get_logger(__name__)
+
+OUTAGE_MAX_BACKOFF_SECONDS = 5.0
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
@@ -223,7 +226,7 @@ class Consumer:
         try:
             envelope, event = self._decode(message)
             with metrics.timed(metrics.HANDLER_DURATION, self.name):
-                handled = await self._apply(envelope, event)
+                handled = await self._apply_through_outages(envelope, event)
         except Poison as exc:
             await self._dead_letter(message, f"poison: {exc}")
             return
@@ -245,6 +248,24 @@ class Consumer:
             return envelope, envelope.parse()
         except (ValidationError, UnknownEvent, ValueError) as exc:
             raise Poison(str(exc)[:500]) from exc
+
+    async def _apply_through_outages(self, envelope: Envelope, event: Event) -> bool:
+        """Retries in place, holding the message, while a dependency is down: redeliveries would use up the
+        message's delivery limit within seconds and dead-letter an event that is fine. A shutdown meanwhile
+        returns the message to its queue (unacked)."""
+        delay = self.retry_delay
+        while True:
+            try:
+                return await self._apply(envelope, event)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning(
+                    "event_dependency_down", queue=self.name, eventId=envelope.id, retryIn=delay, error=repr(exc)
+                )
+                metrics.consumed(self.name, "retried")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTAGE_MAX_BACKOFF_SECONDS)
 
     async def _apply(self, envelope: Envelope, event: Event) -> bool:
         work = self.handlers.work_by_type.get(envelope.type)

@@ -1,12 +1,12 @@
-"""A job run that failed only because a dependency is down is left to the sweeper (the command is acked), so an
-outage of a few seconds does not use up the command's deliveries and dead-letter a job that is fine."""
+"""Which failures are outages (a dependency down: wait and retry) rather than bugs: consumers ride them out in
+place, and generation leaves such a run to its sweeper, so an outage of a few seconds dead-letters nothing."""
 
 from __future__ import annotations
 
 import pytest
 
+from lumiku_common.errors import is_outage
 from lumiku_common.internal import UpstreamUnavailable
-from lumiku_generation.handlers import dependency_down
 
 
 @pytest.mark.parametrize(
@@ -18,13 +18,13 @@ from lumiku_generation.handlers import dependency_down
         ExceptionGroup("images", [ExceptionGroup("nested", [TimeoutError()]), UpstreamUnavailable()]),
     ],
 )
-def test_outages_postpone_the_run(exc: BaseException) -> None:
-    assert dependency_down(exc)
+def test_outages(exc: BaseException) -> None:
+    assert is_outage(exc)
 
 
 @pytest.mark.parametrize(
     "exc",
     [ValueError("a bug"), ExceptionGroup("images", [UpstreamUnavailable(), KeyError("a bug")])],
 )
-def test_anything_else_is_retried_and_dead_lettered_as_before(exc: BaseException) -> None:
-    assert not dependency_down(exc)
+def test_anything_else_is_not_an_outage(exc: BaseException) -> None:
+    assert not is_outage(exc)
