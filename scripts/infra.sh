@@ -28,6 +28,18 @@ fi
 
 status=0
 wait_for PostgreSQL 5432 60 || status=1
+
+# A test session keeps dozens of apps and processes alive, each with its pool, relay listener and loops: on a
+# 2-worker run more than PostgreSQL's default 100 connections. A local cluster is given room (once: it persists).
+if [ "$status" -eq 0 ] && command -v pg_ctlcluster >/dev/null && [ -z "${POSTGRES_URL:-}" ]; then
+  max=$(psql -h 127.0.0.1 -U postgres -Atc "SHOW max_connections" 2>/dev/null || echo 0)
+  if [ "${max:-0}" -lt "${TEST_PG_MAX_CONNECTIONS:-400}" ]; then
+    echo "infra: raising PostgreSQL max_connections from $max to ${TEST_PG_MAX_CONNECTIONS:-400} (restart)"
+    psql -h 127.0.0.1 -U postgres -qc "ALTER SYSTEM SET max_connections = ${TEST_PG_MAX_CONNECTIONS:-400}" &&
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart &&
+      wait_for PostgreSQL 5432 60 || status=1
+  fi
+fi
 wait_for Redis 6379 30 || status=1
 wait_for RabbitMQ 5672 120 || status=1
 if [ "$status" -ne 0 ]; then

@@ -134,6 +134,7 @@ def _env(settings: ServiceSettings) -> dict[str, str]:
         "QUEUE_PREFIX": settings.queue_prefix,
         "EVENTS_EXCHANGE": settings.events_exchange,
         "OUTBOX_POLL_SECONDS": "0.05",
+        "DB_POOL_SIZE": str(settings.db_pool_size),
     }
 
 

@@ -34,6 +34,9 @@ RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
 WORKER = os.environ.get("TEST_DB_TAG", "") + os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 
 
+TEST_DB_POOL_SIZE = 2
+
+
 def settings_for_tests(cls: type[S], namespace: str = "", **overrides: Any) -> S:
     """Settings on isolated databases, queues and exchange. Services started together for one fixture share
     a `namespace`; apps that stay up for a whole session need their own, or their relays and consumers
@@ -49,6 +52,9 @@ def settings_for_tests(cls: type[S], namespace: str = "", **overrides: Any) -> S
         "events_exchange": f"lumiku.events.test.{RUN_ID}{ns}",
         "outbox_poll_seconds": 0.05,
         "log_level": "WARNING",
+        # Up to 2 x this many connections per engine, kept open: dozens of apps and processes live at once in a
+        # test session, and CI's PostgreSQL allows 100 connections in all.
+        "db_pool_size": TEST_DB_POOL_SIZE,
     }
     values.update(overrides)
     return cls(**values)
