@@ -18,11 +18,12 @@ from pathlib import Path
 import httpx
 
 from lumiku_avatars.settings import AvatarsSettings
+from lumiku_common.db import ensure_database
 from lumiku_common.settings import ServiceSettings
 from lumiku_credits.handlers import QUEUE as CREDITS_QUEUE
 from lumiku_credits.settings import CreditsSettings
 from lumiku_devtools.suite import GATEWAY, SERVICES, uvicorn_command
-from lumiku_devtools.testing import delete_queues, eventually, free_port, settings_for_tests
+from lumiku_devtools.testing import delete_queues, eventually, free_port, settings_for_tests, truncate_all
 from lumiku_gateway.settings import GatewaySettings
 from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE
 from lumiku_generation.settings import GenerationSettings
@@ -168,6 +169,9 @@ async def real_suite(
         )
         for name, process in [*services.items(), ("gateway", gateway)]:
             process.log, process.respawn = log_dir / f"{name}.log" if log_dir else None, respawn
+        for name in names:  # from empty databases: an earlier run killed midway may have left work in them
+            await ensure_database(settings[name].database_url)
+            await truncate_all(settings[name].database_url)
         try:
             for process in suite.processes:
                 process.start()
