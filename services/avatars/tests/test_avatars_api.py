@@ -342,3 +342,21 @@ async def test_sweeper_removes_what_killed_uploads_left_behind(suite):
     later = datetime.now(UTC) + timedelta(seconds=suite.settings.orphan_grace_seconds + 60)
     assert await suite.janitor.sweep_orphans(now=later) >= 1
     assert not await asyncio.to_thread(Path.exists, directory)
+
+
+async def test_a_change_racing_the_avatars_deletion_is_404_not_500(suite):
+    """A delete (another request, or a project's cascade) commits while an update or delete of the same avatar
+    is under way: the late one answers 404, never 500 (it used to find the row, then update none of it)."""
+    _, headers = suite.user()
+    project_id = await suite.project(headers)
+    for method, kwargs in (("put", {"json": {"name": "Late"}}), ("delete", {})):
+        avatar = await suite.created(headers, project_id, jpeg())
+        async with suite.avatars_app.state.db.unit_of_work() as session:
+            await session.execute(text("DELETE FROM avatars WHERE id = :id"), {"id": avatar["id"]})
+            late = asyncio.create_task(
+                getattr(suite.api, method)(f"{APP}/avatars/{avatar['id']}", headers=headers, **kwargs)
+            )
+            await asyncio.sleep(0.5)  # the late request is now waiting on the row this transaction deletes
+        response = await late
+        assert response.status_code == 404, (method, response.text)
+        assert response.json() == {"error": "Avatar not found"}

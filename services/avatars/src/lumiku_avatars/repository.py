@@ -61,8 +61,9 @@ class AvatarRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
 
-    async def get(self, user_id: str, avatar_id: str) -> Avatar | None:
-        result = await self.session.execute(select(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id))
+    async def get(self, user_id: str, avatar_id: str, for_update: bool = False) -> Avatar | None:
+        query = select(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
+        result = await self.session.execute(query.with_for_update() if for_update else query)
         return result.scalar_one_or_none()
 
     async def by_id(self, avatar_id: str) -> Avatar | None:

@@ -27,7 +27,9 @@ def _keys(avatar: Avatar) -> list[str]:
 
 
 async def get_avatar(session: AsyncSession, user_id: str, avatar_id: str) -> Avatar:
-    avatar = await AvatarRepository(session).get(user_id, avatar_id)
+    """The caller's avatar, locked for the change about to be made: a delete racing it (another request, or a
+    project's cascade) either lands first, and this is a 404, or waits for this change to commit."""
+    avatar = await AvatarRepository(session).get(user_id, avatar_id, for_update=True)
     if avatar is None:
         raise AvatarNotFound()
     return avatar
