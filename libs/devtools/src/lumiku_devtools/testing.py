@@ -55,6 +55,9 @@ def settings_for_tests(cls: type[S], namespace: str = "", **overrides: Any) -> S
         # Up to 2 x this many connections per engine, kept open: dozens of apps and processes live at once in a
         # test session, and CI's PostgreSQL allows 100 connections in all.
         "db_pool_size": TEST_DB_POOL_SIZE,
+        # An app's shutdown waits this long for messages in flight (one may be riding out an outage the test
+        # made): well inside the 30 s a test gives an app to stop. Drain tests set their own.
+        "consumer_drain_seconds": 1.0,
     }
     values.update(overrides)
     return cls(**values)
@@ -271,6 +274,10 @@ class TcpProxy:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
+            writer.close()
+            return
+        if not self.accepting:  # cut while this link was being set up: it must not outlive the cut
+            up_writer.close()
             writer.close()
             return
         self._links |= {writer, up_writer}
