@@ -161,3 +161,27 @@ async def ready_messages(settings, name: str) -> int:
         channel = await connection.channel()
         queue = await channel.declare_queue(name, passive=True)
         return queue.declaration_result.message_count or 0
+
+
+async def test_an_outage_outlasting_the_retries_dead_letters_nothing(db, broker, settings, make_consumer):
+    """The batch's transaction fails because a dependency is down, for longer than the delivery limit's retries
+    would last: every message waits unacked and lands once when the dependency is back; nothing dead-lettered
+    (the system test saw usage dead-letter good events after a 5 s database cut)."""
+    handlers = BatchHandlers(batch_size=50, linger_seconds=0.2)
+    outage_over, attempts = asyncio.Event(), []
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:
+        attempts.append(len(deliveries))
+        if not outage_over.is_set():
+            raise ConnectionResetError(104, "Connection reset by peer")
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+
+    consumer = await make_consumer(handlers, broker)
+    for n in range(5):
+        await publish_raw(settings, "project.deleted", envelope(f"p{n}", f"out{n}"))
+    await eventually(lambda: _at_least(attempts, 5 * 6), timeout=20)  # each tried past the delivery limit (5)
+    outage_over.set()
+    await eventually(lambda: _count_is(db, 5), timeout=30)
+    assert await effect_ids(db) == [f"out{n}" for n in range(5)]
+    assert await ready_messages(settings, consumer.dlq_name) == 0

@@ -55,7 +55,8 @@ class Poison(Exception):
 
 class Defer(Exception):
     """A message that cannot be decided yet because something it needs is unavailable (another service is
-    down): kept unacked and retried with backoff, without using up its deliveries (batch mode)."""
+    down): kept unacked and retried with backoff, without using up its deliveries (batch mode; an outage —
+    `is_outage` — is treated the same)."""
 
 
 class EventHandlers:
@@ -460,6 +461,10 @@ class BatchConsumer(Consumer):
                     fresh = await claim_many(session, self.name, _unique([d.envelope for d in ready]))
                     await self._apply_batch(session, _first_of_each(d for d in ready if d.envelope.id in fresh))
         except Exception as exc:
+            if is_outage(exc):  # nobody's fault: each waits unacked, without using up its deliveries
+                for delivery in ready:
+                    self._defer(delivery, 0, exc)
+                return
             log.warning("event_batch_failed", queue=self.name, size=len(ready), error=repr(exc))
             for delivery in ready:  # alone now: a poison message takes only itself down
                 await self._one(delivery)
@@ -506,7 +511,7 @@ class BatchConsumer(Consumer):
                 ready.append(delivery)
             elif isinstance(fate, Poison):
                 await self._dead_letter(delivery.message, f"poison: {fate}")
-            elif isinstance(fate, Defer):
+            elif isinstance(fate, Defer) or is_outage(fate):
                 self._defer(delivery, attempt, fate)
             else:
                 await self._retry_or_dead_letter(delivery.message, fate)
@@ -540,11 +545,11 @@ class BatchConsumer(Consumer):
         except Poison as exc:
             await self._dead_letter(delivery.message, f"poison: {exc}")
             return
-        except Defer as exc:
-            self._defer(delivery, attempt, exc)
-            return
         except Exception as exc:
-            await self._retry_or_dead_letter(delivery.message, exc)
+            if isinstance(exc, Defer) or is_outage(exc):
+                self._defer(delivery, attempt, exc)
+            else:
+                await self._retry_or_dead_letter(delivery.message, exc)
             return
         await delivery.message.ack()
         metrics.consumed(self.name, "handled" if handled else "duplicate")
