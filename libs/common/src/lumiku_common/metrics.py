@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -38,6 +38,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lumiku_common.logs import get_logger
+from lumiku_common.periodic import periodic
 
 log = get_logger(__name__)
 
@@ -248,3 +249,11 @@ def set_all(gauge: Gauge, values: Iterable[tuple[str, float]], known: Iterable[s
     found = dict(values)
     for label in known:
         gauge.labels(label).set(found.get(label, 0))
+
+
+def refreshing(
+    name: str, measure: Callable[[], Awaitable[None]], every: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A background loop that refreshes gauges read from the database or broker every `every` seconds
+    (METRICS_REFRESH_SECONDS), never per request; the first refresh after one interval: start-up is busy enough."""
+    return lambda: periodic(name, measure, every, first_delay=every)

@@ -101,9 +101,8 @@ class Workers:
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
         self.tasks.append(asyncio.create_task(prune, name="messaging-prune"))
-        every = self.spec.settings.metrics_refresh_seconds  # first after one interval: start-up is busy enough
-        measure = periodic("messaging-metrics", self.measure, every, first_delay=every)
-        self.tasks.append(asyncio.create_task(measure, name="messaging-metrics"))
+        measure = metrics.refreshing("messaging-metrics", self.measure, self.spec.settings.metrics_refresh_seconds)
+        self.tasks.append(asyncio.create_task(measure(), name="messaging-metrics"))
         self.tasks += [asyncio.ensure_future(loop()) for loop in self.spec.background]
 
     async def _prune(self) -> None:

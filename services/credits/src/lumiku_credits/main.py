@@ -36,8 +36,7 @@ def hold_gauges(db: Database, settings: CreditsSettings) -> BackgroundLoop:
         metrics.HOLDS_ACTIVE.set(live)
         metrics.HOLDS_OVERDUE.set(overdue)
 
-    every = settings.metrics_refresh_seconds
-    return lambda: periodic("hold-metrics", measure, every, first_delay=every)
+    return metrics.refreshing("hold-metrics", measure, settings.metrics_refresh_seconds)
 
 
 def create_app(settings: CreditsSettings | None = None) -> FastAPI:

@@ -65,9 +65,7 @@ def create_app(
             counts = await GenerationRepository(session).active_counts()
         metrics.set_all(metrics.GENERATION_JOBS, counts.items(), ACTIVE)
 
-    async def job_gauges() -> None:
-        every = settings.metrics_refresh_seconds
-        await periodic("generation-metrics", measure, every, first_delay=every)
+    job_gauges = metrics.refreshing("generation-metrics", measure, settings.metrics_refresh_seconds)
 
     return create_service(
         ServiceSpec(
