@@ -207,7 +207,7 @@ def release_refused(real: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
 async def test_a_hold_whose_release_fails_expires_and_charges_nothing(suite, monkeypatch, caplog):
     user, headers = suite.user()
     project = await suite.project(headers)
-    real = suite.workflows.credits.client.http._transport
+    real = suite.workflows.credits.client.transport
     tokens = ServiceTokens(suite.settings.service_token_secret, "avatars")
     flaky = CreditsClient(InternalClient("http://credits", tokens, transport=release_refused(real)))
     monkeypatch.setattr(suite.workflows, "credits", flaky)

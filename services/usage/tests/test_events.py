@@ -111,7 +111,7 @@ async def test_an_event_before_its_avatar_created_is_recorded_once_the_owner_is_
         user_id = f"user-{new_id()}"
         avatar_id = new_id()
         workflows: UsageWorkflows = late.usage_app.state.parts[UsageWorkflows]
-        workflows.avatars.client.http._transport = _Unreachable()
+        workflows.avatars.client.transport = _Unreachable()
         await late.publish_used(used_envelope(user_id, avatar_id, event_id="early-event"))
         await asyncio.sleep(4)  # ~8 attempts at 0.5 s: more than the delivery limit (5)
         assert await late.rows(avatar_id) == 0

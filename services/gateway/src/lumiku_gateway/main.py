@@ -74,11 +74,11 @@ def _router(settings: GatewaySettings) -> APIRouter:
     return router
 
 
-def _composer(settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None) -> ProjectComposer:
-    url, client = settings.service_urls.get("avatars"), None
-    if url is not None:
+def _composer(settings: GatewaySettings, upstreams: Upstreams) -> ProjectComposer:
+    avatars, client = upstreams.get("avatars"), None
+    if avatars is not None:  # the composition's calls share the avatars route's connection pool
         tokens = ServiceTokens(settings.service_token_secret, "gateway")
-        client = AvatarsClient(InternalClient(url, tokens, transport=(transports or {}).get("avatars")))
+        client = AvatarsClient(InternalClient(str(avatars.base_url), tokens, transport=avatars.transport))
     return ProjectComposer(client, settings.avatars_per_project_in_list, settings.avatars_per_project_in_detail)
 
 
@@ -92,7 +92,8 @@ def create_app(
     settings: GatewaySettings | None = None, transports: dict[str, httpx.AsyncBaseTransport] | None = None
 ) -> FastAPI:
     settings = settings or GatewaySettings()
-    upstreams, limiter, composer = Upstreams(settings, transports), _limiter(settings), _composer(settings, transports)
+    upstreams, limiter = Upstreams(settings, transports), _limiter(settings)
+    composer = _composer(settings, upstreams)
     signer = MediaSigner(settings.media_url_secret, settings.media_url_ttl_seconds)
     media_parts = Media(storage_from(settings), signer)
     suite_openapi = SuiteOpenAPI(upstreams, "Lumiku Avatar Creator", settings.version)
@@ -101,8 +102,6 @@ def create_app(
         await upstreams.aclose()
         if limiter.redis is not None:
             await limiter.redis.aclose()
-        if composer.avatars is not None:
-            await composer.avatars.aclose()
         await media_parts.storage.close()
 
     async def readiness(_: FastAPI) -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from lumiku_common.http_transport import AiohttpTransport
 from lumiku_gateway.settings import GatewaySettings
 
 
@@ -31,10 +32,9 @@ def _no_cookies() -> httpx.Cookies:
 class Upstreams:
     def __init__(self, settings: GatewaySettings, transports: dict[str, httpx.AsyncBaseTransport] | None = None):
         timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self.upstreams: dict[str, Upstream] = {}
         for name, url in settings.service_urls.items():
-            transport = (transports or {}).get(name) or httpx.AsyncHTTPTransport(limits=limits)
+            transport = (transports or {}).get(name) or AiohttpTransport(max_connections=200)
             client = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, cookies=_no_cookies())
             self.upstreams[name] = Upstream(name, httpx.URL(url), transport, timeout.as_dict(), client)
         self.clients = {name: u.client for name, u in self.upstreams.items()}
