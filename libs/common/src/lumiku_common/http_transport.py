@@ -12,7 +12,6 @@ errors callers already handle: no connection is `ConnectError`/`ConnectTimeout`,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -129,5 +128,5 @@ def _as_httpx_errors() -> Iterator[None]:
         raise httpx.InvalidURL(str(exc)) from exc
     except (aiohttp.ClientError, ConnectionError) as exc:
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise httpx.ReadTimeout("timed out") from exc
