@@ -1,0 +1,224 @@
+"""AiohttpTransport against raw local sockets: what goes on the wire, what comes back, and how each way an
+exchange can fail surfaces as the httpx error its callers handle."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from lumiku_common.http_transport import AiohttpTransport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server answering each connection with `handler`; yields its URL and the raw requests it read."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(_Recording(reader, seen), writer)  # type: ignore[arg-type]
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}", seen
+
+
+class _Recording:
+    def __init__(self, reader: asyncio.StreamReader, seen: list[bytes]):
+        self.reader, self.seen = reader, seen
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        data = await self.reader.readuntil(separator)
+        self.seen.append(data)
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        data = await self.reader.readexactly(n)
+        self.seen.append(data)
+        return data
+
+
+def _answer(body: bytes = b"ok", headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), headers, body)
+
+
+async def _keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request on the connection, reading a Content-Length body or a chunked one."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lowered = head.lower()
+        if b"content-length:" in lowered:
+            length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        elif b"transfer-encoding: chunked" in lowered:
+            while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) != 0:
+                await reader.readexactly(size + 2)
+            await reader.readuntil(b"\r\n")
+        writer.write(_answer(b"answer %d" % len(head), b"Set-Cookie: session=secret\r\n"))
+        await writer.drain()
+
+
+async def _send(transport: AiohttpTransport, request: httpx.Request) -> httpx.Response:
+    response = await transport.handle_async_request(request)
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
+    return response
+
+
+@asynccontextmanager
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    t = AiohttpTransport()
+    try:
+        yield t
+    finally:
+        await t.aclose()
+
+
+async def test_sends_the_path_byte_for_byte_and_only_the_headers_it_was_given():
+    async with raw_server(_keep_answering) as (url, seen), transport() as t:
+        url = f"{url}/api/a%2Fb/c%20d;v=1?q=%E2%9C%93&x"
+        response = await _send(t, httpx.Request("GET", url, headers={"Authorization": "Bearer t"}))
+    assert response.status_code == 200 and response.content.startswith(b"answer ")
+    head = seen[0].decode()
+    assert head.startswith("GET /api/a%2Fb/c%20d;v=1?q=%E2%9C%93&x HTTP/1.1\r\n")
+    names = sorted(line.split(":")[0].lower() for line in head.split("\r\n")[1:] if line)
+    assert names == ["authorization", "host"]
+
+
+async def test_a_streamed_body_goes_chunked_and_a_sized_one_with_its_length():
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"abc", b"defg"):
+            yield part
+
+    async with raw_server(_keep_answering) as (url, seen), transport() as t:
+        await _send(t, httpx.Request("POST", url, content=parts()))
+        chunked = b"".join(seen)
+        seen.clear()
+        await _send(t, httpx.Request("PUT", url, content=b'{"a":1}', headers={"Content-Type": "application/json"}))
+        sized = b"".join(seen)
+    assert b"transfer-encoding: chunked" in chunked.lower() and b"abc" in chunked and b"defg" in chunked
+    assert b"content-length: 7" in sized.lower() and sized.endswith(b'{"a":1}')
+    assert sized.lower().count(b"content-type") == 1
+
+
+async def test_keeps_the_connection_and_no_cookies():
+    connections = 0
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _keep_answering(reader, writer)
+
+    async with raw_server(counted) as (url, seen), transport() as t:
+        first = await _send(t, httpx.Request("GET", url))
+        await _send(t, httpx.Request("GET", url))
+    assert first.headers["set-cookie"] == "session=secret"
+    assert connections == 1 and b"cookie" not in seen[1].lower()
+
+
+async def test_an_encoded_body_passes_as_it_came():
+    body = gzip.compress(b"x" * 1000)
+
+    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_answer(body, b"Content-Encoding: gzip\r\n"))
+        await writer.drain()
+
+    async with raw_server(gzipped) as (url, _), transport() as t:
+        response = await t.handle_async_request(httpx.Request("GET", url))
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        await response.aclose()
+    assert raw == body and response.headers["content-encoding"] == "gzip"
+
+
+async def test_a_body_left_unread_does_not_go_back_to_the_pool():
+    connections = 0
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(_answer(b"y" * 1_000_000))
+            await writer.drain()
+
+    async with raw_server(big) as (url, _), transport() as t:
+        response = await t.handle_async_request(httpx.Request("GET", url))
+        async for _ in response.aiter_raw():
+            break
+        await response.aclose()
+        await _send(t, httpx.Request("GET", url))
+    assert connections == 2
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(5)
+
+
+async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+async def _garbled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    await writer.drain()
+
+
+async def _cut_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    await writer.drain()
+
+
+@pytest.mark.parametrize(
+    ("handler", "error"),
+    [
+        (_silent, httpx.ReadTimeout),
+        (_hang_up, httpx.ReadError),
+        (_garbled, httpx.RemoteProtocolError),
+        (_cut_mid_body, httpx.ReadError),
+    ],
+)
+async def test_a_failed_exchange_is_the_httpx_error_callers_handle(handler, error):
+    async with raw_server(handler) as (url, _), transport() as t:
+        with pytest.raises(error):
+            await _send(t, httpx.Request("POST", url, content=b"x", extensions={"timeout": {"read": 0.3}}))
+
+
+async def test_no_listener_is_a_connect_error():
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    async with transport() as t:
+        with pytest.raises(httpx.ConnectError):
+            await _send(t, httpx.Request("GET", f"http://127.0.0.1:{port}/"))
+
+
+async def test_a_full_pool_waits_no_longer_than_the_pool_timeout():
+    async with raw_server(_silent) as (url, _):
+        t = AiohttpTransport(max_connections=1)
+        try:
+            first = asyncio.ensure_future(_send(t, httpx.Request("GET", url, extensions={"timeout": {"read": 5}})))
+            await asyncio.sleep(0.1)
+            with pytest.raises(httpx.ConnectTimeout):
+                await _send(t, httpx.Request("GET", url, extensions={"timeout": {"pool": 0.2}}))
+            first.cancel()
+        finally:
+            await t.aclose()
