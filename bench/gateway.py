@@ -21,7 +21,9 @@ import asyncio
 import io
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ from PIL import Image
 
 from bench.lib import Process, Stats, free_port, measure, report
 from lumiku_common.auth import mint_user_token
+from lumiku_common.http_transport import AiohttpTransport
 from lumiku_common.settings import ServiceSettings
 
 __all__ = ["Process", "free_port", "main"]  # bench.avatars starts its processes with these
@@ -180,8 +183,15 @@ def median_stats(name: str, runs: list[Stats]) -> Stats:
 
 
 class Runner:
-    def __init__(self, client: httpx.AsyncClient, processes: dict[str, Process], headers: dict[str, str]):
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        processes: dict[str, Process],
+        headers: dict[str, str],
+        profile_dir: Path | None = None,
+    ):
         self.client, self.processes, self.headers = client, processes, headers
+        self.profile_dir = profile_dir
         self.failures: Counter[str] = Counter()
 
     def op(self, operation: Operation) -> Callable[[int], Awaitable[object]]:
@@ -201,18 +211,56 @@ class Runner:
     async def busy(self, operation: Operation, requests: int, concurrency: int) -> tuple[Stats, dict[str, float]]:
         measured = [p for name, p in self.processes.items() if name in MEASURED]
         before = {p.name: p.cpu_seconds() for p in measured}
-        stats = await measure(
-            f"{operation.name} c={concurrency}",
-            self.op(operation),
-            concurrency=concurrency,
-            requests=requests,
-            warmup=WARMUP,
-            progress=False,
-        )
+        with self._profiled(operation):
+            stats = await measure(
+                f"{operation.name} c={concurrency}",
+                self.op(operation),
+                concurrency=concurrency,
+                requests=requests,
+                warmup=WARMUP,
+                progress=False,
+            )
         served = requests + WARMUP
         cpu = {p.name: (p.cpu_seconds() - before[p.name]) * 1000 / served for p in measured}
         print(stats.line(), " cpu ms/req", {k: round(v, 3) for k, v in cpu.items() if v > 0}, file=sys.stderr)
         return stats, cpu
+
+    @contextmanager
+    def _profiled(self, operation: Operation) -> Iterator[None]:
+        """With --profile: py-spy samples each serving process during the run (collapsed stacks, one file per
+        operation and process; py-spy's own cost lands in the CPU figures, so profile and measure apart)."""
+        if self.profile_dir is None:
+            yield
+            return
+        slug = "".join(c if c.isalnum() else "-" for c in operation.name.lower()).strip("-")
+        spies = [
+            subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--nonblocking",
+                    "-r",
+                    "250",
+                    "-f",
+                    "raw",
+                    "-p",
+                    str(self.processes[name].proc.pid),
+                    "-o",
+                    str(self.profile_dir / f"{slug}.{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name in _who_serves(operation)
+            if name in self.processes
+        ]
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+            for spy in spies:
+                spy.wait(timeout=30)
 
     async def single(self, operation: Operation, requests: int) -> Stats:
         name = f"{operation.name} c=1"
@@ -293,7 +341,7 @@ def check_smoke(ratios: dict[str, float]) -> list[str]:
     ]
 
 
-async def run(requests: int, single: int, rounds: int, smoke: bool = False) -> int:
+async def run(requests: int, single: int, rounds: int, smoke: bool = False, profile: Path | None = None) -> int:
     settings = ServiceSettings(environment="development")
     await recreate_databases(settings.postgres_url)
     workdir = Path(tempfile.mkdtemp(prefix="lumiku-bench-gateway-"))
@@ -313,17 +361,19 @@ async def run(requests: int, single: int, rounds: int, smoke: bool = False) -> i
     secret = env.get("JWT_SECRET", settings.jwt_secret)
     token = mint_user_token(secret, f"bench-lister-{uuid.uuid4().hex[:8]}", "lister@bench.example")
     headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    # The load client shares the two cores with the servers: aiohttp's parser under httpx costs it a third of
+    # httpx's own stack, which leaves more of the machine to what is measured.
+    transport = AiohttpTransport(max_connections=32)
     started = time.monotonic()
     with suite(env) as processes:
-        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client:
             gateway = processes["gateway"].url
             projects, avatars = await seed(client, gateway, headers)
             composed = await client.get(f"{gateway}{APP}/projects", headers=headers)
             composed.raise_for_status()
             (workdir / "floor.json").write_bytes(composed.content)
             _start(processes, "floor", "bench.floor:create_app", env | {"FLOOR_BODY": str(workdir / "floor.json")})
-            runner = Runner(client, processes, headers)
+            runner = Runner(client, processes, headers, profile)
             results = await measure_all(runner, operations(projects[0], avatars[0]), requests, single, rounds)
     ratios = ratios_of(results)
     print(table(results))
@@ -332,7 +382,8 @@ async def run(requests: int, single: int, rounds: int, smoke: bool = False) -> i
         "cpu_ms_per_request": {r.operation.name: r.cpu_ms for r in results},
         "method": f"{rounds} interleaved round(s); 16-client runs of {requests} requests (floor 3x), 1-client runs "
         f"of {single}; medians over rounds",
-        "client": "one httpx.AsyncClient, HTTP/1.1 keep-alive, in a third process on the same machine",
+        "client": "one httpx.AsyncClient over lumiku_common's AiohttpTransport, HTTP/1.1 keep-alive, in a third "
+        "process on the same machine",
         "processes": "one uvicorn worker each; rate limiter on with limits out of reach",
         "wall_seconds": round(time.monotonic() - started, 1),
         "errors": dict(runner.failures),
@@ -355,10 +406,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single", type=int, default=300, help="requests per 1-client run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="a few seconds of load, checked against the floor")
+    parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of each 16-client run here")
     args = parser.parse_args(argv)
     if args.smoke:
         args.requests, args.single, args.rounds = 200, 40, 1
-    code = asyncio.run(run(args.requests, args.single, args.rounds, args.smoke))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    code = asyncio.run(run(args.requests, args.single, args.rounds, args.smoke, args.profile))
     if code:
         sys.exit(code)
 
