@@ -5,8 +5,9 @@ must not take it down.
 
 Every request is counted in Redis, exactly, so every replica sees the same counts and the 429 contract holds
 across processes. What is saved is the round trip per request: one script call is in flight at a time per
-process, and the requests that arrive meanwhile are counted together by the next (each INCR still its own,
-in arrival order). A lone request calls at once, itself, so latency and cost at low load are unchanged.
+process, and the requests that check in the same turn of the event loop, or while a call is in flight, are
+counted together by the next (each INCR still its own, in arrival order). A lone request waits one turn of
+the loop, microseconds.
 """
 
 from __future__ import annotations
@@ -66,28 +67,22 @@ _Waiting = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
 
 
 class _Counter:
-    """Counts windows in Redis, the requests that wait for a call in flight together in the next call."""
+    """Counts windows in Redis: the requests that check in one turn of the event loop, or while a call is in
+    flight, go together in the next call."""
 
     def __init__(self, redis: Redis):
         self._script = redis.register_script(_COUNT)
         self._waiting: list[_Waiting] = []
-        self._busy = False  # a call is in flight
-        self._drainer: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None  # the task making the calls, while there is one
 
     async def count(self, keys: list[str], expiries: list[int]) -> list[int]:
-        if self._busy:
-            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-            self._waiting.append((keys, expiries, future))
-            return await future
-        self._busy = True
-        try:
-            return [int(n) for n in await self._script(keys=keys, args=expiries)]
-        finally:
-            # Whoever arrived meanwhile goes in one call, from its own task: this request may be cancelled.
-            if self._waiting:
-                self._drainer = asyncio.ensure_future(self._drain())
-            else:
-                self._busy = False
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, expiries, future))
+        if self._drainer is None:
+            # Its own task (this request may be cancelled), which first runs once every request read in the
+            # same turn of the loop has checked in: they go in one call.
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
 
     async def _drain(self) -> None:
         try:
@@ -95,7 +90,7 @@ class _Counter:
                 batch, self._waiting = self._waiting, []
                 await self._call(batch)
         finally:
-            self._busy = False
+            self._drainer = None
 
     async def _call(self, batch: list[_Waiting]) -> None:
         keys = [key for waiting in batch for key in waiting[0]]
