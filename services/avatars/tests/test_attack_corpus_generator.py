@@ -6,7 +6,6 @@ import importlib.util
 import io
 import struct
 import sys
-import time
 import zlib
 from pathlib import Path
 from types import ModuleType
@@ -128,10 +127,8 @@ def test_corpus_is_complete_and_consistent() -> None:
     assert {c.check for c in CASES} - {None} == ac.CHECKS, "every check is exercised by some case"
 
 
-def test_generation_is_fast_and_deterministic() -> None:
-    started = time.perf_counter()
+def test_generation_is_deterministic() -> None:
     again = ac._build.__wrapped__()
-    assert time.perf_counter() - started < 2
     assert again == tuple(CASES)
     with pytest.raises(KeyError):
         ac.case("no_such_case")
