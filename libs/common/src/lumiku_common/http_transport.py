@@ -21,6 +21,8 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
+from lumiku_common import tracing
+
 # aiohttp would otherwise add these when the request has none; a pass-through must send only what it was given.
 _NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # aiohttp sets framing itself from the body it sends (length, or chunked when unknown).
@@ -50,16 +52,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        headers = CIMultiDict((k, v) for k, v in request.headers.multi_items() if k not in _FRAMING)
-        with _as_httpx_errors():
+        with tracing.calling(request) as span, _as_httpx_errors():
             response = await self._client().request(
                 request.method,
                 URL(str(request.url), encoded=True),
-                headers=headers,
+                headers=CIMultiDict((k, v) for k, v in request.headers.multi_items() if k not in _FRAMING),
                 data=_body(request),
                 allow_redirects=False,
                 timeout=_timeout(request.extensions.get("timeout")),
             )
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status)
         return httpx.Response(
             response.status,
             headers=response.raw_headers,

@@ -5,7 +5,9 @@ On, one trace follows a request everywhere it goes:
 - HTTP in: FastAPI instrumentation (a server span per request, parent taken from `traceparent`); the span
   then becomes the request's `traceparent` (logs, `context_headers()`), so calls to other services and the
   gateway's proxying carry it even through transports httpx instrumentation does not wrap.
-- HTTP out and SQL: httpx and asyncpg instrumentation.
+- HTTP out: a CLIENT span per call between services (`calling`, used by lumiku_common.http_transport, which
+  httpx instrumentation does not wrap); other httpx calls (the AI provider) by httpx instrumentation.
+- SQL: asyncpg instrumentation.
 - Outbox: the row stores the traceparent of the span that wrote it; the relay's publish is a PRODUCER span
   child of it, and the message carries the publish span's traceparent.
 - Consumers: a CONSUMER span per message, child of the publish; events it stages continue the trace.
@@ -122,6 +124,22 @@ def current_traceparent() -> str | None:
     if not context.is_valid:
         return None
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+@contextmanager
+def calling(request: Any) -> Iterator[Any]:
+    """A CLIENT span for a call to another service, whose traceparent the call carries (`request`: an
+    httpx.Request). Yields the span (None when tracing is off) for the answer's status."""
+    if _tracer is None:
+        yield None
+        return
+    url = request.url
+    attributes = {"http.request.method": request.method, "server.address": url.host, "url.path": url.path}
+    with _tracer.start_as_current_span(request.method, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)
+        request.headers.update(carrier)  # the span's own traceparent replaces the request's
+        yield span
 
 
 @contextmanager

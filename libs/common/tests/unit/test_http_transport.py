@@ -222,3 +222,28 @@ async def test_a_full_pool_waits_no_longer_than_the_pool_timeout():
             first.cancel()
         finally:
             await t.aclose()
+
+
+async def test_with_tracing_on_a_call_is_a_client_span_whose_traceparent_it_carries():
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+    from lumiku_common import tracing
+
+    exporter = InMemorySpanExporter()
+    assert tracing.configure("transport-test", exporter)
+    try:
+        async with raw_server(_keep_answering) as (url, seen), transport() as t:
+            parent = NonRecordingSpan(SpanContext(0x1A, 0x2B, is_remote=True, trace_flags=TraceFlags(1)))
+            with trace.use_span(parent):  # the span of the request making the call
+                headers = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}  # the request's, replaced
+                await _send(t, httpx.Request("GET", f"{url}/internal/x", headers=headers))
+        [client] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    finally:
+        tracing.shutdown()
+    context = client.context
+    assert client.parent is not None and (client.parent.span_id, context.trace_id) == (0x2B, 0x1A)
+    assert client.attributes["http.response.status_code"] == 200
+    sent = f"traceparent: 00-{context.trace_id:032x}-{context.span_id:016x}-01"
+    assert sent in seen[0].decode().lower() and seen[0].lower().count(b"traceparent") == 1
