@@ -26,7 +26,7 @@ from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import ClauseElement
@@ -119,7 +119,6 @@ class Database:
             url, pool_size=2 * pool_size, max_overflow=0, pool_recycle=RECYCLE_SECONDS
         )
         ping_when_idle(self.engine.sync_engine)
-        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # `source` names this service in the envelopes of the events its sessions stage.
         self.sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, info={"source": source, "notify_outbox": notify_outbox}
@@ -138,12 +137,6 @@ class Database:
                 raise
             if session.info.pop("outbox_written", False):
                 self.outbox_signal.set()
-
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads that change nothing: no transaction, nothing to commit."""
-        async with self.read_engine.connect() as conn:
-            yield conn
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
@@ -210,12 +203,3 @@ async def _request_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
 
 # scope="function": commit before the response is sent, so a 201 always means "committed".
 DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
-
-
-async def _read_connection(db: DatabaseDep) -> AsyncIterator[AsyncConnection]:
-    async with db.reading() as conn:
-        yield conn
-
-
-# For GET endpoints that only read: statements run outside any transaction (see the module's docstring).
-ReadConnection = Annotated[AsyncConnection, Depends(_read_connection, scope="function")]
