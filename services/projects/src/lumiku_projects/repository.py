@@ -51,7 +51,9 @@ class ProjectRepository:
             "set_description": "description" in changes,
             "new_description": changes.get("description"),
         }
-        row = (await self.session.execute(_UPDATE, values)).first()
+        # On the session's connection (same transaction) as plain Core: no ORM bulk-update machinery.
+        connection = await self.session.connection()
+        row = (await connection.execute(_UPDATE, values)).first()
         return ProjectOut.model_validate(row._asdict()) if row is not None else None
 
     async def read(self, user_id: str, project_id: str) -> ProjectOut | None:
