@@ -7,9 +7,10 @@ are signed with different secrets, so neither can stand in for the other.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeGuard
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar
 
 import jwt
 from fastapi import Depends, Request
@@ -48,23 +49,36 @@ def _valid_user_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_LENGTH and value.isprintable()
 
 
-# Verified tokens, until they expire: every request of a session carries the same token, and checking its
-# HMAC and claims again cost more than the rest of a simple read. Sound because verification is a pure
-# function of token, secret and time, and a token that verified stays valid until its `exp` (an `nbf` or
-# `iat` it passed stays passed). Cleared whole when full: a bound, not an LRU.
-_VERIFIED: dict[tuple[str, str], tuple[User, float]] = {}
+# Verified tokens, until they expire: every request of a session carries the same token (and every call of a
+# service the same service token, minted for minutes), and checking its HMAC and claims again cost more than
+# the rest of a simple read. Sound because verification is a pure function of token, secret and time, and a
+# token that verified stays valid until its `exp` (an `nbf` or `iat` it passed stays passed). One cache per
+# kind of token, so one kind can never be answered from the other's. Cleared whole when full: a bound, not an LRU.
 _VERIFIED_MAX = 10_000
+T = TypeVar("T")
+
+
+def _remembered(
+    verified: dict[tuple[str, str], tuple[T, float]],
+    verify: Callable[[str, str], tuple[T, float]],
+    token: str,
+    secret: str,
+) -> T:
+    cached = verified.get((token, secret))
+    if cached is not None and time.time() < cached[1]:
+        return cached[0]
+    value, expires = verify(token, secret)
+    if len(verified) >= _VERIFIED_MAX:
+        verified.clear()
+    verified[(token, secret)] = (value, expires)
+    return value
+
+
+_USERS: dict[tuple[str, str], tuple[User, float]] = {}
 
 
 def decode_user_token(token: str, secret: str) -> User:
-    cached = _VERIFIED.get((token, secret))
-    if cached is not None and time.time() < cached[1]:
-        return cached[0]
-    user, expires = _verify_user_token(token, secret)
-    if len(_VERIFIED) >= _VERIFIED_MAX:
-        _VERIFIED.clear()
-    _VERIFIED[(token, secret)] = (user, expires)
-    return user
+    return _remembered(_USERS, _verify_user_token, token, secret)
 
 
 def _verify_user_token(token: str, secret: str) -> tuple[User, float]:
@@ -150,21 +164,29 @@ class ServiceTokens:
         return self._token
 
 
+_SERVICES: dict[tuple[str, str], tuple[str, float]] = {}
+
+
+def _verify_service_token(token: str, secret: str) -> tuple[str, float]:
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], audience=SERVICE_AUDIENCE, options={"require": ["exp", "iss", "aud"]}
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken() from exc
+    return str(claims["iss"]), float(claims["exp"])
+
+
+def decode_service_token(token: str, secret: str) -> str:
+    """The calling service's name."""
+    return _remembered(_SERVICES, _verify_service_token, token, secret)
+
+
 async def service_caller(request: Request) -> str:
     token = request.headers.get(SERVICE_TOKEN_HEADER)
     if not token:
         raise Unauthorized()
-    try:
-        claims = jwt.decode(
-            token,
-            settings_of(request).service_token_secret,
-            algorithms=[ALGORITHM],
-            audience=SERVICE_AUDIENCE,
-            options={"require": ["exp", "iss", "aud"]},
-        )
-    except jwt.PyJWTError as exc:
-        raise InvalidToken() from exc
-    return str(claims["iss"])
+    return decode_service_token(token, settings_of(request).service_token_secret)
 
 
 ServiceCaller = Annotated[str, Depends(service_caller)]

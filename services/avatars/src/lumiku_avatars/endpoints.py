@@ -36,7 +36,7 @@ from lumiku_common.clients.avatars import (
     generated_path,
     owner_path,
 )
-from lumiku_common.db import DbSession, ReadConnection
+from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import PageParams, Pagination, json_response
 
@@ -132,10 +132,10 @@ async def delete_avatar(user: CurrentUser, session: DbSession, janitor: JanitorD
 
 @internal.get(BY_PROJECTS, response_model=AvatarsByProject)
 async def avatars_by_projects(
-    _: ServiceCaller, conn: ReadConnection, media: MediaDep, query: Annotated[ByProjectsQuery, Query()]
+    _: ServiceCaller, db: DatabaseDep, media: MediaDep, query: Annotated[ByProjectsQuery, Query()]
 ) -> Response:
     """The gateway's composition of projects with their avatars: the newest N of each, in one query."""
-    grouped = await service.newest_by_project(conn, query.user_id, query.ids, query.limit_per_project)
+    grouped = await service.newest_by_project(db, query.user_id, query.ids, query.limit_per_project)
     avatars = {pid: [AvatarOut.of(a, media) for a in rows] for pid, rows in grouped.items()}
     return json_response(AvatarsByProjectOut(avatars=avatars))
 

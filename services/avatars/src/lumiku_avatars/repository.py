@@ -3,17 +3,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import ColumnElement, Row, Table, delete, func, select, text, update
+from asyncpg import Record
+from sqlalchemy import ARRAY, ColumnElement, String, Table, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, ObjectDeletion
 from lumiku_avatars.schemas import AvatarFilters
+from lumiku_common.db import Database, Query
 
 _NEWEST = (Avatar.created_at.desc(), Avatar.id.desc())
+_IDS = ARRAY(String)
 
 # Events can arrive out of order: the latest use wins. A null user (an old event) skips the owner check.
 _COUNT_USES = text(
@@ -219,28 +222,32 @@ class ObjectDeletionRepository:
         )
 
 
+_AVATARS = cast(Table, Avatar.__table__)
+_ONE = Query(select(_AVATARS).where(Avatar.id == bindparam("avatar_id"), Avatar.user_id == bindparam("user_id")))
+_RANKED = (
+    select(Avatar.id, func.row_number().over(partition_by=Avatar.project_id, order_by=_NEWEST).label("rank"))
+    .where(Avatar.user_id == bindparam("user_id"), Avatar.project_id == any_(bindparam("project_ids", type_=_IDS)))
+    .subquery()
+)
+_NEWEST_PER_PROJECT = Query(
+    select(_AVATARS)
+    .join(_RANKED, _RANKED.c.id == Avatar.id)
+    .where(_RANKED.c.rank <= bindparam("per_project"))
+    .order_by(Avatar.project_id, *_NEWEST)
+)
+
+
 class AvatarReads:
-    """Hot reads as Core rows of the avatars table (`AvatarOut.of` takes them): no ORM objects built only to be
-    serialised, and no transaction (see lumiku_common.db.ReadConnection)."""
+    """Hot reads as asyncpg records of the avatars table (`AvatarOut.of` takes them): compiled once, no ORM
+    objects built only to be serialised, and no transaction (see lumiku_common.db)."""
 
-    def __init__(self, conn: AsyncConnection):
-        self.conn = conn
+    def __init__(self, db: Database):
+        self.db = db
 
-    async def get(self, user_id: str, avatar_id: str) -> Row[Any] | None:
-        table = Avatar.__table__
-        result = await self.conn.execute(select(table).where(table.c.id == avatar_id, table.c.user_id == user_id))
-        return result.first()
+    async def get(self, user_id: str, avatar_id: str) -> Record | None:
+        return await self.db.fetchrow(_ONE, user_id=user_id, avatar_id=avatar_id)
 
-    async def newest_per_project(self, user_id: str, project_ids: Sequence[str], per_project: int) -> list[Row[Any]]:
-        rank = (
-            func.row_number().over(partition_by=Avatar.project_id, order_by=_NEWEST).label("rank")  # type: ignore[arg-type]
+    async def newest_per_project(self, user_id: str, project_ids: Sequence[str], per_project: int) -> list[Record]:
+        return await self.db.fetch(
+            _NEWEST_PER_PROJECT, user_id=user_id, project_ids=list(project_ids), per_project=per_project
         )
-        ranked = select(Avatar.id, rank).where(Avatar.user_id == user_id, Avatar.project_id.in_(project_ids)).subquery()
-        table = Avatar.__table__
-        rows = await self.conn.execute(
-            select(table)
-            .join(ranked, ranked.c.id == table.c.id)
-            .where(ranked.c.rank <= per_project)
-            .order_by(table.c.project_id, *_NEWEST)
-        )
-        return list(rows.all())

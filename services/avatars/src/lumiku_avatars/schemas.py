@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
+from asyncpg import Record
 from pydantic import BaseModel, Field, StringConstraints, field_validator
-from sqlalchemy import Row
 
 from lumiku_avatars.models import Avatar
 from lumiku_common.clients.projects import ProjectInfo
@@ -94,21 +94,17 @@ class AvatarOut(AvatarAttributes):
     updated_at: UtcDatetime
 
     @classmethod
-    def of(cls, avatar: Avatar | Row[Any], media: MediaUrls, **extra: Any) -> Self:
-        """The avatar (an ORM object, or a Core row of the avatars table) as clients see it: storage keys become
+    def of(cls, avatar: Avatar | Record, media: MediaUrls, **extra: Any) -> Self:
+        """The avatar (an ORM object, or a record of the avatars table) as clients see it: storage keys become
         signed, expiring URLs."""
-        if isinstance(avatar, Row):
-            row = avatar._mapping  # a row's missing attribute costs an exception; its mapping does not
-            fields = {name: row[name] for name in cls.model_fields if name in row}
+        if isinstance(avatar, Record):
+            # Every column at once; the storage keys are not fields, so validation leaves them out.
+            fields, keys = dict(avatar), (avatar["base_image_key"], avatar["thumbnail_key"])
         else:
             fields = {name: getattr(avatar, name) for name in cls.model_fields if hasattr(avatar, name)}
+            keys = (avatar.base_image_key, avatar.thumbnail_key)
         return cls.model_validate(
-            {
-                **fields,
-                "base_image_url": media.url(avatar.base_image_key),
-                "thumbnail_url": media.url(avatar.thumbnail_key),
-                **extra,
-            }
+            {**fields, "base_image_url": media.url(keys[0]), "thumbnail_url": media.url(keys[1]), **extra}
         )
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from asyncpg import Record
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import ObjectJanitor
@@ -16,7 +15,7 @@ from lumiku_avatars.schemas import AvatarFilters, AvatarOut, AvatarStats, Avatar
 from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner
 from lumiku_common.clients.credits import capture_command
 from lumiku_common.clients.projects import ProjectNotFound
-from lumiku_common.db import apply_changes
+from lumiku_common.db import Database, apply_changes
 from lumiku_common.media import MediaUrls
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
@@ -121,19 +120,19 @@ async def record_usages(session: AsyncSession, usages: Sequence[tuple[UsageRecor
     return await AvatarRepository(session).count_usages(uses)
 
 
-async def read_avatar(conn: AsyncConnection, user_id: str, avatar_id: str) -> Row[Any]:
-    avatar = await AvatarReads(conn).get(user_id, avatar_id)
+async def read_avatar(db: Database, user_id: str, avatar_id: str) -> Record:
+    avatar = await AvatarReads(db).get(user_id, avatar_id)
     if avatar is None:
         raise AvatarNotFound()
     return avatar
 
 
 async def newest_by_project(
-    conn: AsyncConnection, user_id: str, project_ids: Sequence[str], per_project: int
-) -> dict[str, list[Row[Any]]]:
-    grouped: dict[str, list[Row[Any]]] = {pid: [] for pid in project_ids}
-    for avatar in await AvatarReads(conn).newest_per_project(user_id, project_ids, per_project):
-        grouped[avatar.project_id].append(avatar)
+    db: Database, user_id: str, project_ids: Sequence[str], per_project: int
+) -> dict[str, list[Record]]:
+    grouped: dict[str, list[Record]] = {pid: [] for pid in project_ids}
+    for avatar in await AvatarReads(db).newest_per_project(user_id, project_ids, per_project):
+        grouped[avatar["project_id"]].append(avatar)
     return grouped
 
 

@@ -18,9 +18,9 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from asyncpg import Record
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Row
 
 from lumiku_avatars import images, service
 from lumiku_avatars.form import ImageRequired, UploadForm, too_large
@@ -144,11 +144,10 @@ class AvatarWorkflows:
         except Exception as exc:
             log.warning("generated_undo_objects_failed", avatarId=avatar_id, error=repr(exc))
 
-    async def detail(self, user_id: str, avatar_id: str) -> tuple[Row[Any], ProjectInfo]:
+    async def detail(self, user_id: str, avatar_id: str) -> tuple[Record, ProjectInfo]:
         """The avatar and the project it belongs to (`GET /avatars/:id` shows both)."""
-        async with self.db.reading() as conn:
-            avatar = await service.read_avatar(conn, user_id, avatar_id)
-        return avatar, await self.projects.ensure_owned(user_id, avatar.project_id)
+        avatar = await service.read_avatar(self.db, user_id, avatar_id)
+        return avatar, await self.projects.ensure_owned(user_id, avatar["project_id"])
 
     async def _create(
         self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], origin: AvatarOrigin

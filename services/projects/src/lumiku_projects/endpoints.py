@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
-from lumiku_common.db import DbSession, ReadConnection
+from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.schemas import PageParams, Pagination, json_response
 from lumiku_projects import service
@@ -26,8 +26,8 @@ internal = APIRouter(tags=["internal"], include_in_schema=False)
 
 
 @router.get("", response_model=ProjectListResponse, responses=responses(400))
-async def list_projects(user: CurrentUser, conn: ReadConnection, page: Annotated[PageParams, Query()]) -> Response:
-    projects, total = await service.list_projects(conn, user.id, page.offset, page.limit)
+async def list_projects(user: CurrentUser, db: DatabaseDep, page: Annotated[PageParams, Query()]) -> Response:
+    projects, total = await service.list_projects(db, user.id, page.offset, page.limit)
     return json_response(ProjectListResponse(projects=projects, pagination=Pagination.of(page.page, page.limit, total)))
 
 
@@ -39,14 +39,14 @@ async def create_project(user: CurrentUser, session: DbSession, body: ProjectCre
 
 
 @router.get("/{project_id}", response_model=ProjectResponse, responses=responses(404))
-async def get_project(user: CurrentUser, conn: ReadConnection, project_id: str) -> Response:
-    return json_response(ProjectResponse(project=await service.read_project(conn, user.id, project_id)))
+async def get_project(user: CurrentUser, db: DatabaseDep, project_id: str) -> Response:
+    return json_response(ProjectResponse(project=await service.read_project(db, user.id, project_id)))
 
 
 @router.put("/{project_id}", response_model=ProjectChangedResponse, responses=responses(400, 404))
 async def update_project(user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate) -> Response:
     project = await service.update_project(session, user.id, project_id, body)
-    updated = ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project updated successfully")
+    updated = ProjectChangedResponse(project=project, message="Project updated successfully")
     return json_response(updated)
 
 
@@ -58,7 +58,7 @@ async def delete_project(user: CurrentUser, session: DbSession, project_id: str)
 
 @internal.get(project_path("{project_id}"), response_model=ProjectInfo)
 async def get_project_internal(
-    _: ServiceCaller, conn: ReadConnection, project_id: str, user_id: Annotated[str, Query(alias=USER_ID_PARAM)]
+    _: ServiceCaller, db: DatabaseDep, project_id: str, user_id: Annotated[str, Query(alias=USER_ID_PARAM)]
 ) -> Response:
     """Ownership check for other services: 404 unless the project exists and belongs to `userId`."""
-    return json_response(await service.read_project(conn, user_id, project_id))
+    return json_response(await service.read_project(db, user_id, project_id))

@@ -1,12 +1,36 @@
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, delete, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from typing import Any, cast
 
+from sqlalchemy import Boolean, ColumnElement, String, Table, bindparam, case, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lumiku_common.db import Database, Query
 from lumiku_projects.models import Project
 from lumiku_projects.schemas import ProjectOut
 
 _OUT = (Project.id, Project.user_id, Project.name, Project.description, Project.created_at, Project.updated_at)
+_OWNED: ColumnElement[bool] = Project.user_id == bindparam("user_id")
+_ONE_OWNED = select(*_OUT).where(Project.id == bindparam("project_id"), _OWNED)
+
+# A partial update in one statement, only when it changes something: an absent name (NULL) keeps the name, the
+# description is set only when `set_description` (NULL clears it). Built once: cached compiled, no ORM flush.
+# (Bound names of an UPDATE cannot be column names.)
+_NEW_NAME = func.coalesce(bindparam("new_name", type_=String), Project.name)
+_NEW_DESCRIPTION = case(
+    (bindparam("set_description", type_=Boolean), bindparam("new_description", type_=String)),
+    else_=Project.description,
+)
+_UPDATE = (
+    update(cast(Table, Project.__table__))
+    .where(
+        Project.id == bindparam("the_project"),
+        Project.user_id == bindparam("owner"),
+        or_(Project.name.is_distinct_from(_NEW_NAME), Project.description.is_distinct_from(_NEW_DESCRIPTION)),
+    )
+    .values(name=_NEW_NAME, description=_NEW_DESCRIPTION)  # updated_at: the column's onupdate
+    .returning(*_OUT)
+)
 
 
 class ProjectRepository:
@@ -17,6 +41,26 @@ class ProjectRepository:
         result = await self.session.execute(select(Project).where(Project.id == project_id, Project.user_id == user_id))
         return result.scalar_one_or_none()
 
+    async def update(self, user_id: str, project_id: str, changes: dict[str, Any]) -> ProjectOut | None:
+        """The project after `changes` (`description: None` clears it); None when they change nothing, or when
+        the caller has no such project."""
+        values = {
+            "the_project": project_id,
+            "owner": user_id,
+            "new_name": changes.get("name"),
+            "set_description": "description" in changes,
+            "new_description": changes.get("description"),
+        }
+        # On the session's connection (same transaction) as plain Core: no ORM bulk-update machinery.
+        connection = await self.session.connection()
+        row = (await connection.execute(_UPDATE, values)).first()
+        return ProjectOut.model_validate(row._asdict()) if row is not None else None
+
+    async def read(self, user_id: str, project_id: str) -> ProjectOut | None:
+        """The project as it stands in this unit of work."""
+        row = (await self.session.execute(_ONE_OWNED, {"user_id": user_id, "project_id": project_id})).first()
+        return ProjectOut.model_validate(row._asdict()) if row is not None else None
+
     async def add(self, project: Project) -> Project:
         self.session.add(project)
         await self.session.flush()
@@ -26,26 +70,34 @@ class ProjectRepository:
         await self.session.execute(delete(Project).where(Project.id == project.id))
 
 
-class ProjectReads:
-    """Hot reads straight into the response model: Core rows, no ORM objects built only to be serialised."""
+_ONE = Query(_ONE_OWNED)
+# One page and the total in one round trip (the total rides on each row).
+_PAGE = Query(
+    select(*_OUT, func.count().over().label("total"))
+    .where(_OWNED)
+    .order_by(Project.created_at.desc(), Project.id.desc())
+    .offset(bindparam("offset"))
+    .limit(bindparam("limit"))
+)
+_COUNT = Query(select(func.count()).where(_OWNED))
 
-    def __init__(self, conn: AsyncConnection):
-        self.conn = conn
+
+class ProjectReads:
+    """Hot reads straight into the response model: compiled once, run on asyncpg, no ORM objects."""
+
+    def __init__(self, db: Database):
+        self.db = db
 
     async def get(self, user_id: str, project_id: str) -> ProjectOut | None:
-        result = await self.conn.execute(select(*_OUT).where(Project.id == project_id, Project.user_id == user_id))
-        row = result.first()
-        return ProjectOut.model_validate(row._asdict()) if row is not None else None
+        row = await self.db.fetchrow(_ONE, user_id=user_id, project_id=project_id)
+        return ProjectOut.model_validate(dict(row)) if row is not None else None
 
     async def list(self, user_id: str, offset: int, limit: int) -> tuple[list[ProjectOut], int]:
-        """One page and the total in one round trip (the total rides on each row); a page past the end counts
-        on its own."""
-        owned: ColumnElement[bool] = Project.user_id == user_id
-        total = func.count().over().label("total")
-        query = select(*_OUT, total).where(owned).order_by(Project.created_at.desc(), Project.id.desc())
-        rows = (await self.conn.execute(query.offset(offset).limit(limit))).all()
+        """A page past the end counts on its own."""
+        rows = await self.db.fetch(_PAGE, user_id=user_id, offset=offset, limit=limit)
         if rows:
-            return [ProjectOut.model_validate(row._asdict()) for row in rows], int(rows[0].total)
+            return [ProjectOut.model_validate(dict(row)) for row in rows], int(rows[0]["total"])
         if offset == 0:
             return [], 0
-        return [], int(await self.conn.scalar(select(func.count()).where(owned)) or 0)
+        row = await self.db.fetchrow(_COUNT, user_id=user_id)
+        return [], int(row[0]) if row is not None else 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.clients.projects import ProjectNotFound
-from lumiku_common.db import apply_changes
+from lumiku_common.db import Database
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
 from lumiku_projects.models import Project
@@ -20,15 +20,15 @@ async def get_project(session: AsyncSession, user_id: str, project_id: str) -> P
     return project
 
 
-async def read_project(conn: AsyncConnection, user_id: str, project_id: str) -> ProjectOut:
-    project = await ProjectReads(conn).get(user_id, project_id)
+async def read_project(db: Database, user_id: str, project_id: str) -> ProjectOut:
+    project = await ProjectReads(db).get(user_id, project_id)
     if project is None:
         raise ProjectNotFound()
     return project
 
 
-async def list_projects(conn: AsyncConnection, user_id: str, offset: int, limit: int) -> tuple[list[ProjectOut], int]:
-    return await ProjectReads(conn).list(user_id, offset, limit)
+async def list_projects(db: Database, user_id: str, offset: int, limit: int) -> tuple[list[ProjectOut], int]:
+    return await ProjectReads(db).list(user_id, offset, limit)
 
 
 async def create_project(session: AsyncSession, user_id: str, data: ProjectCreate) -> Project:
@@ -44,11 +44,18 @@ async def create_project(session: AsyncSession, user_id: str, data: ProjectCreat
     return project
 
 
-async def update_project(session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate) -> Project:
-    project = await get_project(session, user_id, project_id)
-    if not apply_changes(project, data.model_dump(exclude_none=True), clearable={"description"}):
+async def update_project(session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate) -> ProjectOut:
+    """One UPDATE that changes the row only if it differs ("" clears the description); no event otherwise."""
+    changes = data.model_dump(exclude_none=True)
+    if "description" in changes:
+        changes["description"] = changes["description"] or None
+    repository = ProjectRepository(session)
+    project = await repository.update(user_id, project_id, changes)
+    if project is None:  # nothing changed, or not the caller's project
+        project = await repository.read(user_id, project_id)
+        if project is None:
+            raise ProjectNotFound()
         return project
-    await session.flush()
     await add_event(
         session,
         ProjectUpdated(project_id=project.id, name=project.name, description=project.description),
