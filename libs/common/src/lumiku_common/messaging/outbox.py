@@ -7,7 +7,8 @@ While the broker is down rows stay pending and the relay retries with backoff; n
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from lumiku_common import metrics, tracing
 from lumiku_common.context import causation_id_var, child_traceparent, correlation_id_var, traceparent_var
 from lumiku_common.db import Database, utcnow
 from lumiku_common.logs import get_logger
-from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.broker import Broker, Outgoing
 from lumiku_common.messaging.events import Envelope, Event, envelope_for
 from lumiku_common.messaging.tables import outbox
 
@@ -167,7 +168,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+            results = await self._publish(rows)
             done = [row.id for row, result in zip(rows, results, strict=True) if result is None]
             failed = [row.id for row, result in zip(rows, results, strict=True) if result is not None]
             if done:
@@ -185,9 +186,23 @@ class OutboxRelay:
             raise error
         return len(done)
 
-    async def _publish(self, row: Any) -> None:
-        with tracing.publishing(row.routing_key, row.headers, self.service) as headers:
-            await self.broker.publish(row.body.encode(), row.routing_key, row.event_id, headers)
+    async def _publish(self, rows: Sequence[Any]) -> list[BaseException | None]:
+        """The whole batch sent at once, its confirms awaited together (one publish span per row, open until
+        its confirm); per row, None if the broker confirmed it."""
+        with ExitStack() as spans:
+            messages = [
+                Outgoing(
+                    row.body.encode(),
+                    row.routing_key,
+                    row.event_id,
+                    spans.enter_context(tracing.publishing(row.routing_key, row.headers, self.service)),
+                )
+                for row in rows
+            ]
+            try:
+                return await self.broker.publish_many(messages)
+            except Exception as exc:  # nothing was sent (no connection, channel closed)
+                return [exc] * len(rows)
 
 
 async def pending(db: Database) -> tuple[int, float]:
