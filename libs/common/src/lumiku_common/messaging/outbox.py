@@ -7,13 +7,14 @@ While the broker is down rows stay pending and the relay retries with backoff; n
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Text, cast, delete, func, insert, select, text, update
+from sqlalchemy import Text, cast, delete, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -60,17 +61,37 @@ def outbox_row(
     row = {
         "event_id": envelope.id,
         "routing_key": envelope.type,
-        "body": envelope.model_dump(mode="json"),
-        "headers": headers,
+        "body": envelope.model_dump_json(),  # pydantic's JSON text, stored as jsonb by PostgreSQL
+        "headers": json.dumps(headers),
     }
     return envelope, row
+
+
+# One statement of fixed text for any number of rows: the columns travel as arrays (encoded by asyncpg in C), so
+# a batch costs neither SQLAlchemy's per-value parameter processing nor a new prepared statement per size.
+_STAGE = text(
+    """
+    INSERT INTO outbox (event_id, routing_key, body, headers)
+    SELECT event_id, routing_key, CAST(body AS jsonb), CAST(headers AS jsonb)
+    FROM unnest(CAST(:event_ids AS varchar[]), CAST(:routing_keys AS varchar[]), CAST(:bodies AS text[]),
+                CAST(:headers AS text[])) AS staged(event_id, routing_key, body, headers)
+    """
+)
 
 
 async def add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Stages outbox rows (`outbox_row`) in one statement: a batch of events costs one round trip."""
     if not rows:
         return
-    await session.execute(insert(outbox), rows)
+    await session.execute(
+        _STAGE,
+        {
+            "event_ids": [r["event_id"] for r in rows],
+            "routing_keys": [r["routing_key"] for r in rows],
+            "bodies": [r["body"] for r in rows],
+            "headers": [r["headers"] for r in rows],
+        },
+    )
     if not session.info.get("outbox_written") and session.info.get("notify_outbox"):
         # Delivered at commit (and only then) to every relay listening on this database, in any process.
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
