@@ -90,7 +90,7 @@ class EventHandlers:
 _CLAIM_MANY = text(
     """
     INSERT INTO inbox (consumer, event_id, event_type)
-    SELECT :consumer, event_id, event_type
+    SELECT CAST(:consumer AS varchar), event_id, event_type
     FROM unnest(CAST(:event_ids AS varchar[]), CAST(:event_types AS varchar[])) AS claimed(event_id, event_type)
     ORDER BY event_id
     ON CONFLICT DO NOTHING
