@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import aio_pika
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table
 
@@ -49,3 +51,28 @@ async def broker(settings: ServiceSettings) -> AsyncIterator[Broker]:
     await b.connect()
     yield b
     await b.close()
+
+
+@pytest.fixture
+def refusing_queue(settings: ServiceSettings) -> Callable[[str], AbstractAsyncContextManager[None]]:
+    """`async with refusing_queue(key)`: while inside, a full queue (length 0, `reject-publish`) is bound to
+    `key` on the events exchange, so the broker nacks every publish routed there."""
+
+    @asynccontextmanager
+    async def refusing(key: str) -> AsyncIterator[None]:
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(
+                settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue(
+                f"refusing.{key}", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+            )
+            await queue.bind(exchange, key)
+            try:
+                yield
+            finally:
+                await queue.delete(if_unused=False, if_empty=False)
+
+    return refusing

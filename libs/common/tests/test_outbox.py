@@ -7,11 +7,13 @@ import asyncio
 from collections import Counter
 from contextlib import suppress
 
+import pytest
+from aio_pika.exceptions import DeliveryError
 from sqlalchemy import func, select, text
 
 from lumiku_common.db import Database
 from lumiku_common.messaging.broker import Broker
-from lumiku_common.messaging.events import ProjectCreated
+from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted
 from lumiku_common.messaging.outbox import OutboxRelay, add_event
 from lumiku_common.messaging.tables import outbox
 from lumiku_devtools.testing import EventSpy, TcpProxy, eventually
@@ -119,6 +121,32 @@ async def test_broker_dropping_mid_stream_loses_nothing(db, settings):
     assert {e["id"] for e in spy.events} == set(first + second)
     await broker.close()
     await proxy.stop()
+
+
+async def test_a_nacked_row_of_a_batch_stays_pending_while_the_rest_are_marked(db, broker, settings, refusing_queue):
+    """The relay sends a batch at once and awaits the confirms together: only confirmed rows are marked."""
+    ids = await stage(db, 3, "a")
+    async with db.unit_of_work() as session:
+        refused = (await add_event(session, ProjectDeleted(project_id="d"), user_id="u")).id
+    ids += await stage(db, 3, "b")
+    relay = OutboxRelay(db, broker, batch_size=50)
+    async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
+        async with refusing_queue("project.deleted"):
+            with pytest.raises(DeliveryError):
+                await relay.publish_pending()
+            async with db.sessions() as session:
+                rows = {
+                    r.event_id: r
+                    for r in await session.execute(select(outbox.c.event_id, outbox.c.published_at, outbox.c.attempts))
+                }
+            assert rows[refused].published_at is None and rows[refused].attempts == 1
+            assert all(rows[i].published_at is not None and rows[i].attempts == 0 for i in ids)
+        assert await relay.publish_pending() == 1  # the queue refusing it is gone: sent again, confirmed
+        await spy.wait_for("project.created", 6)
+        await spy.wait_for("project.deleted")
+    assert await pending(db) == 0
+    counts = Counter(e["id"] for e in spy.of_type("project.created"))
+    assert set(counts) == set(ids) and max(counts.values()) == 1
 
 
 async def test_two_relays_publish_each_event_exactly_once(db, settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -18,6 +19,31 @@ from lumiku_usage.models import (
     UsageEvent,
     UsageHour,
     UsageTotal,
+)
+
+_USE_COLUMNS = (
+    "id",
+    "created_at",
+    "user_id",
+    "avatar_id",
+    "app_id",
+    "app_name",
+    "action",
+    "reference_id",
+    "reference_type",
+)
+_ADD_USES = text(
+    """
+    INSERT INTO usage_events (id, created_at, user_id, avatar_id, app_id, app_name, action, reference_id,
+                              reference_type, metadata)
+    SELECT id, created_at, user_id, avatar_id, app_id, app_name, action, reference_id, reference_type,
+           CAST(metadata AS jsonb)
+    FROM unnest(CAST(:id AS varchar[]), CAST(:created_at AS timestamptz[]), CAST(:user_id AS varchar[]),
+                CAST(:avatar_id AS varchar[]), CAST(:app_id AS varchar[]), CAST(:app_name AS varchar[]),
+                CAST(:action AS varchar[]), CAST(:reference_id AS varchar[]), CAST(:reference_type AS varchar[]),
+                CAST(:metadata AS text[]))
+        AS used(id, created_at, user_id, avatar_id, app_id, app_name, action, reference_id, reference_type, metadata)
+    """
 )
 
 
@@ -56,8 +82,11 @@ class UsageRepository:
     # --- writing uses ---------------------------------------------------------------------------------
 
     async def add(self, rows: Sequence[dict[str, Any]]) -> None:
-        # Core, many parameter sets: one multi-row INSERT from a cached compilation (no ORM bulk path).
-        await self.session.execute(insert(_table(UsageEvent)), list(rows))
+        """Rows keyed like `UsageEvent`'s attributes. One statement of fixed text for the batch, each column an
+        array (asyncpg encodes them in C; a many-parameter-set INSERT processed every value in Python)."""
+        columns: dict[str, list[Any]] = {column: [row[column] for row in rows] for column in _USE_COLUMNS}
+        columns["metadata"] = [None if row["meta"] is None else json.dumps(row["meta"]) for row in rows]
+        await self.session.execute(_ADD_USES, columns)
 
     async def bump_totals(self, totals: dict[tuple[str, str], tuple[str, int, datetime]]) -> None:
         """Adds counts per (avatar, app); sorted, so concurrent batches lock rows in one order."""

@@ -111,7 +111,7 @@ async def record(session: AsyncSession, uses: Sequence[Use]) -> list[dict[str, A
         kept.append(use)
     if not rows:
         return []
-    await repository.add([{("metadata" if k == "meta" else k): v for k, v in row.items()} for row in rows])
+    await repository.add(rows)
     totals: dict[tuple[str, str], tuple[str, int, datetime]] = {}
     hours: dict[tuple[str, datetime, str, str], int] = {}
     for row in rows:

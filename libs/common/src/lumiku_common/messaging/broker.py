@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
 
 import aio_pika
+import aiormq
+import pamqp.frame
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from lumiku_common.logs import get_logger
 
 log = get_logger(__name__)
 
 DLX_NAME = "lumiku.dlx"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for the events exchange: persistent JSON, routed by `routing_key`."""
+
+    body: bytes
+    routing_key: str
+    message_id: str
+    headers: dict[str, Any]
 
 
 class Broker:
@@ -75,6 +94,21 @@ class Broker:
         )
         await target.publish(message, routing_key, mandatory=True, timeout=timeout)
 
+    async def publish_many(self, messages: Sequence[Outgoing], timeout: float = 10.0) -> list[BaseException | None]:
+        """Sends every message, then awaits all their confirms together: per message, None once the broker
+        confirmed it, else why not (a nack, no confirm within `timeout`, the connection lost). An unroutable
+        message is confirmed (and logged), as with `publish`."""
+        if not messages:
+            return []
+        await self.connect()
+        assert self._channel is not None
+        if self._channel.is_closed:  # the robust channel would wait for the reconnection: fail now instead
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed (reconnecting)")
+        channel = cast(aiormq.Channel, await asyncio.wait_for(self._channel.get_underlay_channel(), timeout))
+        confirms = await _send(channel, self.exchange_name, messages)
+        await asyncio.wait(confirms, timeout=timeout)
+        return [_outcome(confirm, timeout) for confirm in confirms]
+
     @staticmethod
     def _on_return(_: Any, message: Any) -> None:
         # An event nobody subscribes to yet is not an error, but it should be visible.
@@ -84,3 +118,61 @@ class Broker:
         if self.connection is not None:
             await self.connection.close()
         self.connection = self._channel = self._exchange = None
+
+
+async def _send(channel: aiormq.Channel, exchange: str, messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+    """The frames of all the messages in one write. aiormq's `basic_publish` costs a task, a round of the
+    channel's lock, a write-queue hop and a socket write per message, waiting for each write to drain before
+    the next: 3.5x the CPU of this per message (measured, 5000 confirmed publishes). This keeps its
+    bookkeeping (a delivery tag and a confirmation future per message, tags taken under the channel's lock in
+    the order the frames go out, so they match the broker's count), once per batch. It relies on aiormq's
+    channel attributes (the version is pinned in uv.lock; tests/test_broker.py fails if they change)."""
+    size = channel.max_content_size
+    payload = io.BytesIO()
+    for message in messages:  # marshalled before any tag is taken: a failure here has sent nothing
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=2,  # persistent
+            message_id=message.message_id,
+            headers=message.headers,
+        )
+        frames: list[Any] = [
+            aiormq.spec.Basic.Publish(exchange=exchange, routing_key=message.routing_key, mandatory=True),
+            ContentHeader(properties=properties, body_size=len(message.body)),
+            *(ContentBody(message.body[at : at + size]) for at in range(0, len(message.body), size)),
+        ]
+        for frame in frames:
+            payload.write(pamqp.frame.marshal(frame, channel.number))
+    confirms: list[asyncio.Future[Any]] = []
+    async with channel.lock:  # raises if the channel is closed
+        first = channel.delivery_tag + 1
+        for tag, message in enumerate(messages, first):
+            confirm = channel.create_future()  # rejected by aiormq if the channel closes before the confirm
+            channel.confirmations[tag] = confirm
+            channel.message_id_delivery_tag[message.message_id] = tag  # how a Basic.Return finds its confirm
+            confirm.add_done_callback(partial(_forget, channel, message.message_id, tag))
+            confirms.append(confirm)
+        channel.delivery_tag = first + len(messages) - 1
+        try:
+            await channel.write_queue.put(ChannelFrame(payload=payload.getvalue(), should_close=False))
+        except BaseException:  # not sent: the broker never counted these tags, the next publish reuses them
+            channel.delivery_tag = first - 1
+            for tag, confirm in enumerate(confirms, first):
+                channel.confirmations.pop(tag, None)
+                confirm.cancel()
+            raise
+    return confirms
+
+
+def _forget(channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
+    if channel.message_id_delivery_tag.get(message_id) == tag:
+        del channel.message_id_delivery_tag[message_id]
+
+
+def _outcome(confirm: asyncio.Future[Any], timeout: float) -> BaseException | None:
+    if not confirm.done():
+        confirm.cancel()  # a late confirm is then ignored by aiormq; the message counts as not published
+        return TimeoutError(f"no publisher confirm within {timeout} s")
+    if confirm.cancelled():
+        return asyncio.CancelledError()
+    return confirm.exception()

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from pydantic import ValidationError
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -86,15 +86,27 @@ class EventHandlers:
         return register
 
 
+# Fixed text for any batch size, the ids as arrays; sorted, so concurrent batches take row locks in one order.
+_CLAIM_MANY = text(
+    """
+    INSERT INTO inbox (consumer, event_id, event_type)
+    SELECT CAST(:consumer AS varchar), event_id, event_type
+    FROM unnest(CAST(:event_ids AS varchar[]), CAST(:event_types AS varchar[])) AS claimed(event_id, event_type)
+    ORDER BY event_id
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+    """
+)
+
+
 async def claim_many(session: AsyncSession, consumer: str, envelopes: list[Envelope]) -> set[str]:
     """Records a batch of events as handled by `consumer` in one statement; returns the ids that were new."""
     if not envelopes:
         return set()
-    rows = [{"consumer": consumer, "event_id": e.id, "event_type": e.type} for e in envelopes]
-    rows.sort(key=lambda r: r["event_id"])  # one lock order for concurrent batches
-    # Many parameter sets: SQLAlchemy sends them as one multi-row INSERT from a cached compilation (a
-    # `.values(rows)` statement is compiled again for every batch).
-    result = await session.execute(insert(inbox).on_conflict_do_nothing().returning(inbox.c.event_id), rows)
+    result = await session.execute(
+        _CLAIM_MANY,
+        {"consumer": consumer, "event_ids": [e.id for e in envelopes], "event_types": [e.type for e in envelopes]},
+    )
     return set(result.scalars())
 
 
