@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import Request
@@ -75,6 +76,16 @@ def request_headers(request: Request, allowed: frozenset[bytes] = _FORWARDED) ->
     return headers
 
 
+async def _body(request: Request) -> bytes | AsyncIterator[bytes]:
+    """A body that says it is small (JSON) goes on in one piece: cheaper than a stream, and whole again when the
+    pool resends an idempotent request on a keep-alive connection the upstream had just closed (a stream
+    would be resent from where it stopped). A large or chunked one (an upload) streams."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= _BUFFERED_BODY_LIMIT:
+        return await request.body()
+    return request.stream()
+
+
 def _allowed(has_body: bool, whole: bool) -> frozenset[bytes]:
     allowed = _WITH_BODY if has_body else _FORWARDED
     return allowed - {b"accept-encoding"} if whole else allowed  # whole: read here, so asked for unencoded
@@ -98,7 +109,7 @@ async def forward(upstream: Upstream, request: Request, *, whole: bool = False) 
         request.method,
         upstream.base_url.copy_with(raw_path=raw_path + (b"?" + query if query else b"")),
         headers=request_headers(request, _allowed(has_body, whole)),
-        content=request.stream() if has_body else None,
+        content=await _body(request) if has_body else None,
         extensions={"timeout": upstream.timeout},
     )
     try:
