@@ -23,7 +23,7 @@ class GenerationRepository:
         rows = await self.session.execute(
             select(Generation.status, func.count()).where(Generation.status.in_(ACTIVE)).group_by(Generation.status)
         )
-        return {status: int(count) for status, count in rows.tuples()}
+        return {status: int(count) for status, count in rows}
 
     async def add(self, job: Generation, images: Sequence[GenerationImage]) -> None:
         self.session.add(job)
