@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from opentelemetry import trace
@@ -33,6 +33,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lumiku_common.context import bound, traceparent_var
+
+if TYPE_CHECKING:
+    import httpx
+    from opentelemetry.trace import Span
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SERVICE_ATTRIBUTE = "lumiku.service"
@@ -127,9 +131,9 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
-def calling(request: Any) -> Iterator[Any]:
-    """A CLIENT span for a call to another service, whose traceparent the call carries (`request`: an
-    httpx.Request). Yields the span (None when tracing is off) for the answer's status."""
+def calling(request: httpx.Request) -> Iterator[Span | None]:
+    """A CLIENT span for a call to another service, whose traceparent the call carries. Yields the span (None
+    when tracing is off) for the answer's status."""
     if _tracer is None:
         yield None
         return
