@@ -12,9 +12,20 @@ from starlette.responses import Response
 
 
 def iso_utc(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`2026-01-31T12:00:00.123Z`. Formatted by hand: a list response calls this twice per item, and
+    `astimezone(...).isoformat(...).replace(...)` cost twice as much."""
+    if value.tzinfo is not UTC:  # asyncpg hands timestamptz over in UTC already
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    # `%` formatting: half the cost of the same with an f-string's format specs.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond // 1000,
+    )
 
 
 UtcDatetime = Annotated[datetime, PlainSerializer(iso_utc, return_type=str)]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from pydantic import TypeAdapter
 from sqlalchemy import Boolean, ColumnElement, String, Table, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,6 +83,9 @@ _PAGE = Query(
 _COUNT = Query(select(func.count()).where(_OWNED))
 
 
+_PROJECTS = TypeAdapter(list[ProjectOut])  # one call into pydantic-core for the page, not one per row
+
+
 class ProjectReads:
     """Hot reads straight into the response model: compiled once, run on asyncpg, no ORM objects."""
 
@@ -96,7 +100,7 @@ class ProjectReads:
         """A page past the end counts on its own."""
         rows = await self.db.fetch(_PAGE, user_id=user_id, offset=offset, limit=limit)
         if rows:
-            return [ProjectOut.model_validate(dict(row)) for row in rows], int(rows[0]["total"])
+            return _PROJECTS.validate_python([dict(row) for row in rows]), int(rows[0]["total"])
         if offset == 0:
             return [], 0
         row = await self.db.fetchrow(_COUNT, user_id=user_id)
