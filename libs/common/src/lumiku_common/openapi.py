@@ -2,7 +2,7 @@
 with `responses(...)`, so each service's /openapi.json (and the gateway's merge of them) documents every
 response a client can get, and schema fuzzing can hold every response to it.
 
-    router = APIRouter(prefix=..., responses=AUTHENTICATED)         # what any authenticated route may answer
+    router = Router(prefix=..., responses=AUTHENTICATED)         # what any authenticated route may answer
     @router.put("/{id}", response_model=..., responses=responses(400, 404))
 
 The bodies themselves are made in `lumiku_common.errors`; the models here only describe them.

@@ -30,6 +30,7 @@ from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
 from lumiku_common.openapi import without_fastapi_422
 from lumiku_common.periodic import periodic
+from lumiku_common.routing import Router
 from lumiku_common.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -305,7 +306,7 @@ async def infrastructure_checks(app: FastAPI) -> dict[str, str]:
 
 
 def metrics_router() -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = Router(include_in_schema=False)
 
     @router.get("/metrics")
     def scrape() -> Response:  # sync: a multi-process scrape reads files, off the event loop
@@ -316,7 +317,7 @@ def metrics_router() -> APIRouter:
 
 
 def health_router(settings: ServiceSettings, readiness: Callable[[FastAPI], Awaitable[dict[str, str]]]) -> APIRouter:
-    router = APIRouter(tags=["health"])
+    router = Router(tags=["health"])
 
     @router.get("/health")
     async def health() -> dict[str, str]:

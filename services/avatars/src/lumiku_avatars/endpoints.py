@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 
 from lumiku_avatars import service
 from lumiku_avatars.dependencies import JanitorDep, MediaDep, WorkflowsDep
@@ -38,11 +38,12 @@ from lumiku_common.clients.avatars import (
 )
 from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
+from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination, json_response
 
 APP = "/api/apps/avatar-creator"
-router = APIRouter(prefix=APP, tags=["avatars"], responses=AUTHENTICATED)
-internal = APIRouter(tags=["internal"], include_in_schema=False)
+router = Router(prefix=APP, tags=["avatars"], responses=AUTHENTICATED)
+internal = Router(tags=["internal"], include_in_schema=False)
 
 
 def _request_body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lumiku_common.auth import AdminUser, CurrentUser, ServiceCaller
@@ -20,6 +20,7 @@ from lumiku_common.clients.credits import (
 from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.idempotency import Outcome
 from lumiku_common.openapi import AUTHENTICATED, responses
+from lumiku_common.routing import Router
 from lumiku_common.schemas import Pagination
 from lumiku_common.service import part
 from lumiku_credits import export, service
@@ -33,8 +34,8 @@ from lumiku_credits.schemas import (
 )
 from lumiku_credits.settings import CreditsSettings
 
-router = APIRouter(prefix="/api/credits", tags=["credits"], responses=AUTHENTICATED)
-internal = APIRouter(tags=["internal"], include_in_schema=False)
+router = Router(prefix="/api/credits", tags=["credits"], responses=AUTHENTICATED)
+internal = Router(tags=["internal"], include_in_schema=False)
 
 
 Settings = Annotated[CreditsSettings, Depends(part(CreditsSettings))]

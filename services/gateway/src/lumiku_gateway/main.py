@@ -20,6 +20,7 @@ from lumiku_common.errors import NotFound
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner
 from lumiku_common.messaging import asyncapi
+from lumiku_common.routing import Router
 from lumiku_common.schemas import iso_utc
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.storage import storage_from
@@ -35,7 +36,7 @@ from lumiku_gateway.upstreams import Upstreams
 
 
 def _router(settings: GatewaySettings) -> APIRouter:
-    router = APIRouter()
+    router = Router()
     started = time.monotonic()
 
     @router.get("/api/health", tags=["health"])

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
 from lumiku_common.errors import error_response
+from lumiku_common.routing import Router
 from lumiku_common.storage import InvalidKey, ObjectInfo, ObjectNotFound
 from lumiku_gateway.dependencies import MediaDep
 
-router = APIRouter(include_in_schema=False)
+router = Router(include_in_schema=False)
 
 
 def _headers(info: ObjectInfo, exp: int) -> dict[str, str]:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lumiku_common.auth import CurrentUser
 from lumiku_common.db import DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
+from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination
 from lumiku_generation import service
 from lumiku_generation.dependencies import SettingsDep, WorkflowsDep
@@ -23,7 +24,7 @@ from lumiku_generation.schemas import (
 from lumiku_generation.workflows import GenerationCanceled, GenerationFailed
 
 APP = "/api/apps/avatar-creator"
-router = APIRouter(prefix=APP, tags=["generation"], responses=AUTHENTICATED)
+router = Router(prefix=APP, tags=["generation"], responses=AUTHENTICATED)
 
 _ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from starlette.responses import Response
 
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
 from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
+from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination, json_response
 from lumiku_projects import service
 from lumiku_projects.schemas import (
@@ -21,8 +22,8 @@ from lumiku_projects.schemas import (
     ProjectUpdate,
 )
 
-router = APIRouter(prefix="/api/apps/avatar-creator/projects", tags=["projects"], responses=AUTHENTICATED)
-internal = APIRouter(tags=["internal"], include_in_schema=False)
+router = Router(prefix="/api/apps/avatar-creator/projects", tags=["projects"], responses=AUTHENTICATED)
+internal = Router(tags=["internal"], include_in_schema=False)
 
 
 @router.get("", response_model=ProjectListResponse, responses=responses(400))

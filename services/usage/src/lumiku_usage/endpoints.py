@@ -3,13 +3,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lumiku_common.auth import CurrentUser
 from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.idempotency import REPLAYED_HEADER, IdempotencyKeyHeader
 from lumiku_common.openapi import AUTHENTICATED, responses
+from lumiku_common.routing import Router
 from lumiku_usage import export, service
 from lumiku_usage.dependencies import WorkflowsDep
 from lumiku_usage.schemas import (
@@ -23,7 +24,7 @@ from lumiku_usage.schemas import (
 )
 
 APP = "/api/apps/avatar-creator"
-router = APIRouter(prefix=APP, tags=["usage"], responses=AUTHENTICATED)
+router = Router(prefix=APP, tags=["usage"], responses=AUTHENTICATED)
 
 _REPLAYED = {REPLAYED_HEADER: {"description": "`true` when this answers a replayed Idempotency-Key", "schema": {}}}
 

@@ -1,0 +1,175 @@
+"""Routers whose routes skip FastAPI's general parameter machinery when a request needs none of it.
+
+FastAPI solves an endpoint's parameters the general way on every request: a walk over its dependency tree
+with caching, scopes, overrides and per-parameter validation. For a read like `GET /projects` (the caller,
+the database, `?page=&limit=`) that walk cost about as much CPU as the read itself.
+
+A `LeanRoute` works out once, when the route is built, whether its endpoint can be called the short way:
+its dependencies are `async def` functions of the request (and of other such dependencies), its path
+parameters are plain strings, its query is one pydantic model (`Annotated[Model, Query()]`), it has no body,
+header or cookie parameters, and it returns a `Response` itself. Such a route, per request:
+- calls each dependency once and the endpoint with what they returned;
+- validates the query model from the query string in one call, but only when every key is one of the
+  model's names, each once: anything else (a repeated key, an unknown key, a value the model refuses) goes
+  the general way, so FastAPI answers it exactly as before, errors included;
+- goes the general way too while dependency overrides are set (tests).
+An exception raised by a dependency or the endpoint propagates as it would from FastAPI's handler, to the same
+exception handlers. Every other route is left to FastAPI unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+import fastapi.routing
+from fastapi import APIRouter
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class _General(Exception):
+    """This request takes FastAPI's general path."""
+
+
+@dataclass(frozen=True, slots=True)
+class _QueryModel:
+    name: str
+    model: type[BaseModel]
+    keys: frozenset[str]  # the names a query string may use: each field's alias, else its name
+
+    @classmethod
+    def of(cls, name: str, model: Any) -> _QueryModel | None:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        keys = set()
+        for field_name, info in model.model_fields.items():
+            alias = info.alias or field_name
+            if info.validation_alias not in (None, alias) or _is_sequence(info.annotation):
+                return None  # FastAPI reads these differently (alias choices, repeated keys)
+            keys.add(alias)
+        return cls(name, model, frozenset(keys))
+
+    def value(self, request: Request) -> BaseModel:
+        query = request.query_params
+        if len(query) != len(query.multi_items()) or not self.keys.issuperset(query.keys()):
+            raise _General
+        try:
+            return self.model.model_validate(dict(query))
+        except ValidationError:
+            raise _General from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A dependency (or the endpoint) and how to gather its arguments."""
+
+    call: Callable[..., Awaitable[Any]]
+    request: str | None
+    path: tuple[str, ...]
+    query: _QueryModel | None
+    dependencies: tuple[tuple[str, _Call], ...]
+
+    async def solve(self, request: Request, solved: dict[Any, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {name: request.path_params[name] for name in self.path}
+        if self.request is not None:
+            values[self.request] = request
+        if self.query is not None:
+            values[self.query.name] = self.query.value(request)
+        for name, dependency in self.dependencies:
+            if dependency.call not in solved:  # FastAPI's per-request cache: each dependency runs once
+                solved[dependency.call] = await dependency.call(**await dependency.solve(request, solved))
+            values[name] = solved[dependency.call]
+        return values
+
+
+def _is_sequence(annotation: Any) -> bool:
+    origin = getattr(annotation, "__origin__", None)
+    return origin in (list, set, tuple, frozenset)
+
+
+def _plan(dependant: Dependant) -> _Call | None:
+    """How to call `dependant` the short way, or None when it needs FastAPI's general one."""
+    unsupported = (
+        dependant.body_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.websocket_param_name,
+        dependant.http_connection_param_name,
+        dependant.response_param_name,
+        dependant.background_tasks_param_name,
+        dependant.security_scopes_param_name,
+        dependant.own_oauth_scopes,
+    )
+    call = dependant.call
+    if any(unsupported) or call is None or not inspect.iscoroutinefunction(call) or len(dependant.query_params) > 1:
+        return None
+    if any(field.field_info.annotation is not str for field in dependant.path_params):
+        return None
+    query = None
+    if dependant.query_params:
+        field = dependant.query_params[0]
+        if (query := _QueryModel.of(field.name, field.field_info.annotation)) is None:
+            return None
+    dependencies = []
+    for sub in dependant.dependencies:
+        if sub.name is None or not sub.use_cache or (planned := _plan(sub)) is None:
+            return None
+        dependencies.append((sub.name, planned))
+    return _Call(
+        call, dependant.request_param_name, tuple(f.name for f in dependant.path_params), query, tuple(dependencies)
+    )
+
+
+def _returns_response(call: Callable[..., Any]) -> bool:
+    try:
+        returned = get_type_hints(call).get("return")
+    except Exception:  # an annotation that does not resolve: let FastAPI handle the route
+        return False
+    return isinstance(returned, type) and issubclass(returned, Response)
+
+
+class LeanRoute(APIRoute):
+    def get_route_handler(self) -> Handler:
+        general = super().get_route_handler()
+        dependant = _effective_dependant(self)
+        plan = _plan(dependant) if _returns_response(self.endpoint) else None
+        if plan is None:
+            return general
+
+        async def handler(request: Request) -> Response:
+            if request.app.dependency_overrides:
+                return await general(request)
+            try:
+                values = await plan.solve(request, {})
+            except _General:
+                return await general(request)
+            response: Response = await plan.call(**values)
+            return response
+
+        return handler
+
+
+def _effective_dependant(route: APIRoute) -> Dependant:
+    """The dependant FastAPI's own handler uses: an included route's adds what `include_router` gave it
+    (FastAPI builds the handler of each inclusion with that context set, see `APIRoute.get_route_handler`)."""
+    context = getattr(fastapi.routing, "_effective_route_context_var", None)
+    effective = context.get() if context is not None else None
+    if effective is not None and effective.original_route is route:
+        dependant: Dependant = effective.dependant
+        return dependant
+    return route.dependant
+
+
+class Router(APIRouter):
+    """An `APIRouter` of `LeanRoute`s: every service declares its routes with this."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(route_class=LeanRoute, **kwargs)
