@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
 from sqlalchemy import literal_column, select
 
-from lumiku_common.db import Database, Query, ensure_database
+from lumiku_common.db import PING_AFTER_IDLE_SECONDS, Database, Query, ensure_database
 from lumiku_common.errors import is_unavailable
 from lumiku_common.ids import new_id
 from lumiku_devtools.testing import TcpProxy
@@ -45,3 +46,46 @@ async def test_a_read_on_a_lost_connection_is_unavailable_and_the_next_read_gets
     finally:
         await db.dispose()
         await proxy.stop()
+
+
+PID = Query(select(literal_column("pg_backend_pid()").label("pid")))
+
+
+async def _backend(db: Database) -> int:
+    row = await db.fetchrow(PID)
+    assert row is not None
+    return int(row["pid"])
+
+
+async def test_hot_reads_keep_a_few_connections_out_of_the_pool_and_give_the_rest_back(settings):
+    await ensure_database(settings.database_url)
+    db = Database(settings.database_url, "common", pool_size=4)  # keeps at most 2
+    try:
+        assert len({await _backend(db) for _ in range(5)}) == 1  # one after the other: the same connection
+        assert db.engine.pool.checkedout() == 1  # kept, not returned
+        pids = await asyncio.gather(*(_backend(db) for _ in range(6)))
+        assert len(set(pids)) > 2 and db.engine.pool.checkedout() == 2  # the rest went back to the pool
+        async with db.unit_of_work() as session:  # units of work still get connections from the pool
+            assert (await session.execute(select(literal_column("1")))).scalar() == 1
+    finally:
+        await db.dispose()
+    assert db.engine.pool.checkedout() == 0
+
+
+async def test_a_kept_connection_that_idled_goes_back_to_the_pool_which_pings_it_first(
+    settings, monkeypatch: pytest.MonkeyPatch
+):
+    await ensure_database(settings.database_url)
+    db = Database(settings.database_url, "common", pool_size=2)
+    pings = []
+    ping = db.engine.sync_engine.dialect.do_ping
+    monkeypatch.setattr(db.engine.sync_engine.dialect, "do_ping", lambda conn: pings.append(conn) or ping(conn))
+    try:
+        first = await _backend(db)
+        assert await _backend(db) == first and pings == []  # kept and reused: no ping
+        later = time.monotonic() + PING_AFTER_IDLE_SECONDS + 1
+        monkeypatch.setattr(time, "monotonic", lambda: later)
+        assert await _backend(db) == first  # back through the pool, pinged, then kept again
+        assert len(pings) == 1 and db.engine.pool.checkedout() == 1
+    finally:
+        await db.dispose()

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence, Set
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -69,6 +70,7 @@ def apply_changes(entity: object, changes: dict[str, Any], clearable: Set[str] =
 
 
 PING_AFTER_IDLE_SECONDS = 10.0
+IDLE_SINCE = "idle_since"  # in a pooled connection's info
 RECYCLE_SECONDS = 1800  # below the idle timeouts of the usual proxies and load balancers in front of PostgreSQL
 
 
@@ -78,11 +80,11 @@ def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS
 
     @event.listens_for(engine, "checkin")
     def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
-        record.info["idle_since"] = time.monotonic()
+        record.info[IDLE_SINCE] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
     def _checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
-        idle_since = record.info.pop("idle_since", None)
+        idle_since = record.info.pop(IDLE_SINCE, None)
         if idle_since is None or time.monotonic() - idle_since < idle_seconds:
             return
         try:
@@ -109,6 +111,52 @@ class Query:
         return [values[name] for name in self.names]
 
 
+@dataclass(slots=True)
+class _HeldConnection:
+    connection: PoolProxiedConnection
+    since: float  # out of the pool since
+    used: float  # last given back
+
+
+class _Held:
+    """The connections hot reads keep between uses instead of returning them to the pool: a checkout through
+    SQLAlchemy's pool (a greenlet switch, the pool's queue, its checkout and checkin events) cost a tenth of
+    a simple read. At most `size` are kept (half the pool's usual size: the rest stays free for units of
+    work); one unused for `PING_AFTER_IDLE_SECONDS` or kept for `HOLD_SECONDS` in all goes back to the pool,
+    so the pool's idle ping and recycling still apply to it on its next checkout."""
+
+    HOLD_SECONDS = 60.0
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: list[_HeldConnection] = []
+
+    def take(self) -> _HeldConnection | None:
+        now = time.monotonic()
+        while self.idle:
+            held = self.idle.pop()  # the most recently used: the likeliest to be alive and warm
+            if now - held.used < PING_AFTER_IDLE_SECONDS and now - held.since < self.HOLD_SECONDS:
+                return held
+            self._give_back(held)
+        return None
+
+    def keep(self, connection: PoolProxiedConnection, since: float) -> bool:
+        if len(self.idle) >= self.size:
+            return False
+        self.idle.append(_HeldConnection(connection, since, time.monotonic()))
+        return True
+
+    def release(self) -> None:
+        while self.idle:
+            self._give_back(self.idle.pop())
+
+    @staticmethod
+    def _give_back(held: _HeldConnection) -> None:
+        info = held.connection.info
+        held.connection.close()
+        info[IDLE_SINCE] = held.used  # idle since its last use, not since now: the pool pings it if that was long
+
+
 class Database:
     def __init__(self, url: str, source: str, pool_size: int = 10, notify_outbox: bool = False):
         self.url, self.source = url, source
@@ -125,6 +173,7 @@ class Database:
         )
         # Set after a commit that wrote outbox rows, so the relay publishes at once instead of at next poll.
         self.outbox_signal = asyncio.Event()
+        self._held = _Held(max(1, pool_size // 2))
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
@@ -140,10 +189,13 @@ class Database:
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection's asyncpg connection, outside any transaction: checked out and returned like any
-        other (the idle ping, the recycling and the pool's bound apply). One that fails because the connection is
-        lost, or is interrupted mid-statement, is discarded instead of going back to the pool."""
-        connection = await self.engine.raw_connection()
+        """A pooled connection's asyncpg connection, outside any transaction. A few stay out of the pool between
+        hot reads (`_Held`); the rest are checked out and returned like any other (the idle ping, the recycling
+        and the pool's bound apply). One that fails because the connection is lost, or is interrupted
+        mid-statement, is discarded instead of going back."""
+        held = self._held.take()
+        connection = held.connection if held is not None else await self.engine.raw_connection()
+        since = held.since if held is not None else time.monotonic()
         try:
             yield connection.driver_connection
         except BaseException as exc:
@@ -151,7 +203,7 @@ class Database:
                 connection.invalidate(exc)  # out of a greenlet: closed at once, not gracefully
             raise
         finally:
-            if connection.is_valid:
+            if connection.is_valid and not self._held.keep(connection, since):
                 connection.close()  # no transaction to roll back: back to the pool without a round trip
 
     async def fetch(self, query: Query, **values: Any) -> list[asyncpg.Record]:
@@ -169,6 +221,7 @@ class Database:
             await conn.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:
+        self._held.release()
         await self.engine.dispose()
 
 
