@@ -5,6 +5,7 @@ next."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ import aio_pika
 import pytest
 from aio_pika.exceptions import DeliveryError
 
+from lumiku_common import metrics
 from lumiku_common.messaging.broker import Broker, Outgoing
 from lumiku_devtools.testing import EventSpy
 
@@ -72,8 +74,18 @@ async def test_a_nack_fails_only_the_refused_messages_and_tags_stay_aligned(brok
         await broker.publish(b"{}", refusing, "single-refused", {})
 
 
-async def test_an_unroutable_message_is_confirmed(broker):
-    assert await broker.publish_many([message(1, f"nobody.{uuid.uuid4().hex}")]) == [None]
+async def test_an_unroutable_message_is_confirmed_counted_and_logged_once_a_minute_per_type(broker, capsys):
+    key = f"nobody.{uuid.uuid4().hex}"
+    assert await broker.publish_many([message(n, key) for n in range(3)]) == [None] * 3
+    assert await broker.publish_many([message(3, key)]) == [None]
+    returned = metrics.EVENTS_UNROUTABLE.labels(key)
+    for _ in range(50):  # returns arrive before the confirms, but their callbacks run as tasks
+        if returned._value.get() == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert returned._value.get() == 4
+    lines = [line for line in capsys.readouterr().out.splitlines() if key in line]
+    assert len(lines) == 1  # the first, then nothing more within the minute
 
 
 async def test_a_closed_channel_fails_the_batch_at_once(settings):

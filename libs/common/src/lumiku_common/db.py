@@ -110,6 +110,18 @@ class Query:
     def args(self, values: dict[str, Any]) -> list[Any]:
         return [values[name] for name in self.names]
 
+    async def fetch(self, connection: asyncpg.Connection, **values: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await connection.fetch(self.sql, *self.args(values))
+        return rows
+
+    async def fetchrow(self, connection: asyncpg.Connection, **values: Any) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await connection.fetchrow(self.sql, *self.args(values))
+        return row
+
+    async def execute(self, connection: asyncpg.Connection, **values: Any) -> str:
+        status: str = await connection.execute(self.sql, *self.args(values))
+        return status
+
 
 @dataclass(slots=True)
 class _HeldConnection:
@@ -208,13 +220,11 @@ class Database:
 
     async def fetch(self, query: Query, **values: Any) -> list[asyncpg.Record]:
         async with self.driver() as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(query.sql, *query.args(values))
-            return rows
+            return await query.fetch(conn, **values)
 
     async def fetchrow(self, query: Query, **values: Any) -> asyncpg.Record | None:
         async with self.driver() as conn:
-            row: asyncpg.Record | None = await conn.fetchrow(query.sql, *query.args(values))
-            return row
+            return await query.fetchrow(conn, **values)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -74,6 +74,9 @@ OUTBOX_PUBLISHED = Counter("lumiku_outbox_published_total", "Outbox rows publish
 OUTBOX_PUBLISH_FAILURES = Counter(
     "lumiku_outbox_publish_failures_total", "Outbox rows whose publish failed (retried later)", ["service"]
 )
+EVENTS_UNROUTABLE = Counter(
+    "lumiku_events_unroutable_total", "Events the broker returned: no queue is bound to their type", ["routing_key"]
+)
 
 # --- consumers and queues -----------------------------------------------------------------------------------
 CONSUMED = Counter(

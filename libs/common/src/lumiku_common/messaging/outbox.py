@@ -14,13 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Text, cast, delete, func, select, text, update
+from sqlalchemy import BigInteger, Text, any_, bindparam, cast, delete, func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common import metrics, tracing
 from lumiku_common.context import causation_id_var, child_traceparent, correlation_id_var, traceparent_var
-from lumiku_common.db import Database, utcnow
+from lumiku_common.db import Database, Query, utcnow
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.broker import Broker, Outgoing
 from lumiku_common.messaging.events import Envelope, Event, envelope_for
@@ -98,6 +99,31 @@ async def add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     session.info["outbox_written"] = True
 
 
+_IDS = ARRAY(BigInteger)
+# The bodies and headers as PostgreSQL's JSON text: a body is published as is, never decoded and encoded again.
+_CLAIM = Query(
+    select(
+        outbox.c.id,
+        outbox.c.event_id,
+        outbox.c.routing_key,
+        cast(outbox.c.body, Text).label("body"),
+        cast(outbox.c.headers, Text).label("headers"),
+    )
+    .where(outbox.c.published_at.is_(None))
+    .order_by(outbox.c.id)
+    .limit(bindparam("batch_size"))
+    .with_for_update(skip_locked=True)
+)
+_MARK_PUBLISHED = Query(
+    update(outbox).where(outbox.c.id == any_(bindparam("ids", type_=_IDS))).values(published_at=func.now())
+)
+_MARK_FAILED = Query(
+    update(outbox)
+    .where(outbox.c.id == any_(bindparam("ids", type_=_IDS)))
+    .values(attempts=outbox.c.attempts + literal_column("1"), last_error=bindparam("error"))
+)
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -168,41 +194,23 @@ class OutboxRelay:
         """Publishes one batch; returns how many rows it published. Raises if any publish failed.
 
         Confirmed rows are marked even when others in the batch fail, so a broker outage mid-batch
-        re-sends only what the broker never confirmed.
+        re-sends only what the broker never confirmed. Runs on the driver connection (see `Database.fetch`):
+        a cycle per commit under light load, where SQLAlchemy's session cost more than the statements.
         """
-        async with self.db.sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    # The body as PostgreSQL's JSON text: published as is, never decoded and encoded again.
-                    select(
-                        outbox.c.id,
-                        outbox.c.event_id,
-                        outbox.c.routing_key,
-                        cast(outbox.c.body, Text).label("body"),
-                        outbox.c.headers,
-                    )
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+        async with self.db.driver() as connection, connection.transaction():
+            rows = await _CLAIM.fetch(connection, batch_size=self.batch_size)
             if not rows:
                 return 0
             results = await self._publish(rows)
-            done = [row.id for row, result in zip(rows, results, strict=True) if result is None]
-            failed = [row.id for row, result in zip(rows, results, strict=True) if result is not None]
+            done = [row["id"] for row, result in zip(rows, results, strict=True) if result is None]
+            failed = [row["id"] for row, result in zip(rows, results, strict=True) if result is not None]
             if done:
-                await session.execute(update(outbox).where(outbox.c.id.in_(done)).values(published_at=utcnow()))
+                await _MARK_PUBLISHED.execute(connection, ids=done)
             error = next((r for r in results if isinstance(r, BaseException)), None)
             self._published.inc(len(done))
             self._failures.inc(len(failed))
             if failed:
-                await session.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_(failed))
-                    .values(attempts=outbox.c.attempts + 1, last_error=repr(error)[:1000])
-                )
+                await _MARK_FAILED.execute(connection, ids=failed, error=repr(error)[:1000])
         if error is not None:
             raise error
         return len(done)
@@ -213,10 +221,12 @@ class OutboxRelay:
         with ExitStack() as spans:
             messages = [
                 Outgoing(
-                    row.body.encode(),
-                    row.routing_key,
-                    row.event_id,
-                    spans.enter_context(tracing.publishing(row.routing_key, row.headers, self.service)),
+                    row["body"].encode(),
+                    row["routing_key"],
+                    row["event_id"],
+                    spans.enter_context(
+                        tracing.publishing(row["routing_key"], json.loads(row["headers"]), self.service)
+                    ),
                 )
                 for row in rows
             ]
