@@ -6,12 +6,13 @@ the database, `?page=&limit=`) that walk cost about as much CPU as the read itse
 
 A `LeanRoute` works out once, when the route is built, whether its endpoint can be called the short way:
 its dependencies are `async def` functions of the request (and of other such dependencies), its path
-parameters are plain strings, its query is one pydantic model (`Annotated[Model, Query()]`), it has no body,
-header or cookie parameters, and it returns a `Response` itself. Such a route, per request:
+parameters are plain strings, its query is one pydantic model (`Annotated[Model, Query()]`) or required plain
+strings, it has no body, header or cookie parameters, and it returns a `Response` itself. Such a route, per
+request:
 - calls each dependency once and the endpoint with what they returned;
-- validates the query model from the query string in one call, but only when every key is one of the
-  model's names, each once: anything else (a repeated key, an unknown key, a value the model refuses) goes
-  the general way, so FastAPI answers it exactly as before, errors included;
+- validates the query model from the query string in one call (or takes the strings), but only when every key
+  is one of the declared names, each once: anything else (a repeated key, an unknown key, a missing string, a
+  value the model refuses) goes the general way, so FastAPI answers it exactly as before, errors included;
 - goes the general way too while dependency overrides are set (tests).
 An exception raised by a dependency or the endpoint propagates as it would from FastAPI's handler, to the same
 exception handlers. Every other route is left to FastAPI unchanged.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import fastapi.routing
 from fastapi import APIRouter
@@ -32,6 +33,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+if TYPE_CHECKING:
+    from fastapi._compat import ModelField
+
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
@@ -39,14 +43,26 @@ class _General(Exception):
     """This request takes FastAPI's general path."""
 
 
+def _plain_query(request: Request, keys: frozenset[str]) -> dict[str, str]:
+    """The query as a dict when each key is one of `keys` and comes once (FastAPI reads repeated keys and
+    unknown ones in ways of its own: those requests go its way)."""
+    query = request.query_params
+    if len(query) != len(query.multi_items()) or not keys.issuperset(query.keys()):
+        raise _General
+    return dict(query)
+
+
 @dataclass(frozen=True, slots=True)
 class _QueryModel:
+    """`name: Annotated[Model, Query()]`: the model validated from the query in one call."""
+
     name: str
     model: type[BaseModel]
     keys: frozenset[str]  # the names a query string may use: each field's alias, else its name
 
     @classmethod
-    def of(cls, name: str, model: Any) -> _QueryModel | None:
+    def of(cls, fields: list[ModelField]) -> _QueryModel | None:
+        model = fields[0].field_info.annotation if len(fields) == 1 else None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         keys = set()
@@ -55,16 +71,35 @@ class _QueryModel:
             if info.validation_alias not in (None, alias) or _is_sequence(info.annotation):
                 return None  # FastAPI reads these differently (alias choices, repeated keys)
             keys.add(alias)
-        return cls(name, model, frozenset(keys))
+        return cls(fields[0].name, model, frozenset(keys))
 
-    def value(self, request: Request) -> BaseModel:
-        query = request.query_params
-        if len(query) != len(query.multi_items()) or not self.keys.issuperset(query.keys()):
-            raise _General
+    def values(self, request: Request) -> dict[str, Any]:
         try:
-            return self.model.model_validate(dict(query))
+            return {self.name: self.model.model_validate(_plain_query(request, self.keys))}
         except ValidationError:
             raise _General from None
+
+
+@dataclass(frozen=True, slots=True)
+class _QueryStrings:
+    """Required `str` query parameters without constraints (`user_id: Annotated[str, Query(alias="userId")]`)."""
+
+    names: tuple[tuple[str, str], ...]  # (parameter, alias)
+    keys: frozenset[str]
+
+    @classmethod
+    def of(cls, fields: list[ModelField]) -> _QueryStrings | None:
+        info = [field.field_info for field in fields]
+        if not all(i.annotation is str and i.is_required() and not i.metadata for i in info):
+            return None
+        names = tuple((field.name, field.alias) for field in fields)
+        return cls(names, frozenset(alias for _, alias in names))
+
+    def values(self, request: Request) -> dict[str, Any]:
+        query = _plain_query(request, self.keys)
+        if len(query) != len(self.names):
+            raise _General  # one missing: FastAPI's error
+        return {name: query[alias] for name, alias in self.names}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +109,7 @@ class _Call:
     call: Callable[..., Awaitable[Any]]
     request: str | None
     path: tuple[str, ...]
-    query: _QueryModel | None
+    query: _QueryModel | _QueryStrings | None
     dependencies: tuple[tuple[str, _Call], ...]
 
     async def solve(self, request: Request, solved: dict[Any, Any]) -> dict[str, Any]:
@@ -82,7 +117,7 @@ class _Call:
         if self.request is not None:
             values[self.request] = request
         if self.query is not None:
-            values[self.query.name] = self.query.value(request)
+            values.update(self.query.values(request))
         for name, dependency in self.dependencies:
             if dependency.call not in solved:  # FastAPI's per-request cache: each dependency runs once
                 solved[dependency.call] = await dependency.call(**await dependency.solve(request, solved))
@@ -109,14 +144,14 @@ def _plan(dependant: Dependant) -> _Call | None:
         dependant.own_oauth_scopes,
     )
     call = dependant.call
-    if any(unsupported) or call is None or not inspect.iscoroutinefunction(call) or len(dependant.query_params) > 1:
+    if any(unsupported) or call is None or not inspect.iscoroutinefunction(call):
         return None
     if any(field.field_info.annotation is not str for field in dependant.path_params):
         return None
     query = None
     if dependant.query_params:
-        field = dependant.query_params[0]
-        if (query := _QueryModel.of(field.name, field.field_info.annotation)) is None:
+        query = _QueryModel.of(dependant.query_params) or _QueryStrings.of(dependant.query_params)
+        if query is None:
             return None
     dependencies = []
     for sub in dependant.dependencies:

@@ -58,6 +58,10 @@ def build(router: APIRouter) -> FastAPI:
     async def lookup(query: Annotated[Lookup, Query()]) -> Response:
         return JSONResponse(query.model_dump())
 
+    @router.get("/strings/{key}")
+    async def strings(key: str, user_id: Annotated[str, Query(alias="userId")], b: str) -> Response:
+        return JSONResponse({"key": key, "user": user_id, "b": b})
+
     @router.get("/plain")
     async def plain(n: int = 1) -> dict[str, int]:  # a scalar query and a returned dict: the general way
         return {"n": n}
@@ -91,6 +95,13 @@ REQUESTS = [
     ("/lookup?userId=", {}),
     ("/lookup", {}),
     ("/lookup?userId=u1&limit=11", {}),
+    ("/strings/k?userId=u&b=2", {}),
+    ("/strings/k?userId=&b=", {}),
+    ("/strings/k?userId=u", {}),
+    ("/strings/k?user_id=u&b=1", {}),
+    ("/strings/k?userId=u&userId=v&b=1", {}),
+    ("/strings/k?userId=u&b=1&c=3", {}),
+    ("/strings/k?userId=%00&b=%C3%A9", {}),
     ("/plain?n=4", {}),
     ("/plain?n=x", {}),
     ("/header", {"x-thing": "t"}),
@@ -125,9 +136,14 @@ def test_only_routes_fastapi_would_solve_the_same_way_take_the_short_one():
     router = Router()
     build(router)
     routes = {route.path: route for route in router.routes if isinstance(route, LeanRoute)}
-    assert len(routes) == 5
+    assert len(routes) == 6
     planned = {path for path, route in routes.items() if _plan(route.dependant) is not None}
-    assert planned == {"/items", "/items/{item_id}", "/lookup"}  # a scalar query, a header: the general way
+    assert planned == {
+        "/items",
+        "/items/{item_id}",
+        "/lookup",
+        "/strings/{key}",
+    }  # a scalar query, a header: the general way
 
 
 async def test_overridden_dependencies_are_honoured():
@@ -157,7 +173,14 @@ async def test_a_dependency_given_by_include_router_still_runs():
 
 @pytest.mark.parametrize(
     ("url", "general"),
-    [("/items?page=2", False), ("/items/x", False), ("/items?page=0", True), ("/items?other=1", True)],
+    [
+        ("/items?page=2", False),
+        ("/items/x", False),
+        ("/strings/k?userId=u&b=", False),
+        ("/items?page=0", True),
+        ("/items?other=1", True),
+        ("/strings/k?userId=u", True),
+    ],
 )
 async def test_what_the_short_way_cannot_answer_goes_the_general_way(
     apps: tuple[FastAPI, FastAPI], monkeypatch: pytest.MonkeyPatch, url: str, general: bool
