@@ -23,7 +23,7 @@ class Upstream:
     # and no httpx objects to build.
     exchange: Exchange
     timeout: dict[str, Any]
-    # The gateway's own calls (readiness, docs, composition) use a client over the same pool.
+    # The gateway's own calls (readiness, docs) use a client over the same pool; composition an InternalClient.
     client: httpx.AsyncClient
 
 
