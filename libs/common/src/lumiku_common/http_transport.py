@@ -227,7 +227,8 @@ class HttpxExchange:
     async def exchange(
         self, method: str, url: str, headers: list[tuple[str, str]], body: Body, timeout: Timeouts
     ) -> Answer:
-        request = httpx.Request(method, url, headers=headers, content=body or None, extensions={"timeout": timeout})
+        raw = [(name.encode(), value.encode()) for name, value in headers]  # UTF-8, as aiohttp writes them
+        request = httpx.Request(method, url, headers=raw, content=body or None, extensions={"timeout": timeout})
         return _HttpxAnswer(await self.transport.handle_async_request(request))
 
     async def aclose(self) -> None:

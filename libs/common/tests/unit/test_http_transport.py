@@ -16,7 +16,7 @@ import pytest
 
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.context import bound, request_id_var
-from lumiku_common.http_transport import AiohttpTransport
+from lumiku_common.http_transport import AiohttpTransport, HttpxExchange
 from lumiku_common.internal import GatewayTimeout, InternalClient, UpstreamUnavailable, query
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -253,6 +253,22 @@ async def test_with_tracing_on_a_call_is_a_client_span_whose_traceparent_it_carr
     assert client.attributes["http.response.status_code"] == 200
     sent = f"traceparent: 00-{context.trace_id:032x}-{context.span_id:016x}-01"
     assert sent in seen[0].decode().lower() and seen[0].lower().count(b"traceparent") == 1
+
+
+async def test_a_header_goes_as_the_same_bytes_through_the_pool_and_through_any_httpx_transport():
+    in_process: dict[bytes, bytes] = {}
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        in_process.update(scope["headers"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    headers = [("x-name", "caf\u00e9 \u2713")]
+    answer = await HttpxExchange(httpx.ASGITransport(app=app)).exchange("GET", "http://in/x", headers, None, {})
+    async with raw_server(_keep_answering) as (url, seen), transport() as t:
+        await (await t.exchange("GET", f"{url}/x", list(headers), None, {})).read()
+    assert answer.status == 204 and in_process[b"x-name"] == "caf\u00e9 \u2713".encode()
+    assert b"\r\nx-name: " + in_process[b"x-name"] + b"\r\n" in seen[0]
 
 
 # --- InternalClient over the exchange ---------------------------------------------------------------------
