@@ -11,17 +11,25 @@ How another service's failure reaches our caller (the spec: a dependency that is
 
 from __future__ import annotations
 
+import json as jsonlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote_plus
 
 import httpx
+import pydantic_core
 
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.context import context_headers
 from lumiku_common.errors import AppError, ServiceUnavailable
-from lumiku_common.http_transport import AiohttpTransport
+from lumiku_common.http_transport import AiohttpTransport, lean
 from lumiku_common.logs import get_logger
 
 log = get_logger(__name__)
+
+_TOKEN_HEADER = SERVICE_TOKEN_HEADER.lower()  # as httpx sent it
 
 
 class UpstreamUnavailable(ServiceUnavailable):
@@ -40,9 +48,26 @@ class GatewayTimeout(AppError):
     message = "Gateway timeout"
 
 
-def unexpected(response: httpx.Response) -> AppError:
+@dataclass(slots=True)
+class InternalResponse:
+    """Another service's answer, read whole."""
+
+    url: str  # what was called, without its query (logs)
+    status_code: int
+    headers: Mapping[str, str]  # looked up by any case
+    content: bytes
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+def unexpected(response: InternalResponse) -> AppError:
     """The error for a status the contract does not list."""
-    where = {"url": str(response.request.url.copy_with(query=None)), "status": response.status_code}
+    where = {"url": response.url, "status": response.status_code}
     if response.status_code in (429, 503, 504):
         log.warning("upstream_unavailable", **where)
         return UpstreamUnavailable(response.headers.get("retry-after"))
@@ -51,8 +76,10 @@ def unexpected(response: httpx.Response) -> AppError:
 
 
 class InternalClient:
-    """Sends straight through the transport: httpx's client layers (URL merging, cookies, auth, redirects, event
-    hooks) cost about as much CPU as the exchange itself, and a call between services needs none of them."""
+    """Sends straight through the transport's exchange: httpx's client layers (URL merging, cookies, auth,
+    redirects, event hooks) and objects (requests, responses) cost about as much CPU as the exchange itself, and
+    a call between services needs none of them. Paths come percent-encoded (the clients quote what they put in
+    them) and go as they are."""
 
     def __init__(
         self,
@@ -61,28 +88,35 @@ class InternalClient:
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = str(httpx.URL(base_url.rstrip("/")))  # normalised once, as httpx did on every call
         self.transport = transport or AiohttpTransport()
         self.timeout = httpx.Timeout(timeout).as_dict()
         self.tokens = tokens
 
-    def _headers(self) -> dict[str, str]:
-        return {SERVICE_TOKEN_HEADER: self.tokens.token(), **context_headers()}
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport, self._exchange = transport, lean(transport)
+
+    def _headers(self) -> list[tuple[str, str]]:
+        return [(_TOKEN_HEADER, self.tokens.token()), *context_headers().items()]
 
     async def request(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, json: Any = None
-    ) -> httpx.Response:
+        self, method: str, path: str, *, params: Mapping[str, str | int] | None = None, json: Any = None
+    ) -> InternalResponse:
         url = f"{self.base_url}{path}"
-        request = httpx.Request(
-            method, url, params=params, json=json, headers=self._headers(), extensions={"timeout": self.timeout}
-        )
+        headers, body = self._headers(), None
+        if json is not None:
+            body = pydantic_core.to_json(json)  # compact UTF-8 JSON, as httpx wrote it, in one native pass
+            headers.append(("content-type", "application/json"))
         try:
-            response = await self.transport.handle_async_request(request)
-            response.request = request
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            answer = await self._exchange.exchange(
+                method, f"{url}?{query(params)}" if params else url, headers, body, self.timeout
+            )
+            content = await answer.read()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             log.warning("upstream_unreachable", url=url, error=repr(exc))
             raise UpstreamUnavailable() from exc
@@ -92,7 +126,27 @@ class InternalClient:
         except httpx.TransportError as exc:  # the link broke mid-exchange (reset, garbled reply)
             log.warning("upstream_broken", url=url, error=repr(exc))
             raise UpstreamUnavailable() from exc
-        return response
+        return InternalResponse(url, answer.status, answer.headers, content)
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        await self._exchange.aclose()
+
+
+# What `urlencode` (and httpx's query params) leave as they are; ASCII text is escaped by one regex pass, three
+# times faster than `quote_plus` on a list of ids (whose every comma it escapes, character by character).
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.~-]")
+_ESCAPED = {chr(c): "+" if c == 0x20 else f"%{c:02X}" for c in range(0x80)}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return _ESCAPED[match.group()]
+
+
+def _quoted(value: str | int) -> str:
+    text = str(value)
+    return _UNSAFE.sub(_escaped, text) if text.isascii() else quote_plus(text)
+
+
+def query(params: Mapping[str, str | int]) -> str:
+    """`params` as a query string, exactly as `urllib.parse.urlencode` (and so httpx) encodes it."""
+    return "&".join([f"{_quoted(name)}={_quoted(value)}" for name, value in params.items()])

@@ -35,8 +35,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from lumiku_common.context import bound, traceparent_var
 
 if TYPE_CHECKING:
-    import httpx
     from opentelemetry.trace import Span
+    from yarl import URL
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SERVICE_ATTRIBUTE = "lumiku.service"
@@ -131,18 +131,18 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
-def calling(request: httpx.Request) -> Iterator[Span | None]:
-    """A CLIENT span for a call to another service, whose traceparent the call carries. Yields the span (None
-    when tracing is off) for the answer's status."""
+def calling(method: str, url: URL, headers: list[tuple[str, str]]) -> Iterator[Span | None]:
+    """A CLIENT span for a call to another service; `headers` (the call's own list, updated in place) then carry
+    its traceparent. Yields the span (None when tracing is off) for the answer's status."""
     if _tracer is None:
         yield None
         return
-    url = request.url
-    attributes = {"http.request.method": request.method, "server.address": url.host, "url.path": url.path}
-    with _tracer.start_as_current_span(request.method, kind=SpanKind.CLIENT, attributes=attributes) as span:
+    attributes = {"http.request.method": method, "server.address": url.host or "", "url.path": url.path}
+    with _tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes) as span:
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)
-        request.headers.update(carrier)  # the span's own traceparent replaces the request's
+        # The span's own traceparent replaces the request's.
+        headers[:] = [(k, v) for k, v in headers if k.lower() not in carrier] + list(carrier.items())
         yield span
 
 

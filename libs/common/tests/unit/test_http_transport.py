@@ -1,17 +1,23 @@
 """AiohttpTransport against raw local sockets: what goes on the wire, what comes back, and how each way an
-exchange can fail surfaces as the httpx error its callers handle."""
+exchange can fail surfaces as the httpx error its callers handle. InternalClient builds its requests itself (no
+httpx objects): on the wire they are what httpx built, and its answer carries what the clients read."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from lumiku_common.http_transport import AiohttpTransport
+from lumiku_common.auth import ServiceTokens
+from lumiku_common.context import bound, request_id_var
+from lumiku_common.http_transport import AiohttpTransport, HttpxExchange
+from lumiku_common.internal import GatewayTimeout, InternalClient, UpstreamUnavailable, query
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -247,3 +253,112 @@ async def test_with_tracing_on_a_call_is_a_client_span_whose_traceparent_it_carr
     assert client.attributes["http.response.status_code"] == 200
     sent = f"traceparent: 00-{context.trace_id:032x}-{context.span_id:016x}-01"
     assert sent in seen[0].decode().lower() and seen[0].lower().count(b"traceparent") == 1
+
+
+async def test_a_header_goes_as_the_same_bytes_through_the_pool_and_through_any_httpx_transport():
+    in_process: dict[bytes, bytes] = {}
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        in_process.update(scope["headers"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    headers = [("x-name", "caf\u00e9 \u2713")]
+    answer = await HttpxExchange(httpx.ASGITransport(app=app)).exchange("GET", "http://in/x", headers, None, {})
+    async with raw_server(_keep_answering) as (url, seen), transport() as t:
+        await (await t.exchange("GET", f"{url}/x", list(headers), None, {})).read()
+    assert answer.status == 204 and in_process[b"x-name"] == "caf\u00e9 \u2713".encode()
+    assert b"\r\nx-name: " + in_process[b"x-name"] + b"\r\n" in seen[0]
+
+
+# --- InternalClient over the exchange ---------------------------------------------------------------------
+
+TOKENS = ServiceTokens("s" * 40, "tests")
+
+
+def _request(raw: bytes) -> tuple[str, list[str], bytes]:
+    """Request line, header lines (lower case, sorted: their order means nothing), body."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    line, *headers = head.decode().split("\r\n")
+    return line, sorted(h.lower() for h in headers), body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "json"),
+    [
+        ("GET", "/internal/avatars/a%2Fb/owner", None, None),
+        ("GET", "/internal/projects/p1", {"userId": "ü ser+1&x=y"}, None),
+        ("GET", "/internal/avatars/by-projects", {"userId": "u", "projectIds": "a,b,c", "limitPerProject": 3}, None),
+        ("POST", "/internal/credits/holds", None, {"userId": "u", "amount": 5, "description": 'é \n"q" ✓'}),
+        ("POST", "/internal/credits/holds/h/release", {}, {"nested": {"list": [1, None, True]}}),
+        ("DELETE", "/internal/x", None, None),
+    ],
+)
+async def test_a_call_goes_on_the_wire_as_httpx_sent_it(method, path, params, json):
+    async with raw_server(_keep_answering) as (url, seen), transport() as t:
+        with bound((request_id_var, "req-1")):
+            answer = await InternalClient(url, TOKENS, transport=t).request(method, path, params=params, json=json)
+            ours = b"".join(seen)
+            seen.clear()
+            headers = {"X-Service-Token": TOKENS.token(), "x-request-id": "req-1"}
+            await _send(t, httpx.Request(method, f"{url}{path}", params=params, json=json, headers=headers))
+            theirs = b"".join(seen)
+    assert _request(ours) == _request(theirs)
+    assert (answer.status_code, answer.url, answer.headers["SET-COOKIE"]) == (200, f"{url}{path}", "session=secret")
+
+
+def test_a_query_is_encoded_as_urlencode_encodes_it():
+    rng = random.Random(11)
+    alphabet = [chr(c) for c in range(0x100)] + ["✓", "𝄞", " ", "+", "%", "&", "=", ","]
+    for _ in range(3000):
+        params = {
+            "".join(rng.choices(alphabet, k=rng.randint(0, 5))): rng.choice(
+                ["".join(rng.choices(alphabet, k=rng.randint(0, 40))), rng.randint(-5, 10**12)]
+            )
+            for _ in range(rng.randint(1, 4))
+        }
+        assert query(params) == urlencode(params) == str(httpx.QueryParams(params))
+
+
+async def test_the_answer_reads_as_the_clients_read_it():
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_answer(b'{"error": "x\xc3\xa9"}', b"Content-Type: application/json\r\nRetry-After: 7\r\n"))
+        await writer.drain()
+
+    async with raw_server(answering) as (url, _), transport() as t:
+        answer = await InternalClient(url, TOKENS, transport=t).request("GET", "/internal/x", params={"a": "b"})
+    assert answer.json() == {"error": "xé"} and answer.text == '{"error": "xé"}'
+    assert answer.headers.get("retry-after") == "7" and answer.url == f"{url}/internal/x"
+
+
+def _stand_in(answer: httpx.Response | Exception) -> httpx.AsyncBaseTransport:
+    class StandIn(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    return StandIn()
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (httpx.ConnectError("refused"), UpstreamUnavailable),
+        (httpx.PoolTimeout("full"), UpstreamUnavailable),
+        (httpx.ReadTimeout("slow"), GatewayTimeout),
+        (httpx.RemoteProtocolError("garbled"), UpstreamUnavailable),
+    ],
+)
+async def test_through_any_httpx_transport_failures_map_as_through_the_pool(error, raised):
+    client = InternalClient("http://stand-in", TOKENS, transport=_stand_in(error))
+    with pytest.raises(raised):
+        await client.request("GET", "/internal/x")
+
+
+async def test_a_transport_set_after_construction_is_the_one_used():
+    client = InternalClient("http://stand-in", TOKENS, transport=_stand_in(httpx.ConnectError("down")))
+    client.transport = _stand_in(httpx.Response(204, headers={"X-A": "1"}))
+    answer = await client.request("GET", "/internal/x")
+    assert (answer.status_code, answer.headers["x-a"], answer.content) == (204, "1", b"")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 from fastapi import Request
@@ -64,8 +64,24 @@ _NOT_RETURNED = frozenset(
 )
 _BUFFERED_BODY_LIMIT = 256 * 1024
 
+# A path (and query) of these characters only, with no `.` or `..` segment, is one httpx's URL would send as it
+# is: printable ASCII outside its percent-encode sets (a query may hold `?`, `` ` ``, `{` and `}`).
+_PATH_CHARS = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '"#<>?`{}')
+_PLAIN = re.compile(f"[{re.escape(_PATH_CHARS)}]*(?:\\?[{re.escape(_PATH_CHARS + '?`{}')}]*)?".encode())
+_DOT_SEGMENT = re.compile(rb"/\.\.?(?:[/?]|$)")
+_MAX_URL_PART = 65536  # httpx refuses a longer path or query
 
-def request_headers(request: Request, allowed: frozenset[bytes] = _FORWARDED) -> list[tuple[bytes, bytes]]:
+
+def _url(upstream: Upstream, target: bytes) -> str:
+    """The upstream's URL for the client's path and query: as the client sent them when httpx's URL would have
+    kept them as they are (any client that encodes its URLs), otherwise as httpx's URL makes them (it encodes
+    what a URL cannot hold and resolves dot segments, or refuses the URL)."""
+    if len(target) <= _MAX_URL_PART and _PLAIN.fullmatch(target) and not _DOT_SEGMENT.search(target):
+        return upstream.origin + target.decode("ascii")
+    return str(upstream.base_url.copy_with(raw_path=target))
+
+
+def request_headers(request: Request, allowed: frozenset[bytes] = _FORWARDED) -> list[tuple[str, str]]:
     """The client's `allowed` headers, values trimmed (a stray space is harmless, and the outgoing client
     refuses it), then this request's ids and the client's address."""
     trimmed = [(name, value.strip(b" \t")) for name, value in request.scope["headers"] if name in allowed]
@@ -73,7 +89,18 @@ def request_headers(request: Request, allowed: frozenset[bytes] = _FORWARDED) ->
     headers += [(name.encode(), value.encode()) for name, value in context_headers().items()]
     if request.client:
         headers.append((b"x-forwarded-for", request.client.host.encode()))
-    return headers
+    return _text(headers)
+
+
+def _text(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Headers as httpx decoded a set of them (all ASCII, else all UTF-8, else all Latin-1): what goes on (the
+    client writes UTF-8) and what comes back are what they were through httpx."""
+    for encoding in ("ascii", "utf-8"):
+        try:
+            return [(name.decode(encoding), value.decode(encoding)) for name, value in raw]
+        except UnicodeDecodeError:
+            continue
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
 
 async def _body(request: Request) -> bytes | AsyncIterator[bytes]:
@@ -91,9 +118,15 @@ def _allowed(has_body: bool, whole: bool) -> frozenset[bytes]:
     return allowed - {b"accept-encoding"} if whole else allowed  # whole: read here, so asked for unencoded
 
 
-def _response_headers(response: httpx.Response) -> dict[str, str]:
-    # CORS is the gateway's decision alone (lumiku_gateway.cors): a service's would contradict it.
-    return {k: v for k, v in response.headers.items() if k not in _NOT_RETURNED and not k.startswith("access-control-")}
+def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The upstream's headers to return, as httpx's `Headers.items()` gave them: names in lower case, a repeated
+    one's values joined by ", "."""
+    headers: dict[str, str] = {}
+    for name, value in _text([(name.lower(), value) for name, value in raw]):
+        # CORS is the gateway's decision alone (lumiku_gateway.cors): a service's would contradict it.
+        if name not in _NOT_RETURNED and not name.startswith("access-control-"):
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 async def forward(upstream: Upstream, request: Request, *, whole: bool = False) -> Response:
@@ -105,15 +138,11 @@ async def forward(upstream: Upstream, request: Request, *, whole: bool = False) 
     query: bytes = request.scope["query_string"]
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
     has_body = request.method in _BODY_METHODS
-    outgoing = httpx.Request(
-        request.method,
-        upstream.base_url.copy_with(raw_path=raw_path + (b"?" + query if query else b"")),
-        headers=request_headers(request, _allowed(has_body, whole)),
-        content=await _body(request) if has_body else None,
-        extensions={"timeout": upstream.timeout},
-    )
+    url = _url(upstream, raw_path + (b"?" + query if query else b""))
+    headers = request_headers(request, _allowed(has_body, whole))
+    body = await _body(request) if has_body else None
     try:
-        response = await upstream.transport.handle_async_request(outgoing)
+        answer = await upstream.exchange.exchange(request.method, url, headers, body, upstream.timeout)
     except httpx.TimeoutException:
         log.warning("upstream_timeout", service=service, path=request.url.path)
         return error_response(504, {"error": "Upstream service timed out", "service": service})
@@ -123,18 +152,13 @@ async def forward(upstream: Upstream, request: Request, *, whole: bool = False) 
     except httpx.TransportError as exc:
         log.warning("upstream_failed", service=service, path=request.url.path, error=repr(exc))
         return error_response(502, {"error": "Bad gateway", "service": service})
-    length = response.headers.get("content-length")
+    length = answer.headers.get("content-length")
+    headers_back = _response_headers(answer.raw_headers)
     if whole or (length is not None and length.isdigit() and int(length) <= _BUFFERED_BODY_LIMIT):
         # Small bodies (most JSON) in one piece: streaming them costs a task group per response, and a
         # StreamingResponse keeps reading the client's body (to watch for a disconnect) after an early 413.
-        try:
-            body = b"".join([chunk async for chunk in response.aiter_raw()])  # raw: any encoding passes as is
-        finally:
-            await response.aclose()
-        return Response(body, status_code=response.status_code, headers=_response_headers(response))
+        # Raw: any encoding passes as is.
+        return Response(await answer.read(), status_code=answer.status, headers=headers_back)
     return StreamingResponse(
-        response.aiter_raw(),
-        status_code=response.status_code,
-        headers=_response_headers(response),
-        background=BackgroundTask(response.aclose),
+        answer.chunks(), status_code=answer.status, headers=headers_back, background=BackgroundTask(answer.aclose)
     )

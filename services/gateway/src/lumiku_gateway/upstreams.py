@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from lumiku_common.http_transport import AiohttpTransport
+from lumiku_common.http_transport import AiohttpTransport, Exchange, lean
 from lumiku_gateway.settings import GatewaySettings
 
 
@@ -17,10 +17,13 @@ from lumiku_gateway.settings import GatewaySettings
 class Upstream:
     name: str
     base_url: httpx.URL
-    # The proxy path sends straight through the pool: no client-level cookies, redirects or auth to pay for.
+    origin: str  # scheme://host:port, to which the proxy path appends a request's path and query
     transport: httpx.AsyncBaseTransport
+    # The proxy path sends straight through the pool: no client-level cookies, redirects or auth to pay for,
+    # and no httpx objects to build.
+    exchange: Exchange
     timeout: dict[str, Any]
-    # The gateway's own calls (readiness, docs, composition) use a client over the same pool.
+    # The gateway's own calls (readiness, docs) use a client over the same pool; composition an InternalClient.
     client: httpx.AsyncClient
 
 
@@ -36,7 +39,9 @@ class Upstreams:
         for name, url in settings.service_urls.items():
             transport = (transports or {}).get(name) or AiohttpTransport(max_connections=200)
             client = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, cookies=_no_cookies())
-            self.upstreams[name] = Upstream(name, httpx.URL(url), transport, timeout.as_dict(), client)
+            base = httpx.URL(url)
+            origin = str(base.copy_with(raw_path=b"", fragment=None))
+            self.upstreams[name] = Upstream(name, base, origin, transport, lean(transport), timeout.as_dict(), client)
         self.clients = {name: u.client for name, u in self.upstreams.items()}
 
     def get(self, service: str) -> Upstream | None:

@@ -27,7 +27,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from lumiku_common.errors import BadRequest, NotFound, ServiceUnavailable
-from lumiku_common.internal import InternalClient
+from lumiku_common.internal import InternalClient, InternalResponse
 from lumiku_common.schemas import CamelModel, CleanStr, RequestModel
 
 BY_PROJECTS = "/internal/avatars/by-projects"
@@ -127,7 +127,7 @@ class AvatarsClient:
         await self.client.aclose()
 
 
-def _payload(response: Any) -> dict[str, Any]:
+def _payload(response: InternalResponse) -> dict[str, Any]:
     if not response.headers.get("content-type", "").startswith("application/json"):
         return {}
     body = response.json()

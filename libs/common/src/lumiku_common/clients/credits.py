@@ -19,13 +19,12 @@ from contextlib import suppress
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
-import httpx
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.errors import AppError, Conflict, Gone, InsufficientCredits, NotFound
 from lumiku_common.idempotency import IdempotencyKey
-from lumiku_common.internal import BadGateway, InternalClient, unexpected
+from lumiku_common.internal import BadGateway, InternalClient, InternalResponse, unexpected
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import CaptureCredits, ReleaseCredits
 from lumiku_common.messaging.outbox import add_event
@@ -179,7 +178,7 @@ class InsufficientCreditsBody(CamelModel):
     current: int
 
 
-def _parsed(model: type[R], response: httpx.Response) -> R:
+def _parsed(model: type[R], response: InternalResponse) -> R:
     """The answer's body as the contract says; anything else is the upstream failing (502)."""
     try:
         return model.model_validate_json(response.content)
@@ -188,7 +187,7 @@ def _parsed(model: type[R], response: httpx.Response) -> R:
         raise BadGateway() from exc
 
 
-def _error_of(response: httpx.Response) -> str | None:
+def _error_of(response: InternalResponse) -> str | None:
     with suppress(ValueError):
         body = response.json()
         if isinstance(body, dict) and isinstance(body.get("error"), str):
