@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.exceptions import DeliveryError
 
 from lumiku_common import metrics
+from lumiku_common.messaging import broker as broker_module
 from lumiku_common.messaging.broker import Broker, Outgoing
 from lumiku_devtools.testing import EventSpy
 
@@ -74,7 +76,9 @@ async def test_a_nack_fails_only_the_refused_messages_and_tags_stay_aligned(brok
         await broker.publish(b"{}", refusing, "single-refused", {})
 
 
-async def test_an_unroutable_message_is_confirmed_counted_and_logged_once_a_minute_per_type(broker, capsys):
+async def test_an_unroutable_message_is_confirmed_counted_and_logged_once_a_minute_per_type(broker, monkeypatch):
+    warned: list[dict[str, Any]] = []
+    monkeypatch.setattr(broker_module.log, "warning", lambda event, **fields: warned.append({"event": event, **fields}))
     key = f"nobody.{uuid.uuid4().hex}"
     assert await broker.publish_many([message(n, key) for n in range(3)]) == [None] * 3
     assert await broker.publish_many([message(3, key)]) == [None]
@@ -84,8 +88,9 @@ async def test_an_unroutable_message_is_confirmed_counted_and_logged_once_a_minu
             break
         await asyncio.sleep(0.01)
     assert returned._value.get() == 4
-    lines = [line for line in capsys.readouterr().out.splitlines() if key in line]
-    assert len(lines) == 1  # the first, then nothing more within the minute
+    assert [w for w in warned if w.get("routingKey") == key] == [
+        {"event": "event_unroutable", "routingKey": key, "messageId": "m-0", "count": 1}
+    ]  # the first, then nothing more within the minute
 
 
 async def test_a_closed_channel_fails_the_batch_at_once(settings):
