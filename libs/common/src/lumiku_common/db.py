@@ -132,10 +132,10 @@ class _HeldConnection:
 
 class _Held:
     """The connections hot reads keep between uses instead of returning them to the pool: a checkout through
-    SQLAlchemy's pool (a greenlet switch, the pool's queue, its checkout and checkin events) cost a tenth of
-    a simple read. At most `size` are kept (half the pool's usual size: the rest stays free for units of
-    work); one unused for `PING_AFTER_IDLE_SECONDS` or kept for `HOLD_SECONDS` in all goes back to the pool,
-    so the pool's idle ping and recycling still apply to it on its next checkout."""
+    SQLAlchemy's pool (a greenlet switch, the pool's queue, its checkout and checkin events, the reset on
+    return) cost a third of a simple read's CPU. At most `size` are kept (half the pool's usual size: the rest
+    stays free for units of work); one unused for `PING_AFTER_IDLE_SECONDS` or kept for `HOLD_SECONDS` in all
+    goes back to the pool, so the pool's idle ping and recycling still apply to it on its next checkout."""
 
     HOLD_SECONDS = 60.0
 

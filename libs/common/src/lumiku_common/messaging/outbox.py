@@ -114,8 +114,8 @@ _CLAIM = Query(
     .limit(bindparam("batch_size"))
     .with_for_update(skip_locked=True)
 )
-_MARK_PUBLISHED = Query(
-    update(outbox).where(outbox.c.id == any_(bindparam("ids", type_=_IDS))).values(published_at=func.now())
+_MARK_PUBLISHED = Query(  # the time of the confirm, not of the claim's transaction (`now()`)
+    update(outbox).where(outbox.c.id == any_(bindparam("ids", type_=_IDS))).values(published_at=func.clock_timestamp())
 )
 _MARK_FAILED = Query(
     update(outbox)
