@@ -4,6 +4,7 @@ mapping, health/readiness, database, broker, outbox relay and consumers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -155,6 +156,21 @@ class Workers:
                 log.warning("worker_did_not_stop", task=task.get_name())
 
 
+_heap_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """What start-up built (modules, schemas, routes, table metadata: ~150k objects in a service) lives as long
+    as the process, yet every full collection scanned it again: 75 ms of CPU at once in the avatars service,
+    landing on whichever requests were in flight. Moved out of the collector's sight once per process (a test
+    process builds many apps: freezing each would keep their garbage for good)."""
+    global _heap_frozen
+    if not _heap_frozen:
+        gc.collect()
+        gc.freeze()
+        _heap_frozen = True
+
+
 def create_service(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
     configure_logging(settings.service_name, settings.log_level)
@@ -167,6 +183,7 @@ def create_service(spec: ServiceSpec) -> FastAPI:
         try:
             with drain_first(app, settings.shutdown_drain_seconds):
                 async with _lifespan(app):
+                    freeze_startup_heap()
                     yield
         finally:
             if metrics_server is not None:
