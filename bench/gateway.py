@@ -57,8 +57,8 @@ SEEDED_PROJECTS, SEEDED_AVATARS = 20, 5
 WARMUP = 20
 MEASURED = ("gateway", "projects", "avatars", "floor")  # credits is started (uploads reserve credits) but idle
 EXPECTED = Path(__file__).parent / "gateway_expected.json"
-# The floor's CPU is read in 10 ms clock ticks: the smoke's 600 requests (~0.15 s of CPU) were +-7 % of it.
-FLOOR_REQUESTS_MIN = 3000
+# The floor's CPU is read in 10 ms clock ticks: 3000 requests (~0.15 s of CPU here) were +-7 % of it, 6000 +-3 %.
+FLOOR_REQUESTS_MIN = 6000
 SMOKE_TOLERANCE = 1.3  # the smoke fails when CPU per request / floor grows by more than 30 %
 
 
@@ -343,7 +343,26 @@ def check_smoke(ratios: dict[str, float]) -> list[str]:
     ]
 
 
-async def run(requests: int, single: int, rounds: int, smoke: bool = False, profile: Path | None = None) -> int:
+CLIENTS = ("aiohttp", "httpx")
+
+
+def load_transport(client: str) -> httpx.AsyncBaseTransport:
+    """The load client shares the two cores with the servers: aiohttp's parser under httpx costs it a third of
+    httpx's own stack, which leaves more of the machine to what is measured. `httpx` is the client issue 11's
+    goals were set with (its throughput ratios assume a load client costing ~2.5 ms a request)."""
+    if client == "httpx":
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=32))
+    return AiohttpTransport(max_connections=32)
+
+
+async def run(
+    requests: int,
+    single: int,
+    rounds: int,
+    smoke: bool = False,
+    profile: Path | None = None,
+    client_kind: str = "aiohttp",
+) -> int:
     settings = ServiceSettings(environment="development")
     await recreate_databases(settings.postgres_url)
     workdir = Path(tempfile.mkdtemp(prefix="lumiku-bench-gateway-"))
@@ -363,9 +382,7 @@ async def run(requests: int, single: int, rounds: int, smoke: bool = False, prof
     secret = env.get("JWT_SECRET", settings.jwt_secret)
     token = mint_user_token(secret, f"bench-lister-{uuid.uuid4().hex[:8]}", "lister@bench.example")
     headers = {"Authorization": f"Bearer {token}"}
-    # The load client shares the two cores with the servers: aiohttp's parser under httpx costs it a third of
-    # httpx's own stack, which leaves more of the machine to what is measured.
-    transport = AiohttpTransport(max_connections=32)
+    transport = load_transport(client_kind)
     started = time.monotonic()
     with suite(env) as processes:
         async with httpx.AsyncClient(transport=transport, timeout=30) as client:
@@ -384,14 +401,15 @@ async def run(requests: int, single: int, rounds: int, smoke: bool = False, prof
         "cpu_ms_per_request": {r.operation.name: r.cpu_ms for r in results},
         "method": f"{rounds} interleaved round(s); 16-client runs of {requests} requests (floor 3x), 1-client runs "
         f"of {single}; medians over rounds",
-        "client": "one httpx.AsyncClient over lumiku_common's AiohttpTransport, HTTP/1.1 keep-alive, in a third "
-        "process on the same machine",
+        "client": f"one httpx.AsyncClient over {type(transport).__name__}, HTTP/1.1 keep-alive, in a process of "
+        "its own on the same machine",
         "processes": "one uvicorn worker each; rate limiter on with limits out of reach",
         "wall_seconds": round(time.monotonic() - started, 1),
         "errors": dict(runner.failures),
     }
     stats = [s for r in results for s in (r.busy, r.single)]
-    report("gateway-smoke" if smoke else "gateway", stats, ratios, notes)
+    name = "gateway-smoke" if smoke else "gateway" if client_kind == "aiohttp" else f"gateway-{client_kind}-client"
+    report(name, stats, ratios, notes)
     if not smoke:
         return 0
     regressions = check_smoke(ratios)
@@ -409,12 +427,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="a few seconds of load, checked against the floor")
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of each 16-client run here")
+    parser.add_argument("--client", choices=CLIENTS, default="aiohttp", help="the load client's HTTP stack")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.requests, args.single, args.rounds = 200, 40, 1
+        args.requests, args.single, args.rounds = 600, 40, 1
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    code = asyncio.run(run(args.requests, args.single, args.rounds, args.smoke, args.profile))
+    code = asyncio.run(run(args.requests, args.single, args.rounds, args.smoke, args.profile, args.client))
     if code:
         sys.exit(code)
 
