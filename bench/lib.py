@@ -129,6 +129,19 @@ def free_port() -> int:
         return port
 
 
+def machine_seconds() -> tuple[float, float]:
+    """CPU seconds all cores have spent busy, and stolen by the hypervisor, since boot (Linux /proc/stat; NaN
+    elsewhere). What a run's processes do not account for of the busy time is the database's, the broker's,
+    the cache's and the kernel's share; stolen time is the host's other guests running on our cores."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return float("nan"), float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 class Process:
     """One uvicorn subprocess; its output goes to a temporary file, printed if it fails to start."""
 

@@ -7,7 +7,7 @@ import time
 
 import asyncpg
 import pytest
-from sqlalchemy import literal_column, select
+from sqlalchemy import bindparam, literal_column, select, text
 
 from lumiku_common.db import PING_AFTER_IDLE_SECONDS, Database, Query, ensure_database
 from lumiku_common.errors import is_unavailable
@@ -44,6 +44,46 @@ async def test_a_read_on_a_lost_connection_is_unavailable_and_the_next_read_gets
         found = await db.fetchrow(one)
         assert found is not None and found["one"] == 1
     finally:
+        await db.dispose()
+        await proxy.stop()
+
+
+async def test_a_write_on_the_driver_commits_whole_or_not_at_all_and_a_lost_connection_is_not_kept(settings):
+    """`Database.driver_work`: its statements commit together when the block ends; an error rolls them back and
+    the connection is reused outside any transaction; one lost mid-transaction is unavailable and replaced; one
+    that runs nothing takes no connection."""
+    await ensure_database(settings.database_url)
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    db = Database(settings.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), "common", pool_size=1)
+    table = f"driver_work_{new_id()}"
+    insert = Query(text(f"INSERT INTO {table} VALUES (:n)").bindparams(bindparam("n")))
+    count = Query(select(literal_column("count(*)").label("n")).select_from(text(table)))
+    try:
+        async with db.driver_work():  # refused before its first statement: no connection taken, nothing sent
+            assert db.engine.pool.checkedout() == 0
+        async with db.driver() as connection:
+            await connection.execute(f"CREATE TABLE {table} (n int)")
+        async with db.driver_work() as work:
+            await work.execute(insert, n=1)
+            await work.execute(insert, n=2)
+        with pytest.raises(RuntimeError):
+            async with db.driver_work() as work:
+                await work.execute(insert, n=3)
+                raise RuntimeError("the change failed")
+        async with db.driver() as connection:
+            assert not connection.is_in_transaction()
+        assert (await db.fetchrow(count) or {"n": None})["n"] == 2
+        with pytest.raises(Exception) as lost:
+            async with db.driver_work() as work:
+                await work.execute(insert, n=4)
+                proxy.cut()
+                await work.execute(insert, n=5)
+        assert is_unavailable(lost.value)
+        proxy.restore()
+        assert (await db.fetchrow(count) or {"n": None})["n"] == 2
+    finally:
+        async with db.driver() as connection:
+            await connection.execute(f"DROP TABLE IF EXISTS {table}")
         await db.dispose()
         await proxy.stop()
 

@@ -19,13 +19,18 @@ from lumiku_common.messaging.tables import outbox
 from lumiku_devtools.testing import EventSpy, TcpProxy, eventually
 
 
-async def stage(db: Database, count: int, prefix: str = "p") -> list[str]:
+async def stage(db: Database, count: int, prefix: str = "p", on_driver: bool = False) -> list[str]:
+    """`count` events, each committed in its own unit of work: a session's, or one on the driver connection."""
     ids = []
     for i in range(count):
-        async with db.unit_of_work() as session:
-            envelope = await add_event(session, ProjectCreated(project_id=f"{prefix}{i}", name="n"), user_id="u")
+        async with db.driver_work() if on_driver else db.unit_of_work() as work:
+            envelope = await add_event(work, ProjectCreated(project_id=f"{prefix}{i}", name="n"), user_id="u")
             ids.append(envelope.id)
     return ids
+
+
+# Both units of work stage events the same way.
+ON_DRIVER = pytest.mark.parametrize("on_driver", [False, True], ids=["session", "driver"])
 
 
 async def pending(db: Database) -> int:
@@ -65,14 +70,16 @@ async def run_until_drained(db: Database, *relays: OutboxRelay, timeout: float =
                 await t
 
 
-async def test_rolled_back_changes_publish_nothing(db, broker, settings):
+@ON_DRIVER
+async def test_rolled_back_changes_publish_nothing(db, broker, settings, on_driver):
     async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
         with suppress(RuntimeError):
-            async with db.unit_of_work() as session:
-                await add_event(session, ProjectCreated(project_id="x", name="n"), user_id="u")
+            async with db.driver_work() if on_driver else db.unit_of_work() as work:
+                await add_event(work, ProjectCreated(project_id="x", name="n"), user_id="u")
                 raise RuntimeError("the change failed")
-        assert await pending(db) == 0
-        marker = await stage(db, 1)
+        assert await pending(db) == 0 and not db.outbox_signal.is_set()
+        marker = await stage(db, 1, on_driver=on_driver)
+        assert db.outbox_signal.is_set()  # the commit wakes this process's relay at once
         await run_until_drained(db, OutboxRelay(db, broker, poll_seconds=0.05))
         await spy.wait_for("project.created")
     assert [e["id"] for e in spy.events] == marker
@@ -165,12 +172,13 @@ async def test_two_relays_publish_each_event_exactly_once(db, settings):
         await d.dispose()
 
 
-async def test_envelope_carries_context(db, broker, settings):
+@ON_DRIVER
+async def test_envelope_carries_context(db, broker, settings, on_driver):
     from lumiku_common.context import correlation_id_var
 
     token = correlation_id_var.set("corr-123")
     try:
-        await stage(db, 1)
+        await stage(db, 1, on_driver=on_driver)
     finally:
         correlation_id_var.reset(token)
     async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
@@ -181,7 +189,8 @@ async def test_envelope_carries_context(db, broker, settings):
     assert event["data"] == {"projectId": "p0", "name": "n", "description": None}
 
 
-async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
+@ON_DRIVER
+async def test_commit_in_another_process_wakes_the_relay(db, broker, settings, on_driver):
     """Polling is set to 60 s: only the NOTIFY sent at commit can explain a prompt publish."""
     relay = OutboxRelay(db, broker, poll_seconds=60)
     sleeping = asyncio.Event()
@@ -198,7 +207,7 @@ async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
         task = asyncio.create_task(relay.run())
         await asyncio.wait_for(sleeping.wait(), 10)
         await eventually(lambda: listening(db), what="the relay's listener subscribed")
-        ids = await stage(writer, 1)
+        ids = await stage(writer, 1, on_driver=on_driver)
         try:
             await spy.wait_for("project.created", timeout=10)
         finally:
@@ -207,6 +216,35 @@ async def test_commit_in_another_process_wakes_the_relay(db, broker, settings):
                 await task
     assert [e["id"] for e in spy.events] == ids
     await writer.dispose()
+
+
+async def test_while_writes_stream_in_the_relay_lets_them_join_one_batch(db, broker, settings):
+    """After a cycle that published, the relay lingers before the next: two commits made in that time go out in
+    one cycle (one transaction, one broker round trip) instead of one each."""
+    relay = OutboxRelay(db, broker, poll_seconds=60, linger=1.0)
+    batches: list[int] = []
+    publish_pending = relay.publish_pending
+
+    async def counted() -> int:
+        published = await publish_pending()
+        if published:
+            batches.append(published)
+        return published
+
+    relay.publish_pending = counted  # type: ignore[method-assign]
+    async with EventSpy(settings.amqp_url, settings.events_exchange) as spy:
+        task = asyncio.create_task(relay.run())
+        try:
+            first = await stage(db, 1, "first")
+            await spy.wait_for("project.created")
+            rest = await stage(db, 2, "rest")  # well inside the linger
+            await eventually(lambda: asyncio.sleep(0, len(spy.events) == 3), what="all three published")
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    assert [e["id"] for e in spy.events] == first + rest
+    assert batches == [1, 2]
 
 
 async def listening(db: Database) -> bool:

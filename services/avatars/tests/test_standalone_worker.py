@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from avatars_samples import jpeg
 from sqlalchemy import text
 
@@ -32,6 +31,7 @@ from lumiku_devtools.testing import (
     delete_queues,
     eventually,
     free_port,
+    lifespan_of,
     prepare_database,
     running,
     settings_for_tests,
@@ -84,8 +84,8 @@ async def api_without_workers(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """The projects and credits services (with their workers), and the avatars API with none."""
     async with (
-        LifespanManager(create_projects(projects)) as p,
-        LifespanManager(create_credits(credits)) as c,
+        lifespan_of(create_projects(projects)) as p,
+        lifespan_of(create_credits(credits)) as c,
     ):
         transports = {"projects": httpx.ASGITransport(app=p.app), "credits": httpx.ASGITransport(app=c.app)}
         app = create_avatars(avatars, transports)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Query
 
 import lumiku_projects
 from lumiku_common.auth import ServiceCaller
-from lumiku_devtools.testing import auth, free_port, prepare_database, running, settings_for_tests
+from lumiku_devtools.testing import auth, free_port, lifespan_of, prepare_database, running, settings_for_tests
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 from lumiku_projects.main import create_app as create_projects
@@ -49,7 +48,7 @@ async def compose():
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(avatars: FastAPI, projects_reachable: bool = True) -> httpx.AsyncClient:
-            projects = await stack.enter_async_context(LifespanManager(create_projects(settings)))
+            projects = await stack.enter_async_context(lifespan_of(create_projects(settings)))
             # Unreachable: a real connection to a port nothing listens on.
             projects_url = "http://projects" if projects_reachable else f"http://127.0.0.1:{free_port()}"
             gateway_settings = settings_for_tests(

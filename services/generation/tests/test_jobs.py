@@ -14,6 +14,8 @@ from generation_support import APP, Suite
 from sqlalchemy import text
 
 from lumiku_devtools.testing import eventually, served
+from lumiku_generation import service
+from lumiku_generation.drawing import draw_png
 
 
 async def test_the_sync_wait_running_out_is_202_with_the_job_and_location(
@@ -121,6 +123,54 @@ async def test_a_job_past_its_deadline_that_nobody_runs_is_failed_and_released(s
     assert await suite.avatars(user_id) == []
     assert (await suite.balance(headers))["balance"] == 100
     assert len(suite.fake.calls) == 2  # never resumed
+
+
+async def _leave_images(suite: Suite, job_id: str, assignments: str, where: str = "TRUE", **values: Any) -> None:
+    """The job's image rows (those `where` selects) as a worker that died would have left them."""
+    async with suite.generation_app.state.db.unit_of_work() as session:
+        await session.execute(
+            text(f"UPDATE generation_images SET {assignments} WHERE generation_id = :id AND {where}"),
+            {"id": job_id, **values},
+        )
+
+
+async def test_a_store_cut_short_is_resolved_before_another_image_takes_a_hold(suite: Suite) -> None:
+    """A worker died storing the second image (hold 0 assigned, its avatar never made) with the first image's
+    bytes kept. The job's resumption finishes that store before the kept image takes a hold: when it is refused,
+    the kept image pays the first image's price, so one avatar costs 15 (not the variation's 10)."""
+    user_id, headers = suite.user()
+    bytes_kept = draw_png("kept", 1, suite.settings.generation_width, suite.settings.generation_height)
+    job_id = await _handed_to_a_vanished_worker(suite, headers, "lease_until = now() + interval '1 second'")
+    await _leave_images(
+        suite,
+        job_id,
+        "status = CASE index WHEN 0 THEN 'received' ELSE 'storing' END, "
+        "hold_index = CASE index WHEN 0 THEN NULL ELSE 0 END, "
+        "data = CASE index WHEN 0 THEN CAST(:kept AS bytea) ELSE CAST('not an image' AS bytea) END",
+        kept=bytes_kept,
+    )
+    job = await suite.finished(headers, job_id, timeout=30)
+    assert (job["status"], job["produced"], job["charged"], job["refunded"]) == ("partially_succeeded", 1, 15, 10)
+    assert len(await suite.avatars(user_id)) == 1
+    assert (await suite.balance(headers))["balance"] == 85
+
+
+async def test_no_image_takes_a_hold_while_another_store_is_unresolved(suite: Suite) -> None:
+    """The guard behind the ordering above: asked anyway, assigning a hold refuses and changes nothing."""
+    _, headers = suite.user()
+    job_id = await _handed_to_a_vanished_worker(suite, headers, "lease_until = now() + interval '1 hour'")
+    await _leave_images(suite, job_id, "status = 'storing', hold_index = 0, data = CAST('x' AS bytea)", "index = 1")
+    with pytest.raises(service.StoreCutShort):
+        async with suite.generation_app.state.db.unit_of_work() as session:
+            job = await service.lock(session, job_id)
+            assert job is not None
+            first = next(i for i in await service.images(session, job_id) if i.index == 0)
+            await service.assign_hold(session, job, first)
+    async with suite.generation_app.state.db.unit_of_work() as session:
+        holds = await session.scalar(
+            text("SELECT count(hold_index) FROM generation_images WHERE generation_id = :id"), {"id": job_id}
+        )
+    assert holds == 1
 
 
 async def _read_events(

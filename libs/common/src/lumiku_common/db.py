@@ -4,7 +4,9 @@ Services and repositories never commit: the request (or message) scope commits o
 state change and the events it causes land together or not at all. Hot reads that change nothing run a
 `Query` with `Database.fetch` instead: one statement on a pooled connection's asyncpg connection, without
 BEGIN/COMMIT (each statement of a transaction at READ COMMITTED sees its own snapshot anyway, so a read of
-several statements loses no guarantee).
+several statements loses no guarantee). Hot writes of a few statements run in a `DriverWork` the same way:
+its `Query`s and staged events in one transaction on the asyncpg connection, committed by the request scope
+too (`DriverWorkDep`); the session's machinery cost twice the statements themselves.
 
 A connection is pinged only when it comes out of the pool after sitting idle (`PING_AFTER_IDLE_SECONDS`): a
 ping per checkout was a round trip per request. One found dead then is replaced before use (the pool retries
@@ -16,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence, Set
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
@@ -93,6 +95,15 @@ def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS
             raise DisconnectionError("connection found dead after idling") from exc
 
 
+async def lock_name(session: AsyncSession, name: str) -> None:
+    """Serialises, until this transaction ends, the transactions that lock the same `name` (a PostgreSQL
+    advisory lock on its 64-bit hash: no row needs to exist)."""
+    await session.execute(_LOCK_NAME, {"name": name})
+
+
+_LOCK_NAME = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
+
+
 class Query:
     """A Core statement compiled once, at import, to PostgreSQL's SQL for asyncpg, its values bound by name
     (`bindparam("user_id")`). Run with `Database.fetch`: asyncpg prepares it once per connection and keeps it,
@@ -121,6 +132,39 @@ class Query:
     async def execute(self, connection: asyncpg.Connection, **values: Any) -> str:
         status: str = await connection.execute(self.sql, *self.args(values))
         return status
+
+
+class DriverWork:
+    """A unit of work on a driver connection (`Database.driver_work`), for hot writes: its `Query`s run in one
+    transaction, begun by the first of them (a request refused before any costs the database nothing) and
+    committed when the block ends, or rolled back on an exception. Stage its events with `outbox.add_event`."""
+
+    def __init__(self, db: Database):
+        self.source, self.notify_outbox = db.source, db.notify_outbox  # for the envelopes of its events
+        self.outbox_written = False
+        self._db, self._connection, self._stack = db, None, AsyncExitStack()
+
+    async def fetch(self, query: Query, **values: Any) -> list[asyncpg.Record]:
+        return await query.fetch(await self._begun(), **values)
+
+    async def fetchrow(self, query: Query, **values: Any) -> asyncpg.Record | None:
+        return await query.fetchrow(await self._begun(), **values)
+
+    async def execute(self, query: Query, **values: Any) -> str:
+        return await query.execute(await self._begun(), **values)
+
+    async def _begun(self) -> asyncpg.Connection:
+        if self._connection is None:
+            connection = await self._stack.enter_async_context(self._db.driver())
+            await self._stack.enter_async_context(connection.transaction())
+            self._connection = connection
+        return self._connection
+
+    async def __aenter__(self) -> DriverWork:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)  # commit or roll back, then the connection goes back
 
 
 @dataclass(slots=True)
@@ -171,7 +215,7 @@ class _Held:
 
 class Database:
     def __init__(self, url: str, source: str, pool_size: int = 10, notify_outbox: bool = False):
-        self.url, self.source = url, source
+        self.url, self.source, self.notify_outbox = url, source, notify_outbox
         # At most 2 x pool_size connections, the cap pool_size + overflow had, but opened lazily and kept once
         # open: an overflow connection was closed when returned, so a burst above pool_size in-flight requests
         # reconnected (TCP, TLS attempt, authentication) on every request it lasted.
@@ -198,6 +242,14 @@ class Database:
                 raise
             if session.info.pop("outbox_written", False):
                 self.outbox_signal.set()
+
+    @asynccontextmanager
+    async def driver_work(self) -> AsyncIterator[DriverWork]:
+        """A transaction on a driver connection (see `driver`), for hot writes; commits when the block ends."""
+        async with DriverWork(self) as work:
+            yield work
+        if work.outbox_written:
+            self.outbox_signal.set()
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
@@ -266,3 +318,12 @@ async def _request_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
 
 # scope="function": commit before the response is sent, so a 201 always means "committed".
 DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+
+
+async def _request_driver_work(db: DatabaseDep) -> AsyncIterator[DriverWork]:
+    async with db.driver_work() as work:
+        yield work
+
+
+# As DbSession, on the driver connection: committed before the response is sent.
+DriverWorkDep = Annotated[DriverWork, Depends(_request_driver_work, scope="function")]

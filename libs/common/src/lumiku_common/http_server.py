@@ -48,6 +48,50 @@ class _Refused(Exception):
     """Raised in a parser callback: stops httptools from parsing further."""
 
 
+class _HeadWithBody:
+    """One response's view of the connection: uvicorn writes a response's head as soon as the app starts it,
+    and its body apart, two sends for a whole small response, and for the peer two reads and two turns of its
+    loop. The first write is held until the next one (the body, sent in the same turn by every app here) joins
+    it, or, at the latest, the end of this turn of the event loop: a response that only starts, or streams
+    later, loses nothing but that turn."""
+
+    __slots__ = ("_first", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport, self._loop = transport, loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if len(data) < _JOINED_MAX:
+                self._transport.write(held + data)
+            else:  # no copy of a large body: the transport sends both from its buffer
+                self._transport.writelines((held, data))
+            return
+        if self._first:
+            self._first, self._held = False, bytes(data)
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
+_JOINED_MAX = 256 * 1024
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -90,7 +134,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous and self.cycle is not None:
+            self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True

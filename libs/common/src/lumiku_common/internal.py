@@ -24,7 +24,7 @@ import pydantic_core
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.context import context_headers
 from lumiku_common.errors import AppError, ServiceUnavailable
-from lumiku_common.http_transport import AiohttpTransport, lean
+from lumiku_common.http_transport import Http1Transport, lean
 from lumiku_common.logs import get_logger
 
 log = get_logger(__name__)
@@ -89,7 +89,7 @@ class InternalClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.base_url = str(httpx.URL(base_url.rstrip("/")))  # normalised once, as httpx did on every call
-        self.transport = transport or AiohttpTransport()
+        self.transport = transport or Http1Transport()
         self.timeout = httpx.Timeout(timeout).as_dict()
         self.tokens = tokens
 

@@ -5,14 +5,18 @@ with caching, scopes, overrides and per-parameter validation. For a read like `G
 the database, `?page=&limit=`) that walk cost about as much CPU as the read itself.
 
 A `LeanRoute` works out once, when the route is built, whether its endpoint can be called the short way:
-its dependencies are `async def` functions of the request (and of other such dependencies), its path
-parameters are plain strings, its query is one pydantic model (`Annotated[Model, Query()]`) or required plain
-strings, it has no body, header or cookie parameters, and it returns a `Response` itself. Such a route, per
-request:
-- calls each dependency once and the endpoint with what they returned;
+its dependencies are `async def` functions of the request (and of other such dependencies) or async generators
+scoped to the function (`Depends(..., scope="function")`: a unit of work), its path parameters are plain
+strings, its query is one pydantic model (`Annotated[Model, Query()]`) or required plain strings, its body (if
+any) is one pydantic model, it has no header or cookie parameters, and it returns a `Response` itself. Such a
+route, per request:
+- calls each dependency once and the endpoint with what they returned; a generator's exit runs when the
+  endpoint is done, before the response is sent, shielded from cancellation (as FastAPI runs it);
 - validates the query model from the query string in one call (or takes the strings), but only when every key
   is one of the declared names, each once: anything else (a repeated key, an unknown key, a missing string, a
   value the model refuses) goes the general way, so FastAPI answers it exactly as before, errors included;
+- validates the body as FastAPI does (`json.loads`, then the model), but only a body sent as
+  `application/json` that the model takes: any other goes the general way, before any dependency ran;
 - goes the general way too while dependency overrides are set (tests).
 An exception raised by a dependency or the endpoint propagates as it would from FastAPI's handler, to the same
 exception handlers. Every other route is left to FastAPI unchanged.
@@ -21,12 +25,15 @@ exception handlers. Every other route is left to FastAPI unchanged.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_type_hints
 
+import anyio
 import fastapi.routing
-from fastapi import APIRouter
+from fastapi import APIRouter, params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -62,7 +69,8 @@ class _QueryModel:
 
     @classmethod
     def of(cls, fields: list[ModelField]) -> _QueryModel | None:
-        model = fields[0].field_info.annotation if len(fields) == 1 else None
+        info = fields[0].field_info if len(fields) == 1 else None
+        model = info.annotation if info is not None and not info.metadata else None  # metadata: validators
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         keys = set()
@@ -103,26 +111,83 @@ class _QueryStrings:
 
 
 @dataclass(frozen=True, slots=True)
+class _JsonBody:
+    """`body: Model`: the JSON body validated by the model, as FastAPI reads it."""
+
+    name: str
+    model: type[BaseModel]
+
+    @classmethod
+    def of(cls, fields: list[ModelField]) -> _JsonBody | None:
+        info = fields[0].field_info if len(fields) == 1 else None
+        model = info.annotation if info is not None else None
+        # Not a form, a file, an embedded body, nor one with validators of its own (`Annotated[Model, ...]`).
+        plain = type(info) is params.Body and not getattr(info, "embed", False) and not info.metadata
+        if not (plain and isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        return cls(fields[0].name, model)
+
+    async def value(self, request: Request) -> BaseModel:
+        if request.headers.get("content-type") != "application/json":
+            raise _General  # FastAPI's own reading of other (or no) content types
+        try:
+            body = await request.body()
+        except Exception:  # the client went away (FastAPI's 400), a body over a limit: FastAPI's answer
+            raise _General from None
+        try:
+            return self.model.model_validate(json.loads(body))
+        except (ValueError, RecursionError):  # not JSON (or nested past the parser), refused: FastAPI's error
+            raise _General from None
+
+
+@dataclass(frozen=True, slots=True)
 class _Call:
     """A dependency (or the endpoint) and how to gather its arguments."""
 
-    call: Callable[..., Awaitable[Any]]
+    call: Callable[..., Any]
     request: str | None
     path: tuple[str, ...]
     query: _QueryModel | _QueryStrings | None
+    body: _JsonBody | None
     dependencies: tuple[tuple[str, _Call], ...]
+    enters: bool = False  # an async generator: entered for the endpoint's call, exited after it
 
-    async def solve(self, request: Request, solved: dict[Any, Any]) -> dict[str, Any]:
+    async def prepare(self, request: Request, prepared: dict[Any, dict[str, Any]]) -> None:
+        """The request's parameters for this call and every dependency's, read before any of them runs: one the
+        short way cannot take (`_General`) sends the request the general way with nothing run twice."""
+        if self.call in prepared:
+            return
         values: dict[str, Any] = {name: request.path_params[name] for name in self.path}
         if self.request is not None:
             values[self.request] = request
         if self.query is not None:
             values.update(self.query.values(request))
+        if self.body is not None:
+            values[self.body.name] = await self.body.value(request)
+        prepared[self.call] = values
+        for _, dependency in self.dependencies:
+            await dependency.prepare(request, prepared)
+
+    async def run(self, prepared: dict[Any, dict[str, Any]], solved: dict[Any, Any], stack: AsyncExitStack) -> Any:
+        arguments = dict(prepared[self.call])
         for name, dependency in self.dependencies:
             if dependency.call not in solved:  # FastAPI's per-request cache: each dependency runs once
-                solved[dependency.call] = await dependency.call(**await dependency.solve(request, solved))
-            values[name] = solved[dependency.call]
-        return values
+                solved[dependency.call] = await dependency.run(prepared, solved, stack)
+            arguments[name] = solved[dependency.call]
+        if self.enters:
+            return await stack.enter_async_context(_exit_shielded(asynccontextmanager(self.call)(**arguments)))
+        return await self.call(**arguments)
+
+
+@asynccontextmanager
+async def _exit_shielded(context: AbstractAsyncContextManager[Any]) -> AsyncIterator[Any]:
+    """`context`, whose exit (a commit or a rollback) runs to its end even if the request is cancelled meanwhile."""
+    with anyio.CancelScope() as scope:
+        async with context as value:
+            try:
+                yield value
+            finally:
+                scope.shield = True
 
 
 def _is_sequence(annotation: Any) -> bool:
@@ -130,10 +195,10 @@ def _is_sequence(annotation: Any) -> bool:
     return origin in (list, set, tuple, frozenset)
 
 
-def _plan(dependant: Dependant) -> _Call | None:
-    """How to call `dependant` the short way, or None when it needs FastAPI's general one."""
+def _plan(dependant: Dependant, endpoint: bool = True) -> _Call | None:
+    """How to call `dependant` the short way, or None when it needs FastAPI's general one. Only the endpoint may
+    take the body (FastAPI embeds bodies shared with dependencies under their names)."""
     unsupported = (
-        dependant.body_params,
         dependant.header_params,
         dependant.cookie_params,
         dependant.websocket_param_name,
@@ -144,23 +209,28 @@ def _plan(dependant: Dependant) -> _Call | None:
         dependant.own_oauth_scopes,
     )
     call = dependant.call
-    if any(unsupported) or call is None or not inspect.iscoroutinefunction(call):
+    if any(unsupported) or call is None or getattr(dependant, "concurrency", None) is not None:
+        return None
+    # A generator (a unit of work) only when its exit comes before the response, where this route runs it.
+    enters = inspect.isasyncgenfunction(call) and dependant.scope == "function"
+    if not (inspect.iscoroutinefunction(call) or enters):
         return None
     if any(field.field_info.annotation is not str for field in dependant.path_params):
         return None
-    query = None
+    query = body = None
     if dependant.query_params:
         query = _QueryModel.of(dependant.query_params) or _QueryStrings.of(dependant.query_params)
         if query is None:
             return None
+    if dependant.body_params and (not endpoint or (body := _JsonBody.of(dependant.body_params)) is None):
+        return None
     dependencies = []
     for sub in dependant.dependencies:
-        if sub.name is None or not sub.use_cache or (planned := _plan(sub)) is None:
+        if sub.name is None or not sub.use_cache or (planned := _plan(sub, endpoint=False)) is None:
             return None
         dependencies.append((sub.name, planned))
-    return _Call(
-        call, dependant.request_param_name, tuple(f.name for f in dependant.path_params), query, tuple(dependencies)
-    )
+    path = tuple(f.name for f in dependant.path_params)
+    return _Call(call, dependant.request_param_name, path, query, body, tuple(dependencies), enters)
 
 
 def _returns_response(call: Callable[..., Any]) -> bool:
@@ -182,11 +252,13 @@ class LeanRoute(APIRoute):
         async def handler(request: Request) -> Response:
             if request.app.dependency_overrides:
                 return await general(request)
+            prepared: dict[Any, dict[str, Any]] = {}
             try:
-                values = await plan.solve(request, {})
+                await plan.prepare(request, prepared)
             except _General:
                 return await general(request)
-            response: Response = await plan.call(**values)
+            async with AsyncExitStack() as stack:
+                response: Response = await plan.run(prepared, {}, stack)
             return response
 
         return handler

@@ -76,7 +76,14 @@ class Workers:
         s = spec.settings
         db: Database = app.state.db
         broker: Broker = app.state.broker
-        self.relay = OutboxRelay(db, broker, s.outbox_batch_size, s.outbox_poll_seconds, service=s.service_name)
+        self.relay = OutboxRelay(
+            db,
+            broker,
+            s.outbox_batch_size,
+            s.outbox_poll_seconds,
+            service=s.service_name,
+            linger=s.outbox_linger_seconds,
+        )
         self.consumers: list[Consumer] = [
             BatchConsumer(
                 name, db, broker, handlers, queue_prefix=s.queue_prefix, delivery_limit=s.consumer_delivery_limit
@@ -221,6 +228,9 @@ def create_service(spec: ServiceSpec) -> FastAPI:
             await app.state.db.dispose()
 
     app = FastAPI(
+        # Tracing is lumiku_common.tracing's (off unless configured); FastAPI's own would check the global
+        # providers on every request (~3 % of a read's CPU) and, once one is set, trace each request twice.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title=spec.title or f"Lumiku {settings.service_name}",
         version=settings.version,
         lifespan=lifespan,

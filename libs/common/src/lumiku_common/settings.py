@@ -47,6 +47,9 @@ class ServiceSettings(BaseSettings):
     consumer_delivery_limit: int = 5
     outbox_poll_seconds: float = 0.5
     outbox_batch_size: int = 100
+    # After a cycle that published, the relay lets the commits of this long join its next batch: under a stream
+    # of writes it is a cycle (a transaction and a broker round trip) for several rows instead of one per row.
+    outbox_linger_seconds: float = 0.005
     # Published outbox rows and handled inbox ids are kept this long, then pruned.
     outbox_retention_hours: float = 24
     inbox_retention_days: float = 14

@@ -36,7 +36,6 @@ from lumiku_common.context import bound, traceparent_var
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
-    from yarl import URL
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SERVICE_ATTRIBUTE = "lumiku.service"
@@ -131,13 +130,13 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
-def calling(method: str, url: URL, headers: list[tuple[str, str]]) -> Iterator[Span | None]:
+def calling(method: str, host: str, path: str, headers: list[tuple[str, str]]) -> Iterator[Span | None]:
     """A CLIENT span for a call to another service; `headers` (the call's own list, updated in place) then carry
     its traceparent. Yields the span (None when tracing is off) for the answer's status."""
     if _tracer is None:
         yield None
         return
-    attributes = {"http.request.method": method, "server.address": url.host or "", "url.path": url.path}
+    attributes = {"http.request.method": method, "server.address": host, "url.path": path}
     with _tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes) as span:
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)

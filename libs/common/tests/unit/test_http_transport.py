@@ -1,4 +1,4 @@
-"""AiohttpTransport against raw local sockets: what goes on the wire, what comes back, and how each way an
+"""Http1Transport against raw local sockets: what goes on the wire, what comes back, and how each way an
 exchange can fail surfaces as the httpx error its callers handle. InternalClient builds its requests itself (no
 httpx objects): on the wire they are what httpx built, and its answer carries what the clients read."""
 
@@ -16,7 +16,7 @@ import pytest
 
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.context import bound, request_id_var
-from lumiku_common.http_transport import AiohttpTransport, HttpxExchange
+from lumiku_common.http_transport import Http1Transport, HttpxExchange
 from lumiku_common.internal import GatewayTimeout, InternalClient, UpstreamUnavailable, query
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -76,7 +76,7 @@ async def _keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         await writer.drain()
 
 
-async def _send(transport: AiohttpTransport, request: httpx.Request) -> httpx.Response:
+async def _send(transport: Http1Transport, request: httpx.Request) -> httpx.Response:
     response = await transport.handle_async_request(request)
     try:
         await response.aread()
@@ -86,8 +86,8 @@ async def _send(transport: AiohttpTransport, request: httpx.Request) -> httpx.Re
 
 
 @asynccontextmanager
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    t = AiohttpTransport()
+async def transport() -> AsyncIterator[Http1Transport]:
+    t = Http1Transport()
     try:
         yield t
     finally:
@@ -219,11 +219,11 @@ async def test_no_listener_is_a_connect_error():
 
 async def test_a_full_pool_waits_no_longer_than_the_pool_timeout():
     async with raw_server(_silent) as (url, _):
-        t = AiohttpTransport(max_connections=1)
+        t = Http1Transport(max_connections=1)
         try:
             first = asyncio.ensure_future(_send(t, httpx.Request("GET", url, extensions={"timeout": {"read": 5}})))
             await asyncio.sleep(0.1)
-            with pytest.raises(httpx.ConnectTimeout):
+            with pytest.raises(httpx.PoolTimeout):
                 await _send(t, httpx.Request("GET", url, extensions={"timeout": {"pool": 0.2}}))
             first.cancel()
         finally:
@@ -245,7 +245,10 @@ async def test_with_tracing_on_a_call_is_a_client_span_whose_traceparent_it_carr
             with trace.use_span(parent):  # the span of the request making the call
                 headers = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}  # the request's, replaced
                 await _send(t, httpx.Request("GET", f"{url}/internal/x", headers=headers))
-        [client] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+        # Only this call's trace: a call another test left in flight may end while tracing is on here.
+        [client] = [
+            s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT and s.context.trace_id == 0x1A
+        ]
     finally:
         tracing.shutdown()
     context = client.context
@@ -362,3 +365,199 @@ async def test_a_transport_set_after_construction_is_the_one_used():
     client.transport = _stand_in(httpx.Response(204, headers={"X-A": "1"}))
     answer = await client.request("GET", "/internal/x")
     assert (answer.status_code, answer.headers["x-a"], answer.content) == (204, "1", b"")
+
+
+# --- the pool's own framing and parsing -------------------------------------------------------------------
+
+
+async def _answer_once_then_drop_the_next(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Keeps the connection after its first answer, then drops it on the next request unanswered: a peer whose
+    keep-alive ended just as the request went."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(_answer(b"first"))
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("PUT", True), ("POST", False)])
+async def test_an_idempotent_request_on_a_connection_its_peer_dropped_goes_once_more(method, retried):
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _answer_once_then_drop_the_next(reader, writer)
+
+    async with raw_server(handler) as (url, _), transport() as t:
+        await _send(t, httpx.Request("GET", url))
+        if retried:
+            response = await _send(t, httpx.Request(method, url, content=b"{}"))
+            assert response.content == b"first" and connections == 2
+        else:  # it may have been taken: sending it again could do it twice
+            with pytest.raises(httpx.ReadError):
+                await _send(t, httpx.Request(method, url, content=b"{}"))
+            assert connections == 1
+
+
+async def test_an_answer_before_the_whole_streamed_body_ends_the_upload():
+    sent = 0
+
+    async def refuse_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 5\r\n\r\nlarge")
+        await writer.drain()
+        await asyncio.sleep(0.5)  # reads nothing more
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while True:
+            sent += 1
+            yield b"z" * 65536
+            await asyncio.sleep(0)
+
+    async with raw_server(refuse_early) as (url, _), transport() as t:
+        response = await _send(t, httpx.Request("POST", url, content=endless()))
+    assert (response.status_code, response.content) == (413, b"large") and sent < 1000
+
+
+async def test_a_large_answer_arrives_whole_through_a_slow_reader():
+    body = bytes(range(256)) * 20_000  # 5 MB: reading pauses while the reader is behind
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_answer(body))
+        await writer.drain()
+
+    async with raw_server(large) as (url, _), transport() as t:
+        answer = await t.exchange("GET", url, [], None, {"read": 5})
+        parts = []
+        async for chunk in answer.chunks():
+            parts.append(chunk)
+            await asyncio.sleep(0.001)
+        await answer.aclose()
+    assert b"".join(parts) == body
+
+
+@pytest.mark.parametrize(
+    ("wire", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", b"abcdefg"),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", b"until the end"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    ],
+)
+async def test_an_answer_framed_any_way_http_allows_reads_whole(wire, body):
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(wire)
+        await writer.drain()
+        if b"Connection: close" in wire:
+            writer.close()
+        else:
+            await asyncio.sleep(0.5)
+
+    async with raw_server(answering) as (url, _), transport() as t:
+        answer = await t.exchange("GET", url, [], None, {"read": 2})
+        assert await answer.read() == body
+    assert "link" not in answer.headers
+
+
+async def test_a_head_answer_ends_with_its_head():
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with raw_server(answering) as (url, _), transport() as t:
+        answer = await t.exchange("HEAD", url, [], None, {"read": 0.5})
+        assert (answer.status, answer.headers["content-length"], await answer.read()) == (200, "1000", b"")
+
+
+@pytest.mark.parametrize("header", [("x-a", "1\r\nx-injected: 1"), ("x-a\r\nx-b", "1"), ("x-a", "1\nx-b: 2")])
+async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(header):
+    async with raw_server(_keep_answering) as (url, seen), transport() as t:
+        with pytest.raises(httpx.LocalProtocolError):
+            await t.exchange("GET", url, [header], None, {})
+    assert seen == []
+
+
+# --- sloppy peers, and a stream nobody closes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["same-segment", "before-the-reader-read"])
+async def test_bytes_after_an_answer_ended_are_not_read_as_part_of_it(together):
+    """A sloppy peer writes a second answer nobody asked for (a 408 as its keep-alive ends, a duplicate): it
+    must not be appended to the answer being read, nor its headers to the answer's."""
+
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        stray = b"HTTP/1.1 408 Request Timeout\r\nX-Stray: 1\r\nContent-Length: 5\r\n\r\nstray"
+        writer.write(_answer(b"ok") + stray if together else _answer(b"ok"))
+        await writer.drain()
+        if not together:
+            await asyncio.sleep(0.05)
+            writer.write(stray)
+            await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with raw_server(twice) as (url, _), transport() as t:
+        answer = await t.exchange("GET", url, [], None, {"read": 2})
+        await asyncio.sleep(0.2)  # a reader a little behind
+        assert (await answer.read(), answer.status, "x-stray" in answer.headers) == (b"ok", 200, False)
+
+
+async def test_a_connection_its_peer_answered_unasked_while_idle_is_not_used_again():
+    """An idle connection that received an answer (a 408 as the peer's keep-alive ends, before its FIN) is done:
+    a POST sent on it would be lost (it is not resent)."""
+    connections = 0
+
+    async def then_408(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if connections > 1:
+            await _keep_answering(reader, writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_answer(b"first"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # a lingering close: reads nothing more
+
+    async with raw_server(then_408) as (url, _), transport() as t:
+        await (await t.exchange("GET", url, [], None, {"read": 2})).read()
+        await asyncio.sleep(0.15)
+        answer = await t.exchange("POST", url, [], b"{}", {"read": 2})
+        assert (answer.status, (await answer.read())[:7]) == (200, b"answer ")
+
+
+async def test_a_streamed_answer_whose_peer_closes_mid_body_gives_its_slot_back():
+    """The gateway streams an answer with `StreamingResponse(answer.chunks(), background=aclose)`: when the
+    upstream closes mid-body the stream raises and the background never runs; the pool slot must not leak."""
+    from starlette.background import BackgroundTask
+    from starlette.responses import StreamingResponse
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _cut_mid_body(reader, writer)
+
+    async def receive() -> dict:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
+    async with raw_server(cut) as (url, _):
+        t = Http1Transport(max_connections=1)
+        try:
+            answer = await t.exchange("GET", url, [], None, {"read": 2})
+            response = StreamingResponse(answer.chunks(), background=BackgroundTask(answer.aclose))
+            with pytest.raises(httpx.ReadError):
+                await response(scope, receive, send)
+            second = await t.exchange("GET", url, [], None, {"read": 2, "pool": 0.5})  # PoolTimeout: leaked
+            await second.aclose()
+        finally:
+            await t.aclose()

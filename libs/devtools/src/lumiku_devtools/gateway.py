@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from lumiku_devtools.testing import running, settings_for_tests, workers_started
+from lumiku_devtools.testing import lifespan_of, running, settings_for_tests, workers_started
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
 
@@ -27,7 +26,7 @@ async def gateway_app_for(services: dict[str, ServiceApp], **gateway_settings: A
         transports: Transports = {}
         for name, service in services.items():
             app = service if isinstance(service, FastAPI) else service(dict(transports))
-            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=30))
+            manager = await stack.enter_async_context(lifespan_of(app))
             transports[name] = httpx.ASGITransport(app=manager.app)
             await workers_started(app)
         # Rate limits count per user across tests in the shared Redis; their own tests switch them on.

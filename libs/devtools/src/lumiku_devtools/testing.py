@@ -87,10 +87,17 @@ async def truncate_all(url: str) -> None:
         await engine.dispose()
 
 
+def lifespan_of(app: FastAPI) -> LifespanManager:
+    """Runs the app's lifespan (workers included). A service's shutdown is bounded at about 20 s (consumers
+    drain, loops stop, the broker closes); asgi-lifespan's default of 5 s gives up first on a busy machine and
+    leaves the app's relay running into the next test, publishing rows that are not its own."""
+    return LifespanManager(app, startup_timeout=60, shutdown_timeout=30)
+
+
 @contextlib.asynccontextmanager
 async def running(app: FastAPI, base_url: str = "http://test") -> AsyncIterator[httpx.AsyncClient]:
     """Runs the app's lifespan (workers included) and yields an HTTP client wired to it in-process."""
-    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager:
+    async with lifespan_of(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=30) as client:
             yield client

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Query, Request, Response
+from fastapi import Path, Query, Request, Response
 
 from lumiku_avatars import service
 from lumiku_avatars.dependencies import JanitorDep, MediaDep, WorkflowsDep
@@ -33,8 +33,9 @@ from lumiku_common.clients.avatars import (
     GeneratedAvatarResponse,
     PreviewImage,
     PreviewImageRequest,
-    generated_path,
+    SettleGeneratedRequest,
     owner_path,
+    settle_path,
 )
 from lumiku_common.db import DatabaseDep, DbSession
 from lumiku_common.openapi import AUTHENTICATED, responses
@@ -147,7 +148,9 @@ async def avatar_owner(_: ServiceCaller, session: DbSession, avatar_id: str) -> 
     return await service.owner_of(session, avatar_id)
 
 
-@internal.post(GENERATED, response_model=GeneratedAvatarResponse, status_code=201)
+@internal.post(
+    GENERATED, response_model=GeneratedAvatarResponse, status_code=201, responses=responses(400, 404, 410, 503)
+)
 async def create_generated(
     _: ServiceCaller, workflows: WorkflowsDep, media: MediaDep, body: GeneratedAvatarRequest, response: Response
 ) -> GeneratedAvatarResponse:
@@ -158,15 +161,16 @@ async def create_generated(
     return GeneratedAvatarResponse(avatar=AvatarOut.of(avatar, media).model_dump(mode="json"), created=created)
 
 
-@internal.get(generated_path("{image_id}"), response_model=GeneratedAvatarResponse)
-async def get_generated(
+@internal.post(settle_path("{image_id}"), response_model=GeneratedAvatarResponse, responses=responses(410))
+async def settle_generated(
     _: ServiceCaller,
     workflows: WorkflowsDep,
     media: MediaDep,
-    image_id: str,
-    user_id: Annotated[str, Query(alias="userId")],
+    image_id: Annotated[str, Path(max_length=32)],
+    body: SettleGeneratedRequest,
 ) -> GeneratedAvatarResponse:
-    avatar = await workflows.generated(user_id, image_id)
+    """The avatar the generation image became; 410 if none, and then a create of it still in flight is refused."""
+    avatar = await workflows.settle_generated(body.user_id, body.project_id, image_id)
     return GeneratedAvatarResponse(avatar=AvatarOut.of(avatar, media).model_dump(mode="json"), created=False)
 
 

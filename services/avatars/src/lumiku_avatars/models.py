@@ -74,6 +74,16 @@ class CountedUsage(Base):
     counted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
 
+class GivenUpImage(Base):
+    """Generation images their job gave up on (a store cut short, settled by a cancel, the sweep or the job's
+    deadline): a create of one of them still in flight is refused, for its credit hold is being released."""
+
+    __tablename__ = "given_up_images"
+
+    image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    given_up_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
 class DeletedProject(Base):
     """Projects whose `project.deleted` was handled: an upload that passed the ownership check just before the
     deletion must not create an avatar in a project that no longer exists."""

@@ -11,9 +11,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, ObjectDeletion
+from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, GivenUpImage, ObjectDeletion
 from lumiku_avatars.schemas import AvatarFilters
-from lumiku_common.db import Database, Query
+from lumiku_common.db import Database, Query, lock_name
 
 _NEWEST = (Avatar.created_at.desc(), Avatar.id.desc())
 _IDS = ARRAY(String)
@@ -89,15 +89,20 @@ class AvatarRepository:
 
     async def lock_project(self, project_id: str) -> None:
         """Serialises avatar inserts into a project with that project's cascade (until the transaction ends)."""
-        await self.session.execute(
-            select(func.pg_advisory_xact_lock(func.hashtextextended(f"project:{project_id}", 0)))
-        )
+        await lock_name(self.session, f"project:{project_id}")
 
     async def project_deleted(self, project_id: str) -> bool:
         found = await self.session.scalar(
             select(DeletedProject.project_id).where(DeletedProject.project_id == project_id)
         )
         return found is not None
+
+    async def image_given_up(self, image_id: str) -> bool:
+        found = await self.session.scalar(select(GivenUpImage.image_id).where(GivenUpImage.image_id == image_id))
+        return found is not None
+
+    async def give_up_image(self, image_id: str) -> None:
+        await self.session.execute(insert(GivenUpImage).values(image_id=image_id).on_conflict_do_nothing())
 
     async def mark_project_deleted(self, project_id: str) -> None:
         await self.session.execute(insert(DeletedProject).values(project_id=project_id).on_conflict_do_nothing())

@@ -12,10 +12,11 @@ from lumiku_avatars.models import Avatar
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.repository import AvatarReads, AvatarRepository, CountedUse
 from lumiku_avatars.schemas import AvatarFilters, AvatarOut, AvatarStats, AvatarUpdate
-from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner
+from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner, ImageGivenUp
 from lumiku_common.clients.credits import capture_command
 from lumiku_common.clients.projects import ProjectNotFound
-from lumiku_common.db import Database, apply_changes
+from lumiku_common.db import Database, apply_changes, utcnow
+from lumiku_common.errors import Gone, ServiceUnavailable
 from lumiku_common.media import MediaUrls
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
@@ -47,13 +48,34 @@ async def list_avatars(
     return await AvatarRepository(session).page(user_id, filters, offset, limit)
 
 
-async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> Avatar:
+class ImageWasGivenUp(Gone):
+    message = ImageGivenUp.message  # what the generation service's client raises for this 410
+
+
+class HoldLapsed(ServiceUnavailable):
+    message = "The avatar took longer to make than its credits were held: nothing was kept, try again"
+
+
+# An avatar is not committed this close to its hold's expiry: the commit, and the clocks of two services, fit in.
+CAPTURE_MARGIN = timedelta(seconds=10)
+
+
+async def create_avatar(
+    session: AsyncSession, avatar: Avatar, hold_id: str, capture_by: datetime | None, generated: bool = False
+) -> Avatar:
     """Inserts the avatar and, in the same transaction, stages its event and the capture of its credits:
-    the charge happens if and only if the avatar commits."""
+    the charge happens if and only if the avatar commits. Credits refuses a capture for work done after the hold
+    expired (`capture_by`) or after the hold was released, so such an avatar would be free: it is not made. A
+    `generated` one is refused once its generation gave the image up (`settle_generated`, serialised with this
+    by the project's lock)."""
     repository = AvatarRepository(session)
     await repository.lock_project(avatar.project_id)
     if await repository.project_deleted(avatar.project_id):
         raise ProjectNotFound()
+    if generated and await repository.image_given_up(avatar.id):
+        raise ImageWasGivenUp()
+    if capture_by is not None and utcnow() >= capture_by - CAPTURE_MARGIN:
+        raise HoldLapsed()
     await repository.add(avatar)
     await add_event(
         session,
@@ -64,6 +86,18 @@ async def create_avatar(session: AsyncSession, avatar: Avatar, hold_id: str) -> 
         subject=avatar.id,
     )
     await capture_command(session, avatar.user_id, hold_id)
+    return avatar
+
+
+async def settle_generated(session: AsyncSession, user_id: str, project_id: str, image_id: str) -> Avatar | None:
+    """The avatar the generation image became, else None, and then it never will: a create of it still in flight
+    (a worker that died or gave up waiting) either committed before this, under the project's lock, or is refused
+    after it. Its job may release the image's hold then."""
+    repository = AvatarRepository(session)
+    await repository.lock_project(project_id)
+    avatar = await repository.get(user_id, image_id)
+    if avatar is None:
+        await repository.give_up_image(image_id)
     return avatar
 
 

@@ -86,7 +86,8 @@ class AvatarWorkflows:
         image = _decoded(request.image_base64, self.settings.max_upload_bytes)
         cost = await asyncio.to_thread(images.admit, image, self.limits)
         attributes = request.model_dump(
-            by_alias=False, exclude={"avatar_id", "user_id", "project_id", "hold_id", "name", "image_base64"}
+            by_alias=False,
+            exclude={"avatar_id", "user_id", "project_id", "hold_id", "name", "image_base64", "capture_by"},
         )
         keys: tuple[str, ...] = ()
         try:
@@ -103,7 +104,7 @@ class AvatarWorkflows:
                     keys,
                     original,
                 )
-                await service.create_avatar(session, avatar, request.hold_id)
+                await service.create_avatar(session, avatar, request.hold_id, request.capture_by, generated=True)
         except BaseException:
             await asyncio.shield(self._undo_objects(request.avatar_id, list(keys)))
             # A concurrent retry of the same image may have committed first: that avatar is the answer.
@@ -113,10 +114,11 @@ class AvatarWorkflows:
             raise
         return avatar, True
 
-    async def generated(self, user_id: str, image_id: str) -> Avatar:
-        avatar = await self._generated(user_id, image_id)
+    async def settle_generated(self, user_id: str, project_id: str, image_id: str) -> Avatar:
+        async with self.db.unit_of_work() as session:
+            avatar = await service.settle_generated(session, user_id, project_id, image_id)
         if avatar is None:
-            raise service.AvatarNotFound()
+            raise service.ImageWasGivenUp()
         return avatar
 
     async def _generated(self, user_id: str, image_id: str) -> Avatar | None:
@@ -182,7 +184,7 @@ class AvatarWorkflows:
             with timed(UPLOAD_STAGE, "commit"):
                 async with self.db.unit_of_work() as session:
                     avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
-                    await service.create_avatar(session, avatar, hold.id)
+                    await service.create_avatar(session, avatar, hold.id, hold.expires_at)
         except Exception as exc:
             if await asyncio.shield(self._undo(avatar_id, list(keys), hold)):
                 log.warning("upload_commit_unconfirmed_but_done", avatarId=avatar_id, error=repr(exc))

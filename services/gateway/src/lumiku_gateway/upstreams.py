@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from lumiku_common.http_transport import AiohttpTransport, Exchange, lean
+from lumiku_common.http_transport import Exchange, Http1Transport, lean
 from lumiku_gateway.settings import GatewaySettings
 
 
@@ -37,7 +37,7 @@ class Upstreams:
         timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
         self.upstreams: dict[str, Upstream] = {}
         for name, url in settings.service_urls.items():
-            transport = (transports or {}).get(name) or AiohttpTransport(max_connections=200)
+            transport = (transports or {}).get(name) or Http1Transport(max_connections=200)
             client = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, cookies=_no_cookies())
             base = httpx.URL(url)
             origin = str(base.copy_with(raw_path=b"", fragment=None))

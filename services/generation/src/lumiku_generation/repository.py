@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.db import lock_name
 from lumiku_generation.models import ACTIVE, TERMINAL, Generation, GenerationEvent, GenerationImage
 
 NOTIFY_CHANNEL = "lumiku_generation"
@@ -105,11 +106,14 @@ class GenerationRepository:
             found[job_id].append(image_id)
         return found
 
+    async def lock_submission(self, job_id: str) -> None:
+        """Held by the transaction that creates the job until it ends (transaction-scoped), so whoever asks
+        whether that transaction committed waits for its outcome instead of reading too early."""
+        await lock_name(self.session, f"generation:{job_id}")
+
     async def lock_user(self, user_id: str) -> None:
         """Serialises the per-user concurrency decisions of one user (transaction-scoped)."""
-        await self.session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"generation-user:{user_id}"}
-        )
+        await lock_name(self.session, f"generation-user:{user_id}")
 
     async def running_elsewhere(self, user_id: str, job_id: str, now: datetime) -> int:
         return int(

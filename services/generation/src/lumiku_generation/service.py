@@ -44,6 +44,14 @@ async def get(session: AsyncSession, user_id: str, job_id: str) -> Generation:
     return job
 
 
+async def submitted(session: AsyncSession, user_id: str, job_id: str) -> bool:
+    """Whether the job's creating transaction committed; waits for it to end if it still runs (a COMMIT whose
+    answer was lost may still be landing)."""
+    repo = GenerationRepository(session)
+    await repo.lock_submission(job_id)
+    return await repo.get(user_id, job_id) is not None
+
+
 async def page(session: AsyncSession, user_id: str, offset: int, limit: int) -> tuple[list[GenerationOut], int]:
     repo = GenerationRepository(session)
     jobs, total = await repo.page(user_id, offset, limit)
@@ -63,7 +71,9 @@ async def _dispatch(session: AsyncSession, job: Generation) -> None:
 
 async def create(session: AsyncSession, job: Generation, images: list[GenerationImage]) -> None:
     """The job, its images, its first stream event and the command that sends it to the workers, at once."""
-    await GenerationRepository(session).add(job, images)
+    repo = GenerationRepository(session)
+    await repo.lock_submission(job.id)
+    await repo.add(job, images)
     await _status_event(session, job)
     await _dispatch(session, job)
 
@@ -138,12 +148,21 @@ def received(img: GenerationImage, data: bytes, provider: str, model: str) -> No
     img.status, img.data, img.provider, img.model = "received", data, provider, model
 
 
+class StoreCutShort(RuntimeError):
+    """A hold was asked for while another image's store is unresolved: resolve that one first."""
+
+
 async def assign_hold(session: AsyncSession, job: Generation, img: GenerationImage) -> None:
-    """The lowest hold no other image holds. Stores run one at a time per job and a failed store gives its hold
-    back, so the stored images always hold 0..k-1: they pay 15 + 10 x (k - 1)."""
+    """The lowest hold no other image holds. Stores run one at a time per job, a store cut short is resolved
+    before any other image takes a hold, and a failed store gives its hold back, so the stored images always
+    hold 0..k-1: they pay 15 + 10 x (k - 1). (Had another image taken hold 1 while the one holding hold 0 was
+    still unresolved and then failed, one avatar would have paid the variation's 10.)"""
     if img.hold_index is not None:
         return
-    taken = {i.hold_index for i in await images(session, job.id) if i.hold_index is not None and i.id != img.id}
+    others = [i for i in await images(session, job.id) if i.id != img.id]
+    if any(i.status == "storing" for i in others):
+        raise StoreCutShort(f"generation {job.id}: an image's store is unresolved")
+    taken = {i.hold_index for i in others if i.hold_index is not None}
     img.hold_index = min(set(range(job.count)) - taken)
     img.status = "storing"
     await session.flush()

@@ -10,8 +10,10 @@ Running (a worker, for a `generation.run` command): take the job's lease, then f
 call the provider with the image's own seed (skipped when its bytes are already kept: a resumed job never asks
 twice), keep the bytes, then store it — one image at a time per job, holding the job's row lock while avatars
 makes the avatar (idempotent on the image id) and stages the capture of the image's hold in its own
-transaction. A cancel takes the same lock, so once it is acknowledged no image is stored or charged. When every
-image is done the job is settled: holds no avatar pays are released through the outbox.
+transaction. A store cut short (a crash) is finished before any other image takes a hold, so the holds paid are
+always the first ones (15, then 10 per variation). A cancel takes the same lock, so once it is acknowledged no
+image is stored or charged. When every image is done the job is settled: holds no avatar pays are released
+through the outbox.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, TypeVar
 from lumiku_common.clients.avatars import (
     AvatarsClient,
     GeneratedAvatarRequest,
+    ImageGivenUp,
     ImageRefused,
     ProjectGone,
 )
@@ -141,10 +144,28 @@ class GenerationWorkflows:
             async with self.db.unit_of_work() as session:
                 await service.create(session, job, images)
                 summary = await service.out(session, job)
-        except BaseException:
+        except BaseException as exc:
+            committed = await asyncio.shield(self._committed(user_id, job_id))
+            if committed is None:  # unknown: releasing could leave its avatars unpaid; the holds expire instead
+                raise
+            if committed:  # only the acknowledgement was lost: the job runs, and its holds pay for it
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("generation_commit_unconfirmed_but_done", generationId=job_id, error=repr(exc))
+                async with self.db.unit_of_work() as session:
+                    return await service.out(session, await service.get(session, user_id, job_id))
             await asyncio.shield(self._release(holds, "generation not submitted"))
             raise
         return summary
+
+    async def _committed(self, user_id: str, job_id: str) -> bool | None:
+        """Whether the job's row exists; None when the database cannot say."""
+        try:
+            async with self.db.unit_of_work() as session:
+                return await service.submitted(session, user_id, job_id)
+        except Exception as exc:
+            log.warning("generation_submit_outcome_unknown", generationId=job_id, error=repr(exc))
+            return None
 
     def _reserve_request(
         self, user_id: str, job_id: str, body: GenerateRequest, index: int, count: int
@@ -229,7 +250,8 @@ class GenerationWorkflows:
 
     async def cancel(self, user_id: str, job_id: str) -> GenerationOut:
         """Acknowledged only once no store is in flight (the job's lock): from then on nothing is stored or
-        charged. An image whose store was cut short (a crash) is looked up in avatars before its hold goes back."""
+        charged. An image whose store was cut short (a crash) is settled with avatars before its hold goes back:
+        its avatar, or the promise that there will be none (a create of it still in flight is refused)."""
         async with self.db.unit_of_work() as session:
             job = await service.lock_for_user(session, user_id, job_id)
             if job.status not in TERMINAL:
@@ -239,13 +261,17 @@ class GenerationWorkflows:
 
     async def _resolve_storing(self, session: Any, job: Generation) -> None:
         for img in await service.images(session, job.id):
-            if img.status != "storing":
-                continue
-            found = await self.avatars.generated(job.user_id, img.id)
-            if found is not None:
-                await service.stored(session, job, img, found.avatar)
-            else:
-                await service.image_failed(session, job, img, "the image was not stored")
+            if img.status == "storing":
+                await self.settle_store(session, job, img, "the image was not stored")
+
+    async def settle_store(self, session: Any, job: Generation, img: GenerationImage, reason: str) -> None:
+        """A store that will not be (re)tried: stored if avatars made the avatar, else failed for `reason`, and
+        avatars then refuses a create of it still in flight (its hold is about to go back)."""
+        found = await self.avatars.settle_generated(job.user_id, job.project_id, img.id)
+        if found is not None:
+            await service.stored(session, job, img, found.avatar)
+        else:
+            await service.image_failed(session, job, img, reason)
 
     # --- previews --------------------------------------------------------------------------------------------
 
@@ -292,9 +318,13 @@ class GenerationWorkflows:
         heartbeat = asyncio.create_task(self._heartbeat(job_id, owner, lost))
         run = _Run(self, job, owner, lost)
         try:
+            for img in images:  # stores cut short first: until they are resolved no other image takes a hold
+                if img.status == "storing":
+                    await run.image(img)
             async with asyncio.TaskGroup() as group:  # one failing image (avatars down) stops the others
                 for img in images:
-                    group.create_task(run.image(img))
+                    if img.status != "storing":
+                        group.create_task(run.image(img))
             async with self.db.unit_of_work() as session:
                 current = await service.owned(session, job_id, owner)
                 if current is not None and not await service.unfinished_images(session, job_id):
@@ -426,6 +456,11 @@ class _Run:
         img = await service.image(session, image_id)
         if img.status != "storing":
             return
+        if utcnow() >= job.deadline:  # too late to make it: its capture could come after the hold expired
+            await self.flows.settle_store(session, job, img, "generation timed out")
+            if not await service.unfinished_images(session, job.id):
+                await service.finish(session, self.flows.settings, job)
+            return
         request = job.request
         try:
             made = await self.flows.avatars.create_generated(
@@ -443,8 +478,12 @@ class _Run:
                     ethnicity=request.get("ethnicity"),
                     body_type=request.get("body_type"),
                     image_base64=base64.b64encode(data).decode(),
+                    capture_by=job.deadline + timedelta(seconds=self.flows.settings.hold_margin_seconds),
                 )
             )
+        except ImageGivenUp:  # a cancel or the sweep settled it while this store was cut short elsewhere
+            await service.image_failed(session, job, img, "the image was not stored")
+            return
         except ImageRefused as exc:
             await service.image_failed(session, job, img, f"the provider's image was refused ({exc.message})")
             return

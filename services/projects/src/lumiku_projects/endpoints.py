@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
-from lumiku_common.db import DatabaseDep, DbSession
+from lumiku_common.db import DatabaseDep, DbSession, DriverWorkDep
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination, json_response
@@ -45,8 +45,8 @@ async def get_project(user: CurrentUser, db: DatabaseDep, project_id: str) -> Re
 
 
 @router.put("/{project_id}", response_model=ProjectChangedResponse, responses=responses(400, 404))
-async def update_project(user: CurrentUser, session: DbSession, project_id: str, body: ProjectUpdate) -> Response:
-    project = await service.update_project(session, user.id, project_id, body)
+async def update_project(user: CurrentUser, work: DriverWorkDep, project_id: str, body: ProjectUpdate) -> Response:
+    project = await service.update_project(work, user.id, project_id, body)
     updated = ProjectChangedResponse(project=project, message="Project updated successfully")
     return json_response(updated)
 

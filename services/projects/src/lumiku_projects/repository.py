@@ -6,7 +6,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Boolean, ColumnElement, String, Table, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lumiku_common.db import Database, Query
+from lumiku_common.db import Database, DriverWork, Query, utcnow
 from lumiku_projects.models import Project
 from lumiku_projects.schemas import ProjectOut
 
@@ -15,8 +15,8 @@ _OWNED: ColumnElement[bool] = Project.user_id == bindparam("user_id")
 _ONE_OWNED = select(*_OUT).where(Project.id == bindparam("project_id"), _OWNED)
 
 # A partial update in one statement, only when it changes something: an absent name (NULL) keeps the name, the
-# description is set only when `set_description` (NULL clears it). Built once: cached compiled, no ORM flush.
-# (Bound names of an UPDATE cannot be column names.)
+# description is set only when `set_description` (NULL clears it). (Bound names of an UPDATE cannot be column
+# names.)
 _NEW_NAME = func.coalesce(bindparam("new_name", type_=String), Project.name)
 _NEW_DESCRIPTION = case(
     (bindparam("set_description", type_=Boolean), bindparam("new_description", type_=String)),
@@ -29,7 +29,7 @@ _UPDATE = (
         Project.user_id == bindparam("owner"),
         or_(Project.name.is_distinct_from(_NEW_NAME), Project.description.is_distinct_from(_NEW_DESCRIPTION)),
     )
-    .values(name=_NEW_NAME, description=_NEW_DESCRIPTION)  # updated_at: the column's onupdate
+    .values(name=_NEW_NAME, description=_NEW_DESCRIPTION, updated_at=bindparam("changed_at"))
     .returning(*_OUT)
 )
 
@@ -42,26 +42,6 @@ class ProjectRepository:
         result = await self.session.execute(select(Project).where(Project.id == project_id, Project.user_id == user_id))
         return result.scalar_one_or_none()
 
-    async def update(self, user_id: str, project_id: str, changes: dict[str, Any]) -> ProjectOut | None:
-        """The project after `changes` (`description: None` clears it); None when they change nothing, or when
-        the caller has no such project."""
-        values = {
-            "the_project": project_id,
-            "owner": user_id,
-            "new_name": changes.get("name"),
-            "set_description": "description" in changes,
-            "new_description": changes.get("description"),
-        }
-        # On the session's connection (same transaction) as plain Core: no ORM bulk-update machinery.
-        connection = await self.session.connection()
-        row = (await connection.execute(_UPDATE, values)).first()
-        return ProjectOut.model_validate(row._asdict()) if row is not None else None
-
-    async def read(self, user_id: str, project_id: str) -> ProjectOut | None:
-        """The project as it stands in this unit of work."""
-        row = (await self.session.execute(_ONE_OWNED, {"user_id": user_id, "project_id": project_id})).first()
-        return ProjectOut.model_validate(row._asdict()) if row is not None else None
-
     async def add(self, project: Project) -> Project:
         self.session.add(project)
         await self.session.flush()
@@ -72,6 +52,7 @@ class ProjectRepository:
 
 
 _ONE = Query(_ONE_OWNED)
+_CHANGE = Query(_UPDATE)
 # One page and the total in one round trip (the total rides on each row).
 _PAGE = Query(
     select(*_OUT, func.count().over().label("total"))
@@ -105,3 +86,29 @@ class ProjectReads:
             return [], 0
         row = await self.db.fetchrow(_COUNT, user_id=user_id)
         return [], int(row[0]) if row is not None else 0
+
+
+class ProjectWrites:
+    """The hot write, a project's partial update, in a unit of work on the driver connection."""
+
+    def __init__(self, work: DriverWork):
+        self.work = work
+
+    async def update(self, user_id: str, project_id: str, changes: dict[str, Any]) -> ProjectOut | None:
+        """The project after `changes` (`description: None` clears it); None when they change nothing, or when
+        the caller has no such project."""
+        row = await self.work.fetchrow(
+            _CHANGE,
+            the_project=project_id,
+            owner=user_id,
+            new_name=changes.get("name"),
+            set_description="description" in changes,
+            new_description=changes.get("description"),
+            changed_at=utcnow(),
+        )
+        return ProjectOut.model_validate(dict(row)) if row is not None else None
+
+    async def read(self, user_id: str, project_id: str) -> ProjectOut | None:
+        """The project as it stands in this unit of work."""
+        row = await self.work.fetchrow(_ONE, user_id=user_id, project_id=project_id)
+        return ProjectOut.model_validate(dict(row)) if row is not None else None

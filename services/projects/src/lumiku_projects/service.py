@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.clients.projects import ProjectNotFound
-from lumiku_common.db import Database
+from lumiku_common.db import Database, DriverWork
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
 from lumiku_projects.models import Project
-from lumiku_projects.repository import ProjectReads, ProjectRepository
+from lumiku_projects.repository import ProjectReads, ProjectRepository, ProjectWrites
 from lumiku_projects.schemas import ProjectCreate, ProjectOut, ProjectUpdate
 
 
@@ -44,20 +44,20 @@ async def create_project(session: AsyncSession, user_id: str, data: ProjectCreat
     return project
 
 
-async def update_project(session: AsyncSession, user_id: str, project_id: str, data: ProjectUpdate) -> ProjectOut:
+async def update_project(work: DriverWork, user_id: str, project_id: str, data: ProjectUpdate) -> ProjectOut:
     """One UPDATE that changes the row only if it differs ("" clears the description); no event otherwise."""
     changes = data.model_dump(exclude_none=True)
     if "description" in changes:
         changes["description"] = changes["description"] or None
-    repository = ProjectRepository(session)
-    project = await repository.update(user_id, project_id, changes)
+    writes = ProjectWrites(work)
+    project = await writes.update(user_id, project_id, changes)
     if project is None:  # nothing changed, or not the caller's project
-        project = await repository.read(user_id, project_id)
+        project = await writes.read(user_id, project_id)
         if project is None:
             raise ProjectNotFound()
         return project
     await add_event(
-        session,
+        work,
         ProjectUpdated(project_id=project.id, name=project.name, description=project.description),
         user_id=user_id,
         subject=project.id,

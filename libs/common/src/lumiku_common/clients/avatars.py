@@ -13,8 +13,13 @@ POST GENERATED  GeneratedAvatarRequest
     200 GeneratedAvatarResponse  an avatar with that id exists already: nothing done again (idempotent)
     400 {"error"}                the image is no acceptable image (the upload pipeline refused it)
     404 {"error"}                the project was deleted meanwhile
-GET generated_path(image id)?userId=U
-    200 GeneratedAvatarResponse / 404: whether that image became an avatar
+    410 {"error"}                the image was given up (below): no avatar is made from it
+    503 {"error"}                it could not be done before `captureBy` (when the hold stops being capturable):
+                                 an avatar committed later would be free, so none was made
+POST settle_path(image id)  SettleGeneratedRequest
+    200 GeneratedAvatarResponse  the image became that avatar
+    410 {"error"}                it did not, and now never will: a create of it still in flight is refused (the
+                                 two are serialised), so its hold can be released without leaving a free avatar
 POST PREVIEW_IMAGES  PreviewImageRequest → 200 PreviewImage: the provider's image through the upload pipeline
     (sniffed, decoded, re-encoded, stripped, thumbnailed) and nothing stored; 400 as above
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from lumiku_common.errors import BadRequest, NotFound, ServiceUnavailable
 from lumiku_common.internal import InternalClient, InternalResponse
@@ -106,14 +111,15 @@ class AvatarsClient:
         response = await self.client.request("POST", GENERATED, json=request.model_dump(mode="json", by_alias=True))
         return _generated(response.status_code, response.content, _payload(response))
 
-    async def generated(self, user_id: str, image_id: str) -> GeneratedAvatarResponse | None:
-        """The avatar made from this image, or None if there is none."""
-        response = await self.client.request(
-            "GET", generated_path(quote(image_id, safe="")), params={"userId": user_id}
-        )
-        if response.status_code == 404:
+    async def settle_generated(self, user_id: str, project_id: str, image_id: str) -> GeneratedAvatarResponse | None:
+        """The avatar made from this image; None if there is none, and then there never will be."""
+        body = SettleGeneratedRequest(user_id=user_id, project_id=project_id).model_dump(by_alias=True)
+        response = await self.client.request("POST", settle_path(quote(image_id, safe="")), json=body)
+        if response.status_code == 200:
+            return GeneratedAvatarResponse.model_validate_json(response.content)
+        if response.status_code == 410:
             return None
-        return _generated(response.status_code, response.content, _payload(response))
+        raise ServiceUnavailable()
 
     async def preview_image(self, image: str) -> PreviewImage:
         response = await self.client.request("POST", PREVIEW_IMAGES, json={"imageBase64": image})
@@ -137,6 +143,8 @@ def _payload(response: InternalResponse) -> dict[str, Any]:
 def _generated(status: int, content: bytes, payload: dict[str, Any]) -> GeneratedAvatarResponse:
     if status in (200, 201):
         return GeneratedAvatarResponse.model_validate_json(content)
+    if status == 410:
+        raise ImageGivenUp(payload.get("error"))
     if status in (400, 413):
         raise ImageRefused(payload.get("error"))
     if status == 404:
@@ -155,12 +163,16 @@ PREVIEW_IMAGES = "/internal/avatars/preview-images"
 MAX_IMAGE_BASE64 = 14 * 1024 * 1024  # 10 MB of image, base64-encoded
 
 
-def generated_path(image_id: str) -> str:
-    return f"{GENERATED}/{image_id}"
+def settle_path(image_id: str) -> str:
+    return f"{GENERATED}/{image_id}/settle"
 
 
 class ImageRefused(BadRequest):
     message = "The image is not an acceptable image"
+
+
+class ImageGivenUp(ImageRefused):
+    message = "The generation gave this image up: no avatar is made from it"
 
 
 class ProjectGone(NotFound):
@@ -185,6 +197,13 @@ class GeneratedAvatarRequest(RequestModel):
     ethnicity: _Short | None = None
     body_type: Literal["half_body", "full_body"] | None = None
     image_base64: Annotated[str, Field(max_length=MAX_IMAGE_BASE64)]
+    # When the hold stops being capturable (its expiry); None: no limit.
+    capture_by: AwareDatetime | None = None
+
+
+class SettleGeneratedRequest(RequestModel):
+    user_id: Annotated[str, Field(min_length=1, max_length=128)]
+    project_id: Annotated[str, Field(min_length=1, max_length=32)]
 
 
 class GeneratedAvatarResponse(CamelModel):

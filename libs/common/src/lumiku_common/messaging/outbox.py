@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common import metrics, tracing
 from lumiku_common.context import causation_id_var, child_traceparent, correlation_id_var, traceparent_var
-from lumiku_common.db import Database, Query, utcnow
+from lumiku_common.db import Database, DriverWork, Query, utcnow
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.broker import Broker, Outgoing
 from lumiku_common.messaging.events import Envelope, Event, envelope_for
@@ -32,22 +32,24 @@ log = get_logger(__name__)
 NOTIFY_CHANNEL = "lumiku_outbox"
 
 
-async def add_event(
-    session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
-) -> Envelope:
+# Where events are staged: a session's unit of work, or one on the driver connection (hot writes).
+UnitOfWork = AsyncSession | DriverWork
+
+
+async def add_event(work: UnitOfWork, event: Event, *, user_id: str | None, subject: str | None = None) -> Envelope:
     """Stage `event` in the current unit of work; it is published only if the transaction commits."""
-    envelope, row = outbox_row(session, event, user_id=user_id, subject=subject)
-    await add_events(session, [row])
+    envelope, row = outbox_row(work, event, user_id=user_id, subject=subject)
+    await add_events(work, [row])
     return envelope
 
 
 def outbox_row(
-    session: AsyncSession, event: Event, *, user_id: str | None, subject: str | None = None
+    work: UnitOfWork, event: Event, *, user_id: str | None, subject: str | None = None
 ) -> tuple[Envelope, dict[str, Any]]:
     """The envelope of `event` and its outbox row, in the current correlation context (not written yet)."""
     envelope = envelope_for(
         event,
-        source=session.info.get("source", "unknown"),
+        source=work.source if isinstance(work, DriverWork) else work.info.get("source", "unknown"),
         time=utcnow(),
         user_id=user_id,
         subject=subject,
@@ -70,33 +72,40 @@ def outbox_row(
 
 # One statement of fixed text for any number of rows: the columns travel as arrays (encoded by asyncpg in C), so
 # a batch costs neither SQLAlchemy's per-value parameter processing nor a new prepared statement per size.
-_STAGE = text(
-    """
+_INSERT = """
     INSERT INTO outbox (event_id, routing_key, body, headers)
     SELECT event_id, routing_key, CAST(body AS jsonb), CAST(headers AS jsonb)
     FROM unnest(CAST(:event_ids AS varchar[]), CAST(:routing_keys AS varchar[]), CAST(:bodies AS text[]),
                 CAST(:headers AS text[])) AS staged(event_id, routing_key, body, headers)
-    """
-)
+"""
+_STAGE = text(_INSERT)
+# The first rows of a transaction also wake the relays, in the same round trip: a notification is delivered at
+# commit, and only then, to every relay listening on this database, in any process. (A data-modifying WITH runs
+# once whether or not the query reads it.)
+_STAGE_AND_NOTIFY = text(f"WITH staged AS ({_INSERT} RETURNING 1) SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
 
-async def add_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+_STAGE_ON_DRIVER, _STAGE_AND_NOTIFY_ON_DRIVER = Query(_STAGE), Query(_STAGE_AND_NOTIFY)
+
+
+async def add_events(work: UnitOfWork, rows: list[dict[str, Any]]) -> None:
     """Stages outbox rows (`outbox_row`) in one statement: a batch of events costs one round trip."""
     if not rows:
         return
-    await session.execute(
-        _STAGE,
-        {
-            "event_ids": [r["event_id"] for r in rows],
-            "routing_keys": [r["routing_key"] for r in rows],
-            "bodies": [r["body"] for r in rows],
-            "headers": [r["headers"] for r in rows],
-        },
-    )
-    if not session.info.get("outbox_written") and session.info.get("notify_outbox"):
-        # Delivered at commit (and only then) to every relay listening on this database, in any process.
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
-    session.info["outbox_written"] = True
+    columns = {
+        "event_ids": [r["event_id"] for r in rows],
+        "routing_keys": [r["routing_key"] for r in rows],
+        "bodies": [r["body"] for r in rows],
+        "headers": [r["headers"] for r in rows],
+    }
+    if isinstance(work, DriverWork):
+        notify = work.notify_outbox and not work.outbox_written
+        await work.execute(_STAGE_AND_NOTIFY_ON_DRIVER if notify else _STAGE_ON_DRIVER, **columns)
+        work.outbox_written = True
+        return
+    notify = bool(work.info.get("notify_outbox")) and not work.info.get("outbox_written")
+    await work.execute(_STAGE_AND_NOTIFY if notify else _STAGE, columns)
+    work.info["outbox_written"] = True
 
 
 _IDS = ARRAY(BigInteger)
@@ -133,8 +142,9 @@ class OutboxRelay:
         poll_seconds: float = 0.5,
         max_backoff: float = 5.0,
         service: str = "unknown",
+        linger: float = 0.0,
     ):
-        self.db, self.broker, self.service = db, broker, service
+        self.db, self.broker, self.service, self.linger = db, broker, service, linger
         self._published = metrics.OUTBOX_PUBLISHED.labels(service)
         self._failures = metrics.OUTBOX_PUBLISH_FAILURES.labels(service)
         self.batch_size, self.poll_seconds, self.max_backoff = batch_size, poll_seconds, max_backoff
@@ -163,6 +173,8 @@ class OutboxRelay:
                 continue
             if published < self.batch_size:
                 await self._wait_for_work()
+                if published and self.linger:  # writes are streaming in: let the next few join this batch
+                    await asyncio.sleep(self.linger)
 
     async def _listen(self) -> None:
         """Wakes the relay on commits made by any process (API replicas without workers included).
