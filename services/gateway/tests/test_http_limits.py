@@ -1,6 +1,7 @@
 """Bounded request heads on every port (lumiku_common.http_server), against real uvicorn processes started
 with the suite's one command line: 431 for a header or header section too large, 414 for a request line too
-long, in the spec's error shape, and memory that stays flat while clients send 100 MB headers."""
+long, in the spec's error shape, and memory that stays flat while clients send 100 MB headers; and idle
+connections kept longer than clients keep them."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the process helpers beside this file
 
-from lumiku_common.http_server import MAX_HEADER_BYTES, MAX_HEADERS_BYTES, MAX_URL_BYTES
-from lumiku_devtools.processes import Process, RealSuite, exchange, real_suite
+from lumiku_common.http_server import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES, MAX_HEADERS_BYTES, MAX_URL_BYTES
+from lumiku_devtools.processes import Process, RealSuite, exchange, read_response, real_suite
 from lumiku_devtools.testing import free_port
 
 TOO_LARGE = {"error": "Request header fields too large"}
@@ -129,3 +130,23 @@ async def test_four_100_mb_headers_leave_memory_flat_and_health_responsive(suite
 async def test_unparseable_requests_are_400_in_the_spec_shape(port, request_bytes):
     response = await exchange(port, request_bytes)
     assert (response.status, response.json()) == (400, {"error": "Invalid HTTP request"})
+
+
+async def test_a_connection_idle_past_a_clients_keep_alive_still_answers(suite: RealSuite, worker: Process):
+    """httpx drops a connection idle for 5 s, uvicorn by default closes it at 5 s: a request sent on it as the
+    server closes it is reset (seen as a ReadError in a test's client). The server keeps it longer, so the client
+    is always the side that closes."""
+    assert KEEP_ALIVE_SECONDS > 60  # an ingress keeps upstream connections up to 60 s
+    ports = (suite.gateway.port, suite.services["projects"].port, worker.port)
+    connections = [await asyncio.open_connection("127.0.0.1", port) for port in ports]
+    keep_alive = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        for idle in (0, 6):  # 6 s: past both 5 s defaults
+            await asyncio.sleep(idle)
+            for reader, writer in connections:
+                writer.write(keep_alive)
+                response = await asyncio.wait_for(read_response(reader), 15)
+                assert response.status == 200 and response.header("connection") != ["close"]
+    finally:
+        for _, writer in connections:
+            writer.close()

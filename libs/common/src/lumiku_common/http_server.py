@@ -31,6 +31,10 @@ MAX_HEADERS_BYTES = 64 * 1024  # the header section, framing (": " and CRLF) inc
 MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADERS_BYTES + 1024
 
 PROTOCOL = "lumiku_common.http_server:LimitedHttpToolsProtocol"
+# How long a server keeps an idle connection (uvicorn's default is 5 s). Longer than any client here keeps one
+# for reuse (httpx 5 s, our pool 4 s, an ingress' upstream keep-alive 60 s): a request sent on a connection the
+# server is closing at that moment is lost (reset), and only the side that closes first can avoid that.
+KEEP_ALIVE_SECONDS = 75
 
 
 @dataclass(frozen=True, slots=True)

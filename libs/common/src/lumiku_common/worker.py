@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from lumiku_common.http_server import LimitedHttpToolsProtocol
+from lumiku_common.http_server import KEEP_ALIVE_SECONDS, LimitedHttpToolsProtocol
 from lumiku_common.service import is_stateless
 
 PROBE_PATHS = frozenset({"/health", "/ready"})
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
         lifespan="on",  # a failing start-up (migration, settings) must stop the process, not be ignored
         timeout_graceful_shutdown=20,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 

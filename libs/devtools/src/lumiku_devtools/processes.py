@@ -204,7 +204,7 @@ async def exchange(port: int, request: bytes, timeout: float = 15) -> RawRespons
     try:
         writer.write(request)
         await writer.drain()
-        return await asyncio.wait_for(_final_response(reader, request.startswith(b"HEAD ")), timeout)
+        return await asyncio.wait_for(read_response(reader, request.startswith(b"HEAD ")), timeout)
     except (asyncio.IncompleteReadError, ValueError) as exc:
         # A head that promised a body and then broke off: the server failed after it started answering.
         raise AssertionError(f"response cut off: {exc!r}") from exc
@@ -214,7 +214,8 @@ async def exchange(port: int, request: bytes, timeout: float = 15) -> RawRespons
             await writer.wait_closed()
 
 
-async def _final_response(reader: asyncio.StreamReader, head_only: bool) -> RawResponse:
+async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> RawResponse:
+    """The next final response on a connection (interim ones are skipped)."""
     while (response := await _read_response(reader, head_only)).status < 200:
         pass  # an interim answer (100 Continue): the final one follows
     return response

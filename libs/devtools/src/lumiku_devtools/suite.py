@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from lumiku_common.http_server import PROTOCOL
+from lumiku_common.http_server import KEEP_ALIVE_SECONDS, PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
         "--no-access-log",
         "--http",
         PROTOCOL,
+        "--timeout-keep-alive",
+        str(KEEP_ALIVE_SECONDS),
         "--loop",
         "uvloop",  # explicit: `auto` silently falls back to asyncio's slower loop if uvloop is missing
         *options,
