@@ -5,12 +5,19 @@ The projects service answers through the same `forward` as every other route (so
 502/503/504); a successful answer gets each project's newest avatars embedded. If the avatars service cannot
 answer, the projects are still returned (with `avatars: []`) and the response says so in
 `X-Composition-Degraded`: a list of projects is more useful than an error.
+
+A list needs the projects' ids before it can ask for their avatars, two round trips one after the other. The
+ids a user's page showed last time are remembered (`PageHints`), and the avatars of those are asked for at the
+same time as the page: when the page still holds no other project (a list asked for again, the common case),
+that answer is used; otherwise the avatars are asked for again, for the ids the page has. Both calls start
+after the request came, so either answer is as fresh as the one after the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections import OrderedDict
 from typing import Any
 
 import pydantic_core
@@ -34,11 +41,41 @@ AvatarsByProject = dict[str, list[AvatarJson]]
 _COMPOSED = {("GET", "list"), ("GET", "one"), ("PUT", "one"), ("POST", "list")}
 
 
+class PageHints:
+    """The project ids of the list page each user asked for last, by user and query string; the least recently
+    used go first. Bounded: at most `capacity` pages of at most 100 ids (~3.4 KB each as one string)."""
+
+    MAX_QUERY = 128  # bytes; a longer query string is not remembered
+
+    def __init__(self, capacity: int = 1024):
+        self.capacity = capacity
+        self._pages: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+
+    def get(self, user_id: str, query: bytes) -> list[str]:
+        ids = self._pages.get((user_id, query))
+        if ids is None:
+            return []
+        self._pages.move_to_end((user_id, query))
+        return ids.split(",")
+
+    def remember(self, user_id: str, query: bytes, ids: list[str]) -> None:
+        if len(query) > self.MAX_QUERY:
+            return
+        if not ids:
+            self._pages.pop((user_id, query), None)
+            return
+        self._pages[(user_id, query)] = ",".join(ids)
+        self._pages.move_to_end((user_id, query))
+        if len(self._pages) > self.capacity:
+            self._pages.popitem(last=False)
+
+
 class ProjectComposer:
     def __init__(self, avatars: AvatarsClient | None, per_project_in_list: int, per_project_in_detail: int):
         # No avatars service routed (a partial deployment): every project shows `avatars: []`.
         self.avatars = avatars
         self.per_project_in_list, self.per_project_in_detail = per_project_in_list, per_project_in_detail
+        self.hints = PageHints()
 
     @staticmethod
     def _shape(request: Request) -> str | None:
@@ -61,12 +98,23 @@ class ProjectComposer:
             avatars.cancel()
 
     async def _list(self, projects: Upstream, request: Request, user: User) -> Response:
-        response = await forward(projects, request, whole=True)
-        body = _json_of(response, "projects", list)
-        if body is None:
-            return response
-        ids = [p["id"] for p in body["projects"]]
-        avatars = await self._avatars(user.id, ids, self.per_project_in_list)
+        query: bytes = request.scope["query_string"]
+        hinted = self.hints.get(user.id, query)
+        early = asyncio.ensure_future(self._avatars(user.id, hinted, self.per_project_in_list)) if hinted else None
+        try:
+            response = await forward(projects, request, whole=True)
+            body = _json_of(response, "projects", list)
+            if body is None:
+                return response
+            ids = [p["id"] for p in body["projects"]]
+            self.hints.remember(user.id, query, ids)
+            if early is not None and set(ids) <= set(hinted):
+                avatars = await early
+            else:
+                avatars = await self._avatars(user.id, ids, self.per_project_in_list)
+        finally:
+            if early is not None:
+                early.cancel()
         for project in body["projects"]:
             project["avatars"] = (avatars or {}).get(project["id"], [])
         return _composed(response, body, avatars is None)
