@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from avatars_samples import events_about, jpeg, png
 from sqlalchemy import text
 
+from lumiku_avatars import service
 from lumiku_avatars.schemas import AvatarUpdate
 from lumiku_common.auth import SERVICE_TOKEN_HEADER, ServiceTokens
 from lumiku_common.ids import new_id
@@ -30,6 +31,51 @@ async def test_get_returns_the_avatar_with_its_project(suite):
     assert got["id"] == avatar["id"] and got["name"] == "My Avatar"
     assert got["project"]["id"] == project and got["project"]["name"] == "Launch"
     assert "avatars" not in got["project"]
+
+
+async def test_an_avatar_read_again_asks_for_its_project_alongside_its_own_read(suite, monkeypatch):
+    """Once an avatar's project is known, the project call starts before the avatar's row is read: the read is
+    held until the call came (it would wait 5 s and count as late if the two went one after the other)."""
+    _, headers = suite.user()
+    project = await suite.project(headers, name="Launch")
+    avatar = await suite.created(headers, project, jpeg())
+    asked, late = asyncio.Event(), []
+    workflows = suite.workflows
+    ensure_owned, read_avatar = workflows.projects.ensure_owned, service.read_avatar
+
+    async def project_call(*args):
+        asked.set()
+        return await ensure_owned(*args)
+
+    async def held_read(*args):
+        try:
+            await asyncio.wait_for(asked.wait(), 5)
+        except TimeoutError:
+            late.append(args)
+        return await read_avatar(*args)
+
+    url = f"{APP}/avatars/{avatar['id']}"
+    first = await suite.api.get(url, headers=headers)  # its project is not known yet
+    monkeypatch.setattr(workflows.projects, "ensure_owned", project_call)
+    monkeypatch.setattr(service, "read_avatar", held_read)
+    asked.clear()
+    again = await suite.api.get(url, headers=headers)
+    assert late == [] and again.status_code == 200 and again.json() == first.json()
+    assert again.json()["avatar"]["project"]["name"] == "Launch"
+
+
+async def test_a_known_avatar_of_another_user_or_deleted_is_still_404_avatar_not_found(suite):
+    """The early project call for someone else's (or a deleted) avatar fails too; the avatar's own 404 answers."""
+    _, headers = suite.user()
+    _, intruder = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    url = f"{APP}/avatars/{avatar['id']}"
+    assert (await suite.api.get(url, headers=headers)).status_code == 200  # its project is known from now on
+    stranger = await suite.api.get(url, headers=intruder)
+    assert (stranger.status_code, stranger.json()) == (404, {"error": "Avatar not found"})
+    assert (await suite.api.delete(url, headers=headers)).status_code == 200
+    gone = await suite.api.get(url, headers=headers)
+    assert (gone.status_code, gone.json()) == (404, {"error": "Avatar not found"})
 
 
 async def test_another_users_avatar_is_404_everywhere(suite):

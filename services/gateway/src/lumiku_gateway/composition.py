@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
 from typing import Any
 
 import pydantic_core
@@ -28,6 +27,7 @@ from lumiku_common.auth import User
 from lumiku_common.clients.avatars import AvatarJson, AvatarsClient
 from lumiku_common.errors import AppError
 from lumiku_common.logs import get_logger
+from lumiku_common.prefetch import Remembered, ahead
 from lumiku_gateway.proxy import forward
 from lumiku_gateway.routes import APP
 from lumiku_gateway.upstreams import Upstream
@@ -42,32 +42,25 @@ _COMPOSED = {("GET", "list"), ("GET", "one"), ("PUT", "one"), ("POST", "list")}
 
 
 class PageHints:
-    """The project ids of the list page each user asked for last, by user and query string; the least recently
-    used go first. Bounded: at most `capacity` pages of at most 100 ids (~3.4 KB each as one string)."""
+    """The project ids of the list page each user asked for last, by user and query string. Bounded: at most
+    `capacity` pages of at most 100 ids (~3.4 KB each, as one string), the least recently used going first."""
 
     MAX_QUERY = 128  # bytes; a longer query string is not remembered
 
     def __init__(self, capacity: int = 1024):
-        self.capacity = capacity
-        self._pages: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._pages: Remembered[tuple[str, bytes], str] = Remembered(capacity)
 
     def get(self, user_id: str, query: bytes) -> list[str]:
         ids = self._pages.get((user_id, query))
-        if ids is None:
-            return []
-        self._pages.move_to_end((user_id, query))
-        return ids.split(",")
+        return ids.split(",") if ids else []
 
     def remember(self, user_id: str, query: bytes, ids: list[str]) -> None:
         if len(query) > self.MAX_QUERY:
             return
-        if not ids:
-            self._pages.pop((user_id, query), None)
-            return
-        self._pages[(user_id, query)] = ",".join(ids)
-        self._pages.move_to_end((user_id, query))
-        if len(self._pages) > self.capacity:
-            self._pages.popitem(last=False)
+        if ids:
+            self._pages.put((user_id, query), ",".join(ids))
+        else:
+            self._pages.forget((user_id, query))
 
 
 class ProjectComposer:
@@ -91,30 +84,23 @@ class ProjectComposer:
             return await self._list(projects, request, user)
         # A project just created has no avatars yet; for one project, both are asked at once.
         fetch = _no_avatars() if one is None else self._avatars(user.id, [one["id"]], self.per_project_in_detail)
-        avatars = asyncio.ensure_future(fetch)
-        try:
+        async with ahead(fetch) as avatars:
             return await self._embedded(projects, request, avatars)
-        finally:
-            avatars.cancel()
 
     async def _list(self, projects: Upstream, request: Request, user: User) -> Response:
         query: bytes = request.scope["query_string"]
         hinted = self.hints.get(user.id, query)
-        early = asyncio.ensure_future(self._avatars(user.id, hinted, self.per_project_in_list)) if hinted else None
-        try:
+        async with ahead(self._avatars(user.id, hinted, self.per_project_in_list)) as early:  # none if no hint
             response = await forward(projects, request, whole=True)
             body = _json_of(response, "projects", list)
             if body is None:
                 return response
             ids = [p["id"] for p in body["projects"]]
             self.hints.remember(user.id, query, ids)
-            if early is not None and set(ids) <= set(hinted):
+            if set(ids) <= set(hinted):
                 avatars = await early
             else:
                 avatars = await self._avatars(user.id, ids, self.per_project_in_list)
-        finally:
-            if early is not None:
-                early.cancel()
         for project in body["projects"]:
             project["avatars"] = (avatars or {}).get(project["id"], [])
         return _composed(response, body, avatars is None)
