@@ -156,7 +156,7 @@ async def _run(suite: RealSuite, seed: int) -> None:
         n = 0
         while n < STEPS or not killer.done():  # the kills land while uses are in flight
             burst = [work.step(n + i) for i in range(rng.randrange(5, 25))]
-            deletions = [work.delete(a) for i in range(len(burst)) if n + i in doomed for a in _one_alive(work)]
+            deletions = [work.delete(a) for i in range(len(burst)) if n + i in doomed for a in _doom_one(work)]
             await asyncio.gather(*burst, *deletions)
             n += len(burst)
             await asyncio.sleep(rng.uniform(0, 0.1))
@@ -168,9 +168,15 @@ async def _run(suite: RealSuite, seed: int) -> None:
         await _check(suite, work, seed)
 
 
-def _one_alive(work: Workload) -> list[Avatar]:
+def _doom_one(work: Workload) -> list[Avatar]:
+    """An avatar to delete, marked deleted as it is chosen: two deletions in one burst are built before either
+    runs, and must not pick the same avatar (the second DELETE would rightly be 404)."""
     alive = [a for a in work.avatars if not a.deleted]
-    return [work.rng.choice(alive)] if len(alive) > 1 else []
+    if len(alive) < 2:
+        return []
+    doomed = work.rng.choice(alive)
+    doomed.deleted = True
+    return [doomed]
 
 
 async def _avatars(api: httpx.AsyncClient, settings: ServiceSettings) -> list[Avatar]:
