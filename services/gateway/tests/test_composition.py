@@ -15,7 +15,15 @@ from fastapi import FastAPI, Query
 
 import lumiku_projects
 from lumiku_common.auth import ServiceCaller
-from lumiku_devtools.testing import auth, free_port, lifespan_of, prepare_database, running, settings_for_tests
+from lumiku_devtools.testing import (
+    auth,
+    eventually,
+    free_port,
+    lifespan_of,
+    prepare_database,
+    running,
+    settings_for_tests,
+)
 from lumiku_gateway.composition import PageHints
 from lumiku_gateway.main import create_app
 from lumiku_gateway.settings import GatewaySettings
@@ -27,7 +35,9 @@ ASGIApp = Callable[[dict, Any, Any], Awaitable[None]]
 Wrap = Callable[[ASGIApp], ASGIApp]
 
 
-def avatars_app(calls: list[dict], broken: bool = False, asked: asyncio.Event | None = None) -> FastAPI:
+def avatars_app(
+    calls: list[dict], broken: bool = False, asked: asyncio.Event | None = None, stalled: Stall | None = None
+) -> FastAPI:
     app = FastAPI()
     app.state.settings = settings_for_tests(GatewaySettings)
 
@@ -43,9 +53,26 @@ def avatars_app(calls: list[dict], broken: bool = False, asked: asyncio.Event | 
         calls.append({"userId": user_id, "projectIds": project_ids.split(","), "limit": limit})
         if asked is not None:
             asked.set()
+        if stalled is not None:
+            await stalled.wait()
         return {"avatars": {pid: [{"id": f"{pid}-a{i}"} for i in range(2)] for pid in project_ids.split(",")}}
 
     return app
+
+
+class Stall:
+    """While `on`, avatars answers no call (until it is cancelled, which is counted)."""
+
+    def __init__(self) -> None:
+        self.on, self.cancelled = False, 0
+
+    async def wait(self) -> None:
+        if self.on:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
 
 
 @pytest.fixture
@@ -136,11 +163,11 @@ async def test_projects_down_is_503_on_composed_routes(compose):
 
 class HeldList:
     """Wraps the projects app: while armed, a list is answered only once the avatars service has been asked
-    (or after 5 s, noted as `late`): a gateway asking one after the other cannot be quick. `status` replaces
-    the answer's status when set."""
+    (or after `patience` seconds, counted in `late`): a gateway asking one after the other cannot be quick.
+    `status` replaces the answer's status when set."""
 
-    def __init__(self) -> None:
-        self.asked, self.armed, self.late, self.status = asyncio.Event(), False, 0, 0
+    def __init__(self, patience: float = 5) -> None:
+        self.asked, self.armed, self.late, self.status, self.patience = asyncio.Event(), False, 0, 0, patience
 
     def __call__(self, app: ASGIApp) -> ASGIApp:
         async def held(scope: dict, receive: Any, send: Any) -> None:
@@ -152,7 +179,7 @@ class HeldList:
             ):
                 self.asked.clear()
                 try:
-                    await asyncio.wait_for(self.asked.wait(), 5)
+                    await asyncio.wait_for(self.asked.wait(), self.patience)
                 except TimeoutError:
                     self.late += 1
                 if self.status:
@@ -194,28 +221,47 @@ async def test_a_page_that_changed_gets_the_avatars_of_what_it_holds(compose):
     assert [c["projectIds"] for c in calls] == [[old], [old], [new, old]]
 
 
+async def test_a_page_now_empty_waits_for_no_avatars(compose):
+    """The early call for the last page's ids is not needed by an empty page: it is neither awaited (avatars
+    answers nothing here) nor a reason to call the answer degraded."""
+    stalled = Stall()
+    api = await compose(avatars_app([], stalled=stalled))
+    pid = (await api.post(URL, json={"name": "P"})).json()["project"]["id"]
+    await api.get(URL)
+    assert (await api.delete(f"{URL}/{pid}")).status_code == 200
+    stalled.on = True
+    empty = await asyncio.wait_for(api.get(URL), 10)
+    assert empty.json()["projects"] == [] and "x-composition-degraded" not in empty.headers
+    await eventually(lambda: asyncio.sleep(0, stalled.cancelled == 1), what="the early call cancelled")
+
+
 async def test_page_hints_are_per_user_and_per_query(compose):
     calls: list[dict] = []
-    api = await compose(avatars_app(calls))
+    held = HeldList(patience=0.5)
+    api = await compose(avatars_app(calls, asked=held.asked), wrap=held)
     alice = (await api.post(URL, json={"name": "A"})).json()["project"]["id"]
     await api.get(URL)
     bob = dict(auth(settings_for_tests(ProjectsSettings), "bob"))
     bobs = (await api.post(URL, json={"name": "B"}, headers=bob)).json()["project"]["id"]
-    await api.get(URL, headers=bob)
-    await api.get(URL, params={"limit": 5})
+    held.armed = True
+    await api.get(URL, headers=bob)  # no hint of bob's: alice's page is not his
+    await api.get(URL, params={"limit": 5})  # nor of alice's for another query
+    assert held.late == 2  # neither list had an early call
     assert [(c["userId"], c["projectIds"]) for c in calls] == [("alice", [alice]), ("bob", [bobs]), ("alice", [alice])]
 
 
 async def test_an_answer_without_a_page_drops_the_early_ask(compose):
     calls: list[dict] = []
+    stalled = Stall()
     held = HeldList()
-    api = await compose(avatars_app(calls, asked=held.asked), wrap=held)
+    api = await compose(avatars_app(calls, asked=held.asked, stalled=stalled), wrap=held)
     await api.post(URL, json={"name": "P"})
     await api.get(URL)
-    held.armed, held.status = True, 502
+    held.armed, held.status, stalled.on = True, 502, True
     response = await api.get(URL)
     assert response.status_code == 502 and "avatars" not in response.text
-    held.armed = False
+    await eventually(lambda: asyncio.sleep(0, stalled.cancelled == 1), what="the early call cancelled")
+    held.armed, stalled.on = False, False
     assert (await api.get(URL)).json()["projects"][0]["avatars"]  # and the next list is composed again
 
 

@@ -35,7 +35,8 @@ from lumiku_common.http1 import Http1Connection
 _FRAMING = frozenset({"transfer-encoding"})
 _BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # these say `Content-Length: 0` when empty
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-# Below uvicorn's 5 s keep-alive: a connection the server is about to close is not reused.
+# Well below the servers' keep-alive (lumiku_common.http_server.KEEP_ALIVE_SECONDS, and uvicorn's default 5 s
+# for a server of another kind): a connection the server is about to close is not reused.
 KEEPALIVE_SECONDS = 4.0
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -151,13 +152,21 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.PoolTimeout("no connection free in time") from None
 
     def _idle_connection(self, origin: _Origin) -> Http1Connection | None:
+        """The most recently used idle connection; those idle too long (the oldest, at the front) are closed
+        on the way, so the pool, not the server, ends them."""
         idle = self._idle.get(origin.key)
+        if not idle:
+            return None
         now = asyncio.get_running_loop().time()
+        expired = 0
+        while expired < len(idle) and now - idle[expired].idle_since >= KEEPALIVE_SECONDS:
+            idle[expired].close()
+            expired += 1
+        del idle[:expired]
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:
+            if not connection.closed:
                 return connection
-            connection.close()
         return None
 
     async def _connect(self, origin: _Origin, timeout: float | None) -> Http1Connection:

@@ -48,11 +48,14 @@ class Remembered(Generic[K, V]):
 
 @asynccontextmanager
 async def ahead(call: Coroutine[Any, Any, T]) -> AsyncIterator[asyncio.Task[T]]:
-    """`call` running alongside the block; cancelled when the block ends, unless it was awaited. An outcome
-    nobody awaited (the block found it was not needed) is dropped, a failure included: `cancel()` on a done
-    task marks its exception as seen, so asyncio does not log it as never retrieved."""
+    """`call` running alongside the block; cancelled when the block ends if it is still running. An outcome
+    nobody awaited (the block found it was not needed) is dropped, a failure included: the same call, made when
+    it is needed, reports its own."""
     task = asyncio.ensure_future(call)
     try:
         yield task
     finally:
-        task.cancel()
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log a failure nobody needed as never retrieved

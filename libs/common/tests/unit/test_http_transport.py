@@ -14,10 +14,12 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from lumiku_common import http_transport
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.context import bound, request_id_var
 from lumiku_common.http_transport import Http1Transport, HttpxExchange
 from lumiku_common.internal import GatewayTimeout, InternalClient, UpstreamUnavailable, query
+from lumiku_devtools.testing import eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -134,6 +136,30 @@ async def test_keeps_the_connection_and_no_cookies():
         await _send(t, httpx.Request("GET", url))
     assert first.headers["set-cookie"] == "session=secret"
     assert connections == 1 and b"cookie" not in seen[1].lower()
+
+
+async def test_connections_idle_too_long_are_closed_by_the_pool_not_left_to_the_server(monkeypatch):
+    """The pool ends what it will not reuse: at an exchange, every connection idle past KEEPALIVE_SECONDS is
+    closed, also those under the fresher one it takes (the server would keep them open far longer)."""
+    monkeypatch.setattr(http_transport, "KEEPALIVE_SECONDS", 1.0)
+    opened, ended = 0, 0
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened, ended
+        opened += 1
+        try:
+            await _keep_answering(reader, writer)
+        except asyncio.IncompleteReadError:  # the client closed it
+            ended += 1
+
+    async with raw_server(counted) as (url, _), transport() as t:
+        await asyncio.gather(*(_send(t, httpx.Request("GET", url)) for _ in range(3)))
+        await asyncio.sleep(0.7)
+        await _send(t, httpx.Request("GET", url))  # one of the three, idle afresh from now
+        await asyncio.sleep(0.6)  # the other two have been idle 1.3 s, that one 0.6 s
+        await _send(t, httpx.Request("GET", url))
+        await eventually(lambda: asyncio.sleep(0, ended == 2), what="the two expired connections closed")
+        assert opened == 3
 
 
 async def test_an_encoded_body_passes_as_it_came():

@@ -25,6 +25,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from lumiku_common.http_server import KEEP_ALIVE_SECONDS, PROTOCOL
 from lumiku_common.settings import ServiceSettings
 from lumiku_devtools.suite import GATEWAY, SERVICES
 
@@ -391,6 +392,20 @@ def drift_problems(objects: list[Obj], compose_document: Obj | None = None) -> l
     return problems
 
 
+def image_problems(dockerfile: str | None = None) -> list[str]:
+    """The image serves HTTP as `uvicorn_command` does locally: the bounded request heads, the keep-alive that
+    outlasts every client's, the graceful shutdown the pods' budgets count on."""
+    text = (DEPLOY / "Dockerfile").read_text() if dockerfile is None else dockerfile
+    command = next((line for line in text.splitlines() if line.startswith("CMD ")), "")
+    wanted = (
+        f"--http {PROTOCOL}",
+        f"--timeout-keep-alive {KEEP_ALIVE_SECONDS}",
+        f"--timeout-graceful-shutdown {GRACEFUL_HTTP_SECONDS}",
+        "--no-access-log",
+    )
+    return [f"deploy/Dockerfile CMD lacks `{option}`" for option in wanted if option not in command]
+
+
 def all_problems() -> dict[str, list[str]]:
     base, infra = render(K8S), render(K8S / "infra")
     return {
@@ -399,6 +414,7 @@ def all_problems() -> dict[str, list[str]]:
         "k8s policy": policy_problems(base),
         "compose schema": compose_problems(),
         "drift (code settings vs compose and k8s)": drift_problems(base),
+        "image command (deploy/Dockerfile)": image_problems(),
     }
 
 

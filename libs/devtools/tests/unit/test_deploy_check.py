@@ -109,6 +109,12 @@ def _container(objects: list[dc.Obj], name: str) -> dc.Obj:
     return container
 
 
+def test_the_image_serves_http_as_the_suite_does_locally() -> None:
+    assert dc.image_problems() == []
+    drifted = (dc.DEPLOY / "Dockerfile").read_text().replace("--timeout-keep-alive 75", "--timeout-keep-alive 5")
+    assert dc.image_problems(drifted) == ["deploy/Dockerfile CMD lacks `--timeout-keep-alive 75`"]
+
+
 def test_the_compose_file_passes_the_compose_schema() -> None:
     assert dc.compose_problems() == []
 

@@ -15,8 +15,8 @@ after the request came, so either answer is as fresh as the one after the other.
 
 from __future__ import annotations
 
-import asyncio
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 import pydantic_core
@@ -83,47 +83,49 @@ class ProjectComposer:
         if request.method == "GET" and one is None:
             return await self._list(projects, request, user)
         # A project just created has no avatars yet; for one project, both are asked at once.
-        fetch = _no_avatars() if one is None else self._avatars(user.id, [one["id"]], self.per_project_in_detail)
-        async with ahead(fetch) as avatars:
+        ids = [one["id"]] if one is not None else []
+        async with ahead(self._newest(user.id, ids, self.per_project_in_detail)) as avatars:
             return await self._embedded(projects, request, avatars)
 
     async def _list(self, projects: Upstream, request: Request, user: User) -> Response:
         query: bytes = request.scope["query_string"]
         hinted = self.hints.get(user.id, query)
-        async with ahead(self._avatars(user.id, hinted, self.per_project_in_list)) as early:  # none if no hint
+        async with ahead(self._newest(user.id, hinted, self.per_project_in_list)) as early:  # no call if no hint
             response = await forward(projects, request, whole=True)
             body = _json_of(response, "projects", list)
             if body is None:
                 return response
             ids = [p["id"] for p in body["projects"]]
             self.hints.remember(user.id, query, ids)
-            if set(ids) <= set(hinted):
-                avatars = await early
-            else:
-                avatars = await self._avatars(user.id, ids, self.per_project_in_list)
+            fetch = early if ids and set(ids) <= set(hinted) else self._newest(user.id, ids, self.per_project_in_list)
+            avatars = await _unless_failed(fetch)
         for project in body["projects"]:
             project["avatars"] = (avatars or {}).get(project["id"], [])
         return _composed(response, body, avatars is None)
 
-    async def _embedded(
-        self, projects: Upstream, request: Request, avatars: asyncio.Future[AvatarsByProject | None]
-    ) -> Response:
+    async def _embedded(self, projects: Upstream, request: Request, avatars: Awaitable[AvatarsByProject]) -> Response:
         response = await forward(projects, request, whole=True)
         body = _json_of(response, "project", dict)
         if body is None:
             return response
-        found = await avatars
+        found = await _unless_failed(avatars)
         body["project"]["avatars"] = (found or {}).get(body["project"]["id"], [])
         return _composed(response, body, found is None)
 
-    async def _avatars(self, user_id: str, project_ids: list[str], limit: int) -> AvatarsByProject | None:
+    async def _newest(self, user_id: str, project_ids: list[str], limit: int) -> AvatarsByProject:
         if not project_ids or self.avatars is None:
             return {}
-        try:
-            return (await self.avatars.newest_by_project(user_id, project_ids, limit)).avatars
-        except (AppError, ValueError) as exc:
-            log.warning("composition_degraded", service="avatars", error=repr(exc))
-            return None
+        return (await self.avatars.newest_by_project(user_id, project_ids, limit)).avatars
+
+
+async def _unless_failed(avatars: Awaitable[AvatarsByProject]) -> AvatarsByProject | None:
+    """The avatars, or None when the avatars service could not give them (the answer is then degraded). Only
+    an answer that is used counts: an early call found unneeded fails unseen."""
+    try:
+        return await avatars
+    except (AppError, ValueError) as exc:
+        log.warning("composition_degraded", service="avatars", error=repr(exc))
+        return None
 
 
 def declare_composed_schema(schemas: dict[str, Any]) -> None:
@@ -133,10 +135,6 @@ def declare_composed_schema(schemas: dict[str, Any]) -> None:
         items = {"$ref": "#/components/schemas/AvatarOut"}
         project.setdefault("properties", {})["avatars"] = {"type": "array", "items": items, "title": "Avatars"}
         project.setdefault("required", []).append("avatars")
-
-
-async def _no_avatars() -> AvatarsByProject | None:
-    return {}
 
 
 def _json_of(response: Response, key: str, kind: type) -> dict[str, Any] | None:
