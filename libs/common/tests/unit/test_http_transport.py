@@ -9,6 +9,7 @@ import gzip
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import httpx
@@ -123,43 +124,48 @@ async def test_a_streamed_body_goes_chunked_and_a_sized_one_with_its_length():
     assert sized.lower().count(b"content-type") == 1
 
 
+@dataclass
+class Connections:
+    opened: int = 0
+    ended: int = 0  # by the client, while the handler waited for its next request
+
+
+def counted(handler: Handler) -> tuple[Handler, Connections]:
+    """`handler`, counting the connections it serves and those the client ended."""
+    connections = Connections()
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.opened += 1
+        try:
+            await handler(reader, writer)
+        except asyncio.IncompleteReadError:
+            connections.ended += 1
+
+    return counting, connections
+
+
 async def test_keeps_the_connection_and_no_cookies():
-    connections = 0
-
-    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await _keep_answering(reader, writer)
-
-    async with raw_server(counted) as (url, seen), transport() as t:
+    handler, connections = counted(_keep_answering)
+    async with raw_server(handler) as (url, seen), transport() as t:
         first = await _send(t, httpx.Request("GET", url))
         await _send(t, httpx.Request("GET", url))
     assert first.headers["set-cookie"] == "session=secret"
-    assert connections == 1 and b"cookie" not in seen[1].lower()
+    assert connections.opened == 1 and b"cookie" not in seen[1].lower()
 
 
 async def test_connections_idle_too_long_are_closed_by_the_pool_not_left_to_the_server(monkeypatch):
     """The pool ends what it will not reuse: at an exchange, every connection idle past KEEPALIVE_SECONDS is
     closed, also those under the fresher one it takes (the server would keep them open far longer)."""
     monkeypatch.setattr(http_transport, "KEEPALIVE_SECONDS", 1.0)
-    opened, ended = 0, 0
-
-    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal opened, ended
-        opened += 1
-        try:
-            await _keep_answering(reader, writer)
-        except asyncio.IncompleteReadError:  # the client closed it
-            ended += 1
-
-    async with raw_server(counted) as (url, _), transport() as t:
+    handler, connections = counted(_keep_answering)
+    async with raw_server(handler) as (url, _), transport() as t:
         await asyncio.gather(*(_send(t, httpx.Request("GET", url)) for _ in range(3)))
         await asyncio.sleep(0.7)
         await _send(t, httpx.Request("GET", url))  # one of the three, idle afresh from now
         await asyncio.sleep(0.6)  # the other two have been idle 1.3 s, that one 0.6 s
         await _send(t, httpx.Request("GET", url))
-        await eventually(lambda: asyncio.sleep(0, ended == 2), what="the two expired connections closed")
-        assert opened == 3
+        await eventually(lambda: asyncio.sleep(0, connections.ended == 2), what="the two expired connections closed")
+        assert connections.opened == 3
 
 
 async def test_an_encoded_body_passes_as_it_came():
@@ -178,23 +184,20 @@ async def test_an_encoded_body_passes_as_it_came():
 
 
 async def test_a_body_left_unread_does_not_go_back_to_the_pool():
-    connections = 0
-
     async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
         while True:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(_answer(b"y" * 1_000_000))
             await writer.drain()
 
-    async with raw_server(big) as (url, _), transport() as t:
+    handler, connections = counted(big)
+    async with raw_server(handler) as (url, _), transport() as t:
         response = await t.handle_async_request(httpx.Request("GET", url))
         async for _ in response.aiter_raw():
             break
         await response.aclose()
         await _send(t, httpx.Request("GET", url))
-    assert connections == 2
+    assert connections.opened == 2
 
 
 async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -407,22 +410,16 @@ async def _answer_once_then_drop_the_next(reader: asyncio.StreamReader, writer: 
 
 @pytest.mark.parametrize(("method", "retried"), [("GET", True), ("PUT", True), ("POST", False)])
 async def test_an_idempotent_request_on_a_connection_its_peer_dropped_goes_once_more(method, retried):
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await _answer_once_then_drop_the_next(reader, writer)
-
+    handler, connections = counted(_answer_once_then_drop_the_next)
     async with raw_server(handler) as (url, _), transport() as t:
         await _send(t, httpx.Request("GET", url))
         if retried:
             response = await _send(t, httpx.Request(method, url, content=b"{}"))
-            assert response.content == b"first" and connections == 2
+            assert response.content == b"first" and connections.opened == 2
         else:  # it may have been taken: sending it again could do it twice
             with pytest.raises(httpx.ReadError):
                 await _send(t, httpx.Request(method, url, content=b"{}"))
-            assert connections == 1
+            assert connections.opened == 1
 
 
 async def test_an_answer_before_the_whole_streamed_body_ends_the_upload():
