@@ -11,6 +11,7 @@ history, deleted avatars left nothing, and only uses of deleted avatars were dea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -153,14 +154,21 @@ async def _run(suite: RealSuite, seed: int) -> None:
         work = Workload(rng, api, exchange, avatars)
         doomed = set(rng.sample(range(STEPS), DELETIONS))
         killer = asyncio.create_task(_kill_and_restart(worker, random.Random(seed + 1)))
-        n = 0
-        while n < STEPS or not killer.done():  # the kills land while uses are in flight
-            burst = [work.step(n + i) for i in range(rng.randrange(5, 25))]
-            deletions = [work.delete(a) for i in range(len(burst)) if n + i in doomed for a in _doom_one(work)]
-            await asyncio.gather(*burst, *deletions)
-            n += len(burst)
-            await asyncio.sleep(rng.uniform(0, 0.1))
-        await killer
+        try:
+            n = 0
+            while n < STEPS or not killer.done():  # the kills land while uses are in flight
+                burst = [work.step(n + i) for i in range(rng.randrange(5, 25))]
+                deletions = [work.delete(a) for i in range(len(burst)) if n + i in doomed for a in _doom_one(work)]
+                await asyncio.gather(*burst, *deletions)
+                n += len(burst)
+                await asyncio.sleep(rng.uniform(0, 0.1))
+            await killer
+        finally:
+            # A failed step must not leave the killer running: it would start the worker again after the suite
+            # stopped it, a stray process consuming this namespace's queues.
+            killer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await killer
         surviving = [a for a in avatars if not a.deleted]
         work.event_ids = {eid for a, eid, _ in work.published if not a.deleted}
         await _settled(suite, surviving)
