@@ -8,6 +8,11 @@ concurrent attempt with the same key waits on the first one's row lock, then rep
 
 A service adds the table to its own metadata (`idempotency_table(Base.metadata)`) and migrates it like any
 other of its tables; `Idempotency(table).once(...)` runs an operation once per key.
+
+An operation with effects outside its transaction (objects stored, credits held over HTTP) cannot run inside
+`once`: it asks `recorded` for a committed answer before any such effect, and `record`s its own answer as the
+first statement of its transaction. When `record` finds the key taken by a concurrent attempt that committed
+first, the operation undoes its outside effects and answers what `recorded` now returns.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from pydantic import BaseModel, StringConstraints
 from sqlalchemy import Column, DateTime, MetaData, SmallInteger, String, Table, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lumiku_common.auth import MAX_USER_ID_LENGTH
 from lumiku_common.errors import Conflict
 from lumiku_common.schemas import CleanStr
 
@@ -48,6 +55,14 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+# A public write's key is scoped to its caller, so one user's key never replays another user's answer.
+USER_SCOPED_KEY_LENGTH = MAX_USER_ID_LENGTH + 1 + KEY_MAX_LENGTH
+
+
+def user_scoped(user_id: str, key: str) -> str:
+    return f"{user_id}:{key}"
+
+
 def idempotency_table(metadata: MetaData, key_length: int = KEY_MAX_LENGTH) -> Table:
     """The `idempotency_keys` table in a service's metadata (a service scoping keys per user makes room)."""
     return Table(
@@ -62,6 +77,15 @@ def idempotency_table(metadata: MetaData, key_length: int = KEY_MAX_LENGTH) -> T
     )
 
 
+# The OpenAPI of a write's success answer, which may be a replay.
+_REPLAYED_DOC = {"description": "`true` when this answers a replayed Idempotency-Key", "schema": {}}
+REPLAYABLE = {"headers": {REPLAYED_HEADER: _REPLAYED_DOC}}
+
+
+def replayed_headers(replayed: bool) -> dict[str, str] | None:
+    return {REPLAYED_HEADER: "true"} if replayed else None
+
+
 class IdempotencyConflict(Conflict):
     message = "Idempotency key already used with a different request"
 
@@ -73,13 +97,34 @@ class Outcome:
     replayed: bool = False
 
     def response(self) -> JSONResponse:
-        headers = {REPLAYED_HEADER: "true"} if self.replayed else None
-        return JSONResponse(self.body, status_code=self.status_code, headers=headers)
+        return JSONResponse(self.body, status_code=self.status_code, headers=replayed_headers(self.replayed))
 
 
 def request_hash(operation: str, request: dict[str, Any]) -> str:
     canonical = json.dumps({"operation": operation, "request": request}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request under a key: what `recorded` and `record` compare a stored answer with."""
+
+    key: str
+    operation: str
+    digest: str
+
+    @classmethod
+    def of(cls, key: str, operation: str, request: dict[str, Any]) -> Attempt:
+        return cls(key, operation, request_hash(operation, request))
+
+
+class KeyTakenMeanwhile(Exception):
+    """A concurrent attempt with the same key committed first: roll back, undo what was done outside the
+    transaction, and answer what `recorded` returns."""
+
+    def __init__(self, attempt: Attempt):
+        super().__init__(attempt.key)
+        self.attempt = attempt
 
 
 class Idempotency:
@@ -96,24 +141,45 @@ class Idempotency:
         status_code: int,
         action: Callable[[], Awaitable[BaseModel]],
     ) -> Outcome:
-        digest = request_hash(operation, request)
-        if await self._claim(session, key, operation, digest):
+        attempt = Attempt.of(key, operation, request)
+        if await self._claim(session, attempt):
             body = (await action()).model_dump(mode="json")
             await session.execute(
                 update(self.table).where(self.table.c.key == key).values(status_code=status_code, response=body)
             )
             return Outcome(status_code, body)
-        stored = (await session.execute(select(self.table).where(self.table.c.key == key))).one()
-        if stored.request_hash != digest or stored.status_code is None or stored.response is None:
-            raise IdempotencyConflict()
-        return Outcome(stored.status_code, stored.response, replayed=True)
+        return await self._replayed(session, attempt)
 
-    async def _claim(self, session: AsyncSession, key: str, operation: str, digest: str) -> bool:
-        """True if this transaction now owns `key`; waits while another uncommitted transaction owns it."""
+    async def recorded(self, session: AsyncSession, attempt: Attempt) -> Outcome | None:
+        """The committed answer to `attempt`'s key (None while it is unused); IdempotencyConflict if the key
+        answered another request."""
+        stored = (await session.execute(select(self.table).where(self.table.c.key == attempt.key))).first()
+        return None if stored is None else _replay(stored, attempt)
+
+    async def record(self, session: AsyncSession, attempt: Attempt, status_code: int, body: dict[str, Any]) -> None:
+        """Claims the key with its answer, known in advance, in the operation's transaction: the first statement,
+        so concurrent attempts queue on the key before any other lock. KeyTakenMeanwhile when an attempt that
+        committed first holds it."""
+        if not await self._claim(session, attempt, status_code=status_code, response=body):
+            raise KeyTakenMeanwhile(attempt)
+
+    async def _replayed(self, session: AsyncSession, attempt: Attempt) -> Outcome:
+        return _replay(
+            (await session.execute(select(self.table).where(self.table.c.key == attempt.key))).one(), attempt
+        )
+
+    async def _claim(self, session: AsyncSession, attempt: Attempt, **answer: Any) -> bool:
+        """True if this transaction now owns the key; waits while another uncommitted transaction owns it."""
         stmt = (
             pg_insert(self.table)
-            .values(key=key, operation=operation, request_hash=digest)
+            .values(key=attempt.key, operation=attempt.operation, request_hash=attempt.digest, **answer)
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(self.table.c.key)
         )
         return (await session.execute(stmt)).first() is not None
+
+
+def _replay(stored: Row[Any], attempt: Attempt) -> Outcome:
+    if stored.request_hash != attempt.digest or stored.status_code is None or stored.response is None:
+        raise IdempotencyConflict()
+    return Outcome(stored.status_code, stored.response, replayed=True)

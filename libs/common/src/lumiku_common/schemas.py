@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -57,11 +58,11 @@ class CamelModel(BaseModel):
     )
 
 
-def json_response(model: BaseModel, status_code: int = 200) -> Response:
+def json_response(model: BaseModel, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """`model` as JSON bytes, serialised once by pydantic-core. Hot endpoints return this (and keep declaring
     `response_model` for the docs): a returned model is validated against `response_model` again, dumped to
     Python and only then encoded."""
-    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+    return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
 
 
 class RequestModel(CamelModel):

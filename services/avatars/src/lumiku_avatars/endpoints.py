@@ -21,6 +21,7 @@ from lumiku_avatars.schemas import (
     SavePreviewRequest,
     StatsResponse,
 )
+from lumiku_avatars.workflows import Created
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.avatars import (
     BY_PROJECTS,
@@ -38,6 +39,8 @@ from lumiku_common.clients.avatars import (
     settle_path,
 )
 from lumiku_common.db import DatabaseDep, DbSession
+from lumiku_common.idempotency import REPLAYABLE, IdempotencyKeyHeader, replayed_headers
+from lumiku_common.media import MediaUrls
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination, json_response
@@ -60,36 +63,51 @@ def _upload_form_schema() -> dict[str, Any]:
     return schema
 
 
+def _created(created: Created, media: MediaUrls, message: str) -> Response:
+    answer = AvatarResponse(avatar=AvatarOut.of(created.avatar, media), message=message)
+    return json_response(answer, 201, replayed_headers(created.replayed))
+
+
 @router.post(
     "/projects/{project_id}/avatars",
     response_model=AvatarResponse,
     status_code=201,
-    responses=responses(400, 402, 404, 413),
+    responses={**responses(400, 402, 404, 409, 413), 201: REPLAYABLE},
     openapi_extra=_request_body("multipart/form-data", _upload_form_schema()),
 )
 async def upload_avatar(
-    request: Request, user: CurrentUser, workflows: WorkflowsDep, media: MediaDep, project_id: str
-) -> AvatarResponse:
+    request: Request,
+    user: CurrentUser,
+    workflows: WorkflowsDep,
+    media: MediaDep,
+    project_id: str,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
     """Multipart upload, parsed while it streams in (not through FastAPI's spooling form parser)."""
     form = await read_upload_form(request, workflows.settings.max_upload_bytes)
-    avatar = await workflows.upload(user.id, project_id, form)
-    return AvatarResponse(avatar=AvatarOut.of(avatar, media), message="Avatar created successfully")
+    created = await workflows.upload(user.id, project_id, form, idempotency_key)
+    return _created(created, media, "Avatar created successfully")
 
 
 @router.post(
     "/projects/{project_id}/avatars/save-preview",
     response_model=AvatarResponse,
     status_code=201,
-    responses=responses(400, 402, 404, 413),
+    responses={**responses(400, 402, 404, 409, 413), 201: REPLAYABLE},
     openapi_extra=_request_body("application/json", SavePreviewRequest.model_json_schema(by_alias=True)),
 )
 async def save_preview(
-    request: Request, user: CurrentUser, workflows: WorkflowsDep, media: MediaDep, project_id: str
-) -> AvatarResponse:
+    request: Request,
+    user: CurrentUser,
+    workflows: WorkflowsDep,
+    media: MediaDep,
+    project_id: str,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
     """Saves an AI preview (JSON body, see SavePreviewRequest) as an avatar for 15 credits."""
     body = await read_preview_body(request, workflows.settings.max_upload_bytes)
-    avatar = await workflows.save_preview(user.id, project_id, body)
-    return AvatarResponse(avatar=AvatarOut.of(avatar, media), message="Avatar saved successfully")
+    created = await workflows.save_preview(user.id, project_id, body, idempotency_key)
+    return _created(created, media, "Avatar saved successfully")
 
 
 @router.get("/avatars", response_model=AvatarListResponse, responses=responses(400))

@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lumiku_common.db import TimestampMixin, new_metadata, utcnow
+from lumiku_common.idempotency import USER_SCOPED_KEY_LENGTH, idempotency_table
 from lumiku_common.ids import new_id
 
 
@@ -92,3 +93,7 @@ class DeletedProject(Base):
 
     project_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+# The `Idempotency-Key`s of avatar creations (upload, save-preview), per user; each answer names its avatar.
+idempotency_keys = idempotency_table(Base.metadata, key_length=USER_SCOPED_KEY_LENGTH)

@@ -16,7 +16,7 @@ from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner, ImageGive
 from lumiku_common.clients.credits import capture_command
 from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import Database, apply_changes, utcnow
-from lumiku_common.errors import Gone, ServiceUnavailable
+from lumiku_common.errors import Conflict, Gone, ServiceUnavailable
 from lumiku_common.media import MediaUrls
 from lumiku_common.messaging.events import AvatarCreated, AvatarDeleted, AvatarUpdated, UsageRecorded
 from lumiku_common.messaging.outbox import add_event
@@ -50,6 +50,10 @@ async def list_avatars(
 
 class ImageWasGivenUp(Gone):
     message = ImageGivenUp.message  # what the generation service's client raises for this 410
+
+
+class KeyedAvatarDeleted(Conflict):
+    message = "Idempotency key already used for an avatar that has since been deleted"
 
 
 class HoldLapsed(ServiceUnavailable):

@@ -8,6 +8,10 @@ no pixel is decoded for a caller who cannot pay; an image that passes its header
 its hold. Objects are stored before the row commits and
 removed again if the commit does not happen; the credits are captured through the outbox in the avatar's own
 transaction and released if it never commits. A failure therefore leaves no row, no object and no charge.
+
+With an `Idempotency-Key`, a creation whose key has already answered is replayed before anything else (the same
+avatar, its URLs signed anew); the key is claimed with the avatar's commit, so a concurrent twin that loses the
+claim undoes its own hold and objects like any failed creation and answers the winner's avatar.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from lumiku_avatars import images, service
 from lumiku_avatars.form import ImageRequired, UploadForm, too_large
-from lumiku_avatars.models import Avatar
+from lumiku_avatars.models import Avatar, idempotency_keys
 from lumiku_avatars.objects import object_keys
 from lumiku_avatars.repository import AvatarRepository, ObjectDeletionRepository
 from lumiku_avatars.schemas import AvatarUploadFields, SavePreviewRequest
@@ -34,6 +39,7 @@ from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
 from lumiku_common.clients.projects import ProjectInfo, ProjectsClient
 from lumiku_common.db import Database
 from lumiku_common.errors import BadRequest
+from lumiku_common.idempotency import Attempt, Idempotency, IdempotencyConflict, KeyTakenMeanwhile, user_scoped
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_common.metrics import UPLOAD_STAGE, timed
@@ -41,6 +47,13 @@ from lumiku_common.prefetch import Remembered, ahead
 from lumiku_common.storage import DeleteFailed, Storage
 
 log = get_logger(__name__)
+_keys = Idempotency(idempotency_keys)
+
+
+@dataclass(frozen=True)
+class Created:
+    avatar: Avatar
+    replayed: bool = False  # the answer of an earlier request with the same Idempotency-Key
 
 
 @dataclass
@@ -62,22 +75,24 @@ class AvatarWorkflows:
         )
         self.decodes = images.DecodeBudget(s.decode_memory_bytes)
 
-    async def upload(self, user_id: str, project_id: str, form: UploadForm) -> Avatar:
+    async def upload(self, user_id: str, project_id: str, form: UploadForm, key: str | None = None) -> Created:
         if not form.image:
             raise ImageRequired()
         fields = _validated(AvatarUploadFields, form.fields)
-        origin = AvatarOrigin("upload", self.settings.upload_cost, "avatar_upload", "Upload avatar")
+        origin = AvatarOrigin("upload", self.settings.upload_cost, "avatar_upload", "Upload avatar", "avatar-upload")
         return await self._create(
-            user_id, project_id, form.image, fields.name, fields.model_dump(by_alias=False), origin
+            user_id, project_id, form.image, fields.name, fields.model_dump(by_alias=False), origin, key
         )
 
-    async def save_preview(self, user_id: str, project_id: str, body: bytes) -> Avatar:
+    async def save_preview(self, user_id: str, project_id: str, body: bytes, key: str | None = None) -> Created:
         """The spec's save-preview: the client's copy of an AI preview, checked and charged like an upload."""
         request = _validated_json(SavePreviewRequest, body)
         image = _decoded(request.image_base64, self.settings.max_upload_bytes)
         attributes = request.model_dump(by_alias=False, exclude={"image_base64", "thumbnail_base64"})
-        origin = AvatarOrigin("ai_generated", self.settings.save_preview_cost, "avatar_generation", "Generate avatar")
-        return await self._create(user_id, project_id, image, request.name, attributes, origin)
+        origin = AvatarOrigin(
+            "ai_generated", self.settings.save_preview_cost, "avatar_generation", "Generate avatar", "save-preview"
+        )
+        return await self._create(user_id, project_id, image, request.name, attributes, origin, key)
 
     async def create_generated(self, request: GeneratedAvatarRequest) -> tuple[Avatar, bool]:
         """An AI image of the generation service becomes an avatar, once per image id (`avatarId`): a retry gets
@@ -164,8 +179,23 @@ class AvatarWorkflows:
         return None if project_id is None else await self.projects.ensure_owned(user_id, project_id)
 
     async def _create(
-        self, user_id: str, project_id: str, image: bytes, name: str, attributes: dict[str, Any], origin: AvatarOrigin
-    ) -> Avatar:
+        self,
+        user_id: str,
+        project_id: str,
+        image: bytes,
+        name: str,
+        attributes: dict[str, Any],
+        origin: AvatarOrigin,
+        key: str | None,
+    ) -> Created:
+        attempt = None
+        if key is not None:
+            image_digest = (await asyncio.to_thread(hashlib.sha256, image)).hexdigest()
+            request = {"projectId": project_id, "attributes": attributes, "image": image_digest}
+            attempt = Attempt.of(user_scoped(user_id, key), origin.operation, request)
+            replayed = await self._replayed(user_id, attempt)
+            if replayed is not None:
+                return replayed
         with timed(UPLOAD_STAGE, "project"):
             await self.projects.ensure_owned(user_id, project_id)
         # From the header alone: what is no acceptable image is refused before any money moves or pixel decodes.
@@ -195,17 +225,36 @@ class AvatarWorkflows:
                 )
             with timed(UPLOAD_STAGE, "commit"):
                 async with self.db.unit_of_work() as session:
+                    if attempt is not None:
+                        await _keys.record(session, attempt, 201, {"avatarId": avatar_id})
                     avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
                     await service.create_avatar(session, avatar, hold.id, hold.expires_at)
+        except KeyTakenMeanwhile as taken:
+            await asyncio.shield(self._undo(avatar_id, list(keys), hold))
+            replayed = await self._replayed(user_id, taken.attempt)
+            if replayed is None:  # never: the claim found the key committed, and keys are kept
+                raise IdempotencyConflict() from None
+            return replayed
         except Exception as exc:
             if await asyncio.shield(self._undo(avatar_id, list(keys), hold)):
                 log.warning("upload_commit_unconfirmed_but_done", avatarId=avatar_id, error=repr(exc))
-                return avatar  # the commit happened, only its acknowledgement was lost: the upload succeeded
+                return Created(avatar)  # the commit happened, only its acknowledgement was lost: the upload succeeded
             raise
         except BaseException:  # cancelled (the client left): undo, but never report success
             await asyncio.shield(self._undo(avatar_id, list(keys), hold))
             raise
-        return avatar
+        return Created(avatar)
+
+    async def _replayed(self, user_id: str, attempt: Attempt) -> Created | None:
+        """The avatar an earlier request with this key created, as it is now; None while the key is unused."""
+        async with self.db.unit_of_work() as session:
+            outcome = await _keys.recorded(session, attempt)
+            if outcome is None:
+                return None
+            avatar = await AvatarRepository(session).get(user_id, outcome.body["avatarId"])
+        if avatar is None:
+            raise service.KeyedAvatarDeleted()
+        return Created(avatar, replayed=True)
 
     async def _undo(self, avatar_id: str, keys: list[str], hold: Hold) -> bool:
         """True if the avatar did commit (nothing to undo). Best effort otherwise; what it cannot do, the purge or
@@ -257,6 +306,7 @@ class AvatarOrigin:
     cost: int
     reference_type: str
     label: str
+    operation: str  # what its idempotency keys are recorded as
 
 
 M = TypeVar("M", bound=BaseModel)

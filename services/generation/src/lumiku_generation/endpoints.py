@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lumiku_common.auth import CurrentUser
 from lumiku_common.db import DbSession
+from lumiku_common.idempotency import REPLAYABLE, IdempotencyKeyHeader, replayed_headers
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination
@@ -55,9 +56,9 @@ def _location(generation: GenerationOut) -> str:
     return f"{APP}/generations/{generation.id}"
 
 
-def _accepted(generation: GenerationOut) -> JSONResponse:
+def _accepted(generation: GenerationOut, headers: dict[str, str] | None) -> JSONResponse:
     body = GenerationResponse(generation=generation).model_dump(mode="json", by_alias=True)
-    return JSONResponse(body, status_code=202, headers={"Location": _location(generation)})
+    return JSONResponse(body, status_code=202, headers={"Location": _location(generation), **(headers or {})})
 
 
 def _wants_async(prefer: str | None) -> bool:
@@ -68,7 +69,11 @@ def _wants_async(prefer: str | None) -> bool:
     "/projects/{project_id}/avatars/generate",
     response_model=GeneratedResponse,
     status_code=201,
-    responses={**responses(400, 402, 404, 409), **_ACCEPTED},
+    responses={
+        **responses(400, 402, 404, 409),
+        201: REPLAYABLE,
+        202: {**_ACCEPTED[202], "headers": {**_ACCEPTED[202]["headers"], **REPLAYABLE["headers"]}},
+    },
 )
 async def generate(
     user: CurrentUser,
@@ -77,21 +82,25 @@ async def generate(
     project_id: str,
     body: GenerateRequest,
     prefer: Annotated[str | None, Header(max_length=200)] = None,
-) -> Any:
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
     """Spec §3.2: `count` images (1-5) for 15 + 10 x (count - 1) credits, reserved up front and charged per
     image that becomes an avatar. Waits for the job (up to GENERATION_SYNC_WAIT_S) unless `Prefer: respond-async`;
-    409 if it was canceled meanwhile, 502 if the provider gave no image (nothing charged)."""
-    generation = await workflows.submit(user.id, project_id, body)
+    409 if it was canceled meanwhile, 502 if the provider gave no image (nothing charged). A retry with the
+    first request's `Idempotency-Key` answers that request's job, as it stands now, and reserves nothing."""
+    submitted = await workflows.submit(user.id, project_id, body, idempotency_key)
+    headers = replayed_headers(submitted.replayed)
     if _wants_async(prefer):
-        return _accepted(generation)
-    outcome = await workflows.wait(user.id, generation.id, settings.generation_sync_wait_s)
+        return _accepted(submitted.generation, headers)
+    outcome = await workflows.wait(user.id, submitted.generation.id, settings.generation_sync_wait_s)
     if not outcome.finished:
-        return _accepted(outcome.generation)
+        return _accepted(outcome.generation, headers)
     if outcome.generation.status == "canceled":
         raise GenerationCanceled()
     if not outcome.avatars:
         raise GenerationFailed(outcome.generation.error or "no image was produced")
-    return GeneratedResponse(avatar=outcome.avatars[0], avatars=outcome.avatars, generation=outcome.generation)
+    answer = GeneratedResponse(avatar=outcome.avatars[0], avatars=outcome.avatars, generation=outcome.generation)
+    return JSONResponse(answer.model_dump(mode="json", by_alias=True), status_code=201, headers=headers)
 
 
 @router.post(

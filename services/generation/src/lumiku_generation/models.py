@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lumiku_common.db import TimestampMixin, new_metadata, utcnow
+from lumiku_common.idempotency import USER_SCOPED_KEY_LENGTH, idempotency_table
 
 TERMINAL = frozenset({"succeeded", "partially_succeeded", "failed", "canceled"})
 ACTIVE = ("queued", "running")
@@ -96,3 +97,7 @@ class GenerationEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
     __table_args__ = (Index("ux_generation_events_seq", "generation_id", "seq", unique=True),)
+
+
+# The `Idempotency-Key`s of submitted generations, per user; each answer names its job.
+idempotency_keys = idempotency_table(Base.metadata, key_length=USER_SCOPED_KEY_LENGTH)

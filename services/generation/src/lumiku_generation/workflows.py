@@ -4,7 +4,8 @@ work; service.py does every change to this service's database inside them.
 Submitting: the project must be the caller's; then the whole cost is reserved, one credit hold per image
 (15 for the first, 10 for each further variation); only then is the job committed, together with the command
 that sends it to the workers. A refusal (402) or any failure before that commit releases what was reserved and
-queues nothing.
+queues nothing. With an `Idempotency-Key`, a submit whose key already made a job answers that job (before any
+hold), and the key is claimed with the job's commit: a concurrent twin that loses releases its holds.
 
 Running (a worker, for a `generation.run` command): take the job's lease, then for each image not yet done:
 call the provider with the image's own seed (skipped when its bytes are already kept: a resumed job never asks
@@ -41,10 +42,11 @@ from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
 from lumiku_common.clients.projects import ProjectsClient
 from lumiku_common.db import Database, utcnow
 from lumiku_common.errors import AppError, Conflict, InsufficientCredits
+from lumiku_common.idempotency import Attempt, Idempotency, IdempotencyConflict, KeyTakenMeanwhile, user_scoped
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_generation import service
-from lumiku_generation.models import TERMINAL, Generation, GenerationImage
+from lumiku_generation.models import TERMINAL, Generation, GenerationImage, idempotency_keys
 from lumiku_generation.prompts import NEGATIVE_PROMPT, enhance
 from lumiku_generation.provider import Provider, ProviderError, ProviderImage, image_request
 from lumiku_generation.schemas import GenerateRequest, GenerationOut, Preview, PreviewMetadata, PreviewRequest
@@ -57,6 +59,7 @@ MAX_SEED = 2**32 - 1
 REFERENCE_TYPE = "avatar_generation"
 
 T = TypeVar("T")
+_keys = Idempotency(idempotency_keys)
 
 
 class GenerationFailed(AppError):
@@ -70,6 +73,12 @@ class GenerationFailed(AppError):
 
 class GenerationCanceled(Conflict):
     message = "Generation canceled"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    generation: GenerationOut
+    replayed: bool = False  # the job an earlier request with the same Idempotency-Key submitted
 
 
 @dataclass
@@ -97,7 +106,14 @@ class GenerationWorkflows:
 
     # --- submitting ------------------------------------------------------------------------------------------
 
-    async def submit(self, user_id: str, project_id: str, body: GenerateRequest) -> GenerationOut:
+    async def submit(self, user_id: str, project_id: str, body: GenerateRequest, key: str | None = None) -> Submitted:
+        attempt = None
+        if key is not None:
+            request = {"projectId": project_id, "request": body.model_dump(mode="json")}
+            attempt = Attempt.of(user_scoped(user_id, key), "generate", request)
+            replayed = await self._replayed(user_id, attempt)
+            if replayed is not None:
+                return replayed
         s = self.settings
         count = body.count or 1
         await self.projects.ensure_owned(user_id, project_id)
@@ -142,8 +158,16 @@ class GenerationWorkflows:
         ]
         try:
             async with self.db.unit_of_work() as session:
+                if attempt is not None:
+                    await _keys.record(session, attempt, 201, {"generationId": job_id})
                 await service.create(session, job, images)
                 summary = await service.out(session, job)
+        except KeyTakenMeanwhile as taken:
+            await asyncio.shield(self._release(holds, "generation submitted twice"))
+            replayed = await self._replayed(user_id, taken.attempt)
+            if replayed is None:  # never: the claim found the key committed, and keys are kept
+                raise IdempotencyConflict() from None
+            return replayed
         except BaseException as exc:
             committed = await asyncio.shield(self._committed(user_id, job_id))
             if committed is None:  # unknown: releasing could leave its avatars unpaid; the holds expire instead
@@ -153,10 +177,19 @@ class GenerationWorkflows:
                     raise
                 log.warning("generation_commit_unconfirmed_but_done", generationId=job_id, error=repr(exc))
                 async with self.db.unit_of_work() as session:
-                    return await service.out(session, await service.get(session, user_id, job_id))
+                    return Submitted(await service.out(session, await service.get(session, user_id, job_id)))
             await asyncio.shield(self._release(holds, "generation not submitted"))
             raise
-        return summary
+        return Submitted(summary)
+
+    async def _replayed(self, user_id: str, attempt: Attempt) -> Submitted | None:
+        """The job an earlier request with this key submitted, as it is now; None while the key is unused."""
+        async with self.db.unit_of_work() as session:
+            outcome = await _keys.recorded(session, attempt)
+            if outcome is None:
+                return None
+            job = await service.get(session, user_id, outcome.body["generationId"])  # jobs are kept
+            return Submitted(await service.out(session, job), replayed=True)
 
     async def _committed(self, user_id: str, job_id: str) -> bool | None:
         """Whether the job's row exists; None when the database cannot say."""

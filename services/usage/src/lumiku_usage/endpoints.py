@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lumiku_common.auth import CurrentUser
 from lumiku_common.db import DatabaseDep, DbSession
-from lumiku_common.idempotency import REPLAYED_HEADER, IdempotencyKeyHeader
+from lumiku_common.idempotency import REPLAYABLE, IdempotencyKeyHeader
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.routing import Router
 from lumiku_usage import export, service
@@ -26,14 +26,12 @@ from lumiku_usage.schemas import (
 APP = "/api/apps/avatar-creator"
 router = Router(prefix=APP, tags=["usage"], responses=AUTHENTICATED)
 
-_REPLAYED = {REPLAYED_HEADER: {"description": "`true` when this answers a replayed Idempotency-Key", "schema": {}}}
-
 
 @router.post(
     "/track-usage",
     response_model=TrackUsageResponse,
     status_code=201,
-    responses={**responses(400, 404, 409), 201: {"headers": _REPLAYED}},
+    responses={**responses(400, 404, 409), 201: REPLAYABLE},
 )
 async def track_usage(
     user: CurrentUser, workflows: WorkflowsDep, body: TrackUsageRequest, idempotency_key: IdempotencyKeyHeader = None

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lumiku_common.db import new_metadata
-from lumiku_common.idempotency import KEY_MAX_LENGTH, idempotency_table
+from lumiku_common.idempotency import USER_SCOPED_KEY_LENGTH, idempotency_table
 
 PARTITION_PREFIX = "usage_events_p"  # usage_events_p202611: November 2026 (UTC)
 DEFAULT_PARTITION = "usage_events_default"
@@ -84,5 +84,4 @@ class KnownAvatar(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
-# Keys are scoped per user ("<userId>:<key>"), so one user's key never replays another user's answer.
-idempotency_keys = idempotency_table(Base.metadata, key_length=128 + 1 + KEY_MAX_LENGTH)
+idempotency_keys = idempotency_table(Base.metadata, key_length=USER_SCOPED_KEY_LENGTH)  # per user

@@ -8,7 +8,7 @@ import asyncio
 from lumiku_common.clients.avatars import AvatarNotFound, AvatarOwner, AvatarsClient
 from lumiku_common.db import Database
 from lumiku_common.errors import ServiceUnavailable
-from lumiku_common.idempotency import Idempotency, Outcome
+from lumiku_common.idempotency import Idempotency, Outcome, user_scoped
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.consumer import Defer, Delivery, Poison
 from lumiku_common.messaging.events import AvatarUsed
@@ -102,7 +102,7 @@ class UsageWorkflows:
                 return Outcome(201, (await service.track(session, user_id, body)).model_dump(mode="json"))
             return await _keys.once(
                 session,
-                key=f"{user_id}:{key}",
+                key=user_scoped(user_id, key),
                 operation="track-usage",
                 request=body.model_dump(mode="json"),
                 status_code=201,
