@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -232,3 +233,42 @@ async def test_rejected_requests_publish_nothing(api, alice, settings):
         await create(api, alice)  # a marker: once it arrives, anything earlier would have too
         await spy.wait_for("project.created")
     assert [e["type"] for e in spy.events] == ["project.created"]
+
+
+async def test_a_create_retried_with_its_idempotency_key_replays_the_first_answer(api, alice):
+    keyed = {**alice, "Idempotency-Key": "create-1"}
+    first = await api.post(URL, json={"name": "Once", "description": "d"}, headers=keyed)
+    retry = await api.post(URL, json={"name": "Once", "description": "d"}, headers=keyed)
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert "idempotent-replayed" not in first.headers and retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert (await api.get(URL, headers=alice)).json()["pagination"]["total"] == 1
+
+
+@pytest.mark.parametrize("other", [{"name": "Other"}, {"name": "Once", "description": "other"}], ids=str)
+async def test_the_idempotency_key_with_another_body_is_409_and_creates_nothing(api, alice, other):
+    keyed = {**alice, "Idempotency-Key": "create-1"}
+    assert (await api.post(URL, json={"name": "Once", "description": "d"}, headers=keyed)).status_code == 201
+    reused = await api.post(URL, json=other, headers=keyed)
+    assert (reused.status_code, reused.json()) == (
+        409,
+        {"error": "Idempotency key already used with a different request"},
+    )
+    assert (await api.get(URL, headers=alice)).json()["pagination"]["total"] == 1
+
+
+async def test_idempotency_keys_are_per_user_and_concurrent_twins_create_one_project(api, alice, bob):
+    for headers in (alice, bob):
+        keyed = {**headers, "Idempotency-Key": "same"}
+        answers = await asyncio.gather(*(api.post(URL, json={"name": "Twin"}, headers=keyed) for _ in range(3)))
+        assert [a.status_code for a in answers] == [201] * 3
+        assert len({a.json()["project"]["id"] for a in answers}) == 1
+        assert sorted(a.headers.get("idempotent-replayed", "") for a in answers) == ["", "true", "true"]
+        assert (await api.get(URL, headers=headers)).json()["pagination"]["total"] == 1
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 201, b"a b", b"\xc3\xa9"], ids=["empty", "long", "space", "utf8"])
+async def test_a_malformed_idempotency_key_is_400_and_creates_nothing(api, alice, key):
+    response = await api.post(URL, json={"name": "P"}, headers={**alice, "Idempotency-Key": key})
+    assert response.status_code == 400 and response.json()["error"] == "Validation error"
+    assert (await api.get(URL, headers=alice)).json()["pagination"]["total"] == 0

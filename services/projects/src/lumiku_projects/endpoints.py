@@ -8,6 +8,7 @@ from starlette.responses import Response
 from lumiku_common.auth import CurrentUser, ServiceCaller
 from lumiku_common.clients.projects import USER_ID_PARAM, ProjectInfo, project_path
 from lumiku_common.db import DatabaseDep, DbSession, DriverWorkDep
+from lumiku_common.idempotency import REPLAYABLE, IdempotencyKeyHeader
 from lumiku_common.openapi import AUTHENTICATED, responses
 from lumiku_common.routing import Router
 from lumiku_common.schemas import PageParams, Pagination, json_response
@@ -17,7 +18,6 @@ from lumiku_projects.schemas import (
     ProjectChangedResponse,
     ProjectCreate,
     ProjectListResponse,
-    ProjectOut,
     ProjectResponse,
     ProjectUpdate,
 )
@@ -32,11 +32,13 @@ async def list_projects(user: CurrentUser, db: DatabaseDep, page: Annotated[Page
     return json_response(ProjectListResponse(projects=projects, pagination=Pagination.of(page.page, page.limit, total)))
 
 
-@router.post("", response_model=ProjectChangedResponse, status_code=201, responses=responses(400))
-async def create_project(user: CurrentUser, session: DbSession, body: ProjectCreate) -> Response:
-    project = await service.create_project(session, user.id, body)
-    created = ProjectChangedResponse(project=ProjectOut.model_validate(project), message="Project created successfully")
-    return json_response(created, 201)
+@router.post(
+    "", response_model=ProjectChangedResponse, status_code=201, responses={**responses(400, 409), 201: REPLAYABLE}
+)
+async def create_project(
+    user: CurrentUser, session: DbSession, body: ProjectCreate, idempotency_key: IdempotencyKeyHeader = None
+) -> Response:
+    return (await service.create_project(session, user.id, body, idempotency_key)).response()
 
 
 @router.get("/{project_id}", response_model=ProjectResponse, responses=responses(404))

@@ -4,6 +4,7 @@ from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lumiku_common.db import TimestampMixin, new_metadata
+from lumiku_common.idempotency import USER_SCOPED_KEY_LENGTH, idempotency_table
 from lumiku_common.ids import new_id
 
 
@@ -20,3 +21,7 @@ class Project(TimestampMixin, Base):
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_projects_user_created", "user_id", "created_at"),)
+
+
+# The `Idempotency-Key`s of project creations, per user.
+idempotency_keys = idempotency_table(Base.metadata, key_length=USER_SCOPED_KEY_LENGTH)

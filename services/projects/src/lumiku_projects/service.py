@@ -6,11 +6,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import Database, DriverWork
+from lumiku_common.idempotency import Idempotency, Outcome, user_scoped
 from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted, ProjectUpdated
 from lumiku_common.messaging.outbox import add_event
-from lumiku_projects.models import Project
+from lumiku_projects.models import Project, idempotency_keys
 from lumiku_projects.repository import ProjectReads, ProjectRepository, ProjectWrites
-from lumiku_projects.schemas import ProjectCreate, ProjectOut, ProjectUpdate
+from lumiku_projects.schemas import ProjectChangedResponse, ProjectCreate, ProjectOut, ProjectUpdate
+
+_keys = Idempotency(idempotency_keys)
 
 
 async def get_project(session: AsyncSession, user_id: str, project_id: str) -> Project:
@@ -31,17 +34,34 @@ async def list_projects(db: Database, user_id: str, offset: int, limit: int) -> 
     return await ProjectReads(db).list(user_id, offset, limit)
 
 
-async def create_project(session: AsyncSession, user_id: str, data: ProjectCreate) -> Project:
-    project = await ProjectRepository(session).add(
-        Project(user_id=user_id, name=data.name, description=data.description or None)
-    )
-    await add_event(
+async def create_project(session: AsyncSession, user_id: str, data: ProjectCreate, key: str | None = None) -> Outcome:
+    """The created project's answer; with an `Idempotency-Key`, a retry replays the first answer."""
+
+    async def create() -> ProjectChangedResponse:
+        project = await ProjectRepository(session).add(
+            Project(user_id=user_id, name=data.name, description=data.description or None)
+        )
+        await add_event(
+            session,
+            ProjectCreated(project_id=project.id, name=project.name, description=project.description),
+            user_id=user_id,
+            subject=project.id,
+        )
+        return ProjectChangedResponse(
+            project=ProjectOut.model_validate(project), message="Project created successfully"
+        )
+
+    if key is None:
+        return Outcome(201, (await create()).model_dump(mode="json"))
+    request = data.model_dump(mode="json")
+    return await _keys.once(
         session,
-        ProjectCreated(project_id=project.id, name=project.name, description=project.description),
-        user_id=user_id,
-        subject=project.id,
+        key=user_scoped(user_id, key),
+        operation="create-project",
+        request=request,
+        status_code=201,
+        action=create,
     )
-    return project
 
 
 async def update_project(work: DriverWork, user_id: str, project_id: str, data: ProjectUpdate) -> ProjectOut:
