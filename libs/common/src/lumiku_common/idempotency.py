@@ -7,7 +7,8 @@ same JSON value (not byte for byte: the answer is kept as jsonb, which orders an
 concurrent attempt with the same key waits on the first one's row lock, then replays or conflicts.
 
 A service adds the table to its own metadata (`idempotency_table(Base.metadata)`) and migrates it like any
-other of its tables; `Idempotency(table).once(...)` runs an operation once per key.
+other of its tables, and prunes it (`key_retention`); `Idempotency(table).once(...)` runs an operation once per
+key.
 
 An operation with effects outside its transaction (objects stored, credits held over HTTP) cannot run inside
 `once`: it asks `recorded` for a committed answer before any such effect, and `record`s its own answer as the
@@ -21,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Header
@@ -34,7 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.auth import MAX_USER_ID_LENGTH
 from lumiku_common.errors import Conflict
+from lumiku_common.retention import Retention
 from lumiku_common.schemas import CleanStr
+from lumiku_common.settings import ServiceSettings
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_MAX_LENGTH = 200
@@ -61,6 +65,11 @@ USER_SCOPED_KEY_LENGTH = MAX_USER_ID_LENGTH + 1 + KEY_MAX_LENGTH
 
 def user_scoped(user_id: str, key: str) -> str:
     return f"{user_id}:{key}"
+
+
+def key_retention(table: Table, settings: ServiceSettings) -> Retention:
+    """For `ServiceSpec.retained`: a key's record is pruned after IDEMPOTENCY_KEY_RETENTION_DAYS."""
+    return Retention(table, "created_at", timedelta(days=settings.idempotency_key_retention_days))
 
 
 def idempotency_table(metadata: MetaData, key_length: int = KEY_MAX_LENGTH) -> Table:

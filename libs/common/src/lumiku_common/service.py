@@ -31,6 +31,7 @@ from lumiku_common.middleware import RequestContextMiddleware
 from lumiku_common.migrations import upgrade
 from lumiku_common.openapi import without_fastapi_422
 from lumiku_common.periodic import periodic
+from lumiku_common.retention import Retention
 from lumiku_common.routing import Router
 from lumiku_common.settings import ServiceSettings
 
@@ -66,6 +67,7 @@ class ServiceSpec:
     # Pure-ASGI steps inside the request context (ids, access log, error shape), outermost first: hot paths
     # that answer without FastAPI's routing (the gateway's pass-through).
     middleware: Sequence[Middleware] = ()
+    retained: Sequence[Retention] = ()  # rows pruned once they are old enough (idempotency keys, tombstones)
 
 
 class Workers:
@@ -106,20 +108,25 @@ class Workers:
         self.consumers_started = asyncio.Event()
 
     def start(self) -> None:
-        prune = periodic("messaging-prune", self._prune, self.spec.settings.prune_interval_seconds)
+        prune = periodic("prune", self.prune, self.spec.settings.prune_interval_seconds)
         self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self.tasks.append(asyncio.create_task(self._start_consumers(), name="consumers"))
-        self.tasks.append(asyncio.create_task(prune, name="messaging-prune"))
+        self.tasks.append(asyncio.create_task(prune, name="prune"))
         measure = metrics.refreshing("messaging-metrics", self.measure, self.spec.settings.metrics_refresh_seconds)
         self.tasks.append(asyncio.create_task(measure(), name="messaging-metrics"))
         self.tasks += [asyncio.ensure_future(loop()) for loop in self.spec.background]
 
-    async def _prune(self) -> None:
+    async def prune(self) -> None:
+        """One pass: published outbox rows, handled inbox ids and the spec's `retained` rows past their time."""
         s, db = self.spec.settings, self.app.state.db
-        outbox_rows = await prune_published(db, timedelta(hours=s.outbox_retention_hours))
-        inbox_rows = await prune_inbox(db, timedelta(days=s.inbox_retention_days))
-        if outbox_rows or inbox_rows:
-            log.info("messaging_pruned", outbox=outbox_rows, inbox=inbox_rows)
+        pruned = {
+            "outbox": await prune_published(db, timedelta(hours=s.outbox_retention_hours)),
+            "inbox": await prune_inbox(db, timedelta(days=s.inbox_retention_days)),
+        }
+        for retained in self.spec.retained:
+            pruned[retained.table.name] = await retained.prune(db)
+        if any(pruned.values()):
+            log.info("pruned", **pruned)
 
     async def measure(self) -> None:
         """Refreshes the outbox and queue gauges (a query and two passive declares per queue)."""

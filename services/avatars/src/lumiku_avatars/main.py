@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -8,16 +9,30 @@ from fastapi import FastAPI
 from lumiku_avatars import images
 from lumiku_avatars.endpoints import internal, router
 from lumiku_avatars.handlers import project_handlers, usage_handlers
+from lumiku_avatars.models import Base, DeletedProject, GivenUpImage, idempotency_keys
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_avatars.workflows import AvatarWorkflows
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.credits import CreditsClient
 from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.idempotency import key_retention
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner, MediaUrls
+from lumiku_common.retention import Retention
 from lumiku_common.service import ServiceSpec, create_service, database_for
 from lumiku_common.storage import storage_from
+
+
+def retained(settings: AvatarsSettings) -> list[Retention]:
+    """Idempotency keys, and the tombstones that refuse a creation still in flight: kept far longer than any
+    credit hold such a creation could still capture can live (credits' CREDITS_MAX_HOLD_TTL_SECONDS)."""
+    tombstones = timedelta(days=settings.tombstone_retention_days)
+    return [
+        key_retention(idempotency_keys, settings),
+        Retention(Base.metadata.tables[GivenUpImage.__tablename__], "given_up_at", tombstones),
+        Retention(Base.metadata.tables[DeletedProject.__tablename__], "deleted_at", tombstones),
+    ]
 
 
 def create_app(
@@ -55,6 +70,7 @@ def create_app(
             migrations=Path(__file__).parent / "migrations",
             consumers={"avatars.project-events": project_handlers(janitor), "avatars.usage-events": usage_handlers()},
             background=[janitor.purge_loop, janitor.sweep_loop],
+            retained=retained(settings),
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku avatars",

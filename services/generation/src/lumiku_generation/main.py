@@ -10,12 +10,13 @@ from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.avatars import AvatarsClient
 from lumiku_common.clients.credits import CreditsClient
 from lumiku_common.clients.projects import ProjectsClient
+from lumiku_common.idempotency import key_retention
 from lumiku_common.internal import InternalClient
 from lumiku_common.periodic import periodic
 from lumiku_common.service import ServiceSpec, create_service, database_for
 from lumiku_generation.endpoints import router
 from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE, job_handlers, project_handlers
-from lumiku_generation.models import ACTIVE
+from lumiku_generation.models import ACTIVE, idempotency_keys
 from lumiku_generation.provider import Provider, provider_from
 from lumiku_generation.repository import GenerationRepository
 from lumiku_generation.settings import GenerationSettings
@@ -75,6 +76,7 @@ def create_app(
             migrations=Path(__file__).parent / "migrations",
             consumers={JOBS_QUEUE: job_handlers(workflows), PROJECTS_QUEUE: project_handlers(settings)},
             background=[sweep, job_gauges],
+            retained=[key_retention(idempotency_keys, settings)],
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku generation",

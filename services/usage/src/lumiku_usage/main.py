@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.avatars import AvatarsClient
 from lumiku_common.db import Database
+from lumiku_common.idempotency import key_retention
 from lumiku_common.internal import InternalClient
 from lumiku_common.logs import get_logger
 from lumiku_common.periodic import periodic
@@ -16,6 +17,7 @@ from lumiku_common.service import BackgroundLoop, ServiceSpec, create_service, d
 from lumiku_usage import service
 from lumiku_usage.endpoints import router
 from lumiku_usage.handlers import AVATAR_EVENTS, AVATAR_USED, avatar_handlers, usage_handlers
+from lumiku_usage.models import idempotency_keys
 from lumiku_usage.settings import UsageSettings
 from lumiku_usage.workflows import UsageWorkflows
 
@@ -76,6 +78,7 @@ def create_app(
                 AVATAR_USED: usage_handlers(workflows, settings.usage_batch_size, settings.usage_max_defer_seconds),
             },
             background=[partition_keeper(db, settings)],
+            retained=[key_retention(idempotency_keys, settings)],
             on_startup=[startup],
             on_shutdown=[shutdown],
             parts=[workflows],
