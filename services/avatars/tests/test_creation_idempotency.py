@@ -9,12 +9,18 @@ from typing import Any
 
 import pytest
 from avatars_samples import jpeg, png
+from sqlalchemy import text
 from test_failure_paths import avatars_refused_for
 from test_save_preview import data_url
+
+from lumiku_common.idempotency import user_scoped
+from lumiku_common.ids import new_id
+from lumiku_devtools.testing import auth
 
 APP = "/api/apps/avatar-creator"
 REPLAYED = "Idempotent-Replayed"
 REUSED = {"error": "Idempotency key already used with a different request"}
+IN_PROGRESS = {"error": "A request with this Idempotency-Key is still in progress"}
 
 
 def keyed(headers: dict[str, str], key: str) -> dict[str, str]:
@@ -150,26 +156,74 @@ async def test_the_key_of_a_deleted_avatar_is_409(suite):
     await assert_charged(suite, user, headers, avatars=0, spent=10)
 
 
-async def test_concurrent_twins_make_one_avatar_and_the_others_undo_their_hold_and_objects(suite, monkeypatch):
-    """Every twin is held after its replay check, so all of them reserve, store and race for the key's claim."""
-    user, headers = suite.user()
-    project = await suite.project(headers)
-    twins = 3
-    credits = suite.workflows.credits
-    reserve, gate = credits.reserve, asyncio.Barrier(twins)
+def hold_first_reserve(suite, monkeypatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """The first credit reservation from now on waits, once made, until `go` is set; the others pass."""
+    credits, reserve = suite.workflows.credits, suite.workflows.credits.reserve
+    reserved, go = asyncio.Event(), asyncio.Event()
 
-    async def reserve_together(request):
+    async def held(request):
+        first = not reserved.is_set()
         hold = await reserve(request)
-        await gate.wait()
+        if first:
+            reserved.set()
+            await asyncio.wait_for(go.wait(), 20)
         return hold
 
-    monkeypatch.setattr(credits, "reserve", reserve_together)
+    monkeypatch.setattr(credits, "reserve", held)
+    return reserved, go
+
+
+async def test_a_retry_while_the_first_attempt_runs_is_409_in_progress_and_pays_nothing(suite, monkeypatch):
+    user, headers = suite.user()
+    project = await suite.project(headers)
+    for _ in range(9):  # 10 credits left: a second charge would be 402
+        assert (await suite.upload(headers, project, jpeg())).status_code == 201
+    reserved, go = hold_first_reserve(suite, monkeypatch)
     image = jpeg(400, 300)
-    answers = await asyncio.gather(*(suite.upload(keyed(headers, "twin"), project, image) for _ in range(twins)))
-    assert [a.status_code for a in answers] == [201] * twins, [a.text for a in answers]
-    assert len({a.json()["avatar"]["id"] for a in answers}) == 1
-    assert sorted(a.headers.get(REPLAYED, "") for a in answers) == [""] + ["true"] * (twins - 1)
+    first = asyncio.create_task(suite.upload(keyed(headers, "slow"), project, image))
+    await asyncio.wait_for(reserved.wait(), 10)
+    retry = await suite.upload(keyed(headers, "slow"), project, image)
+    assert (retry.status_code, retry.json()) == (409, IN_PROGRESS)
+    assert retry.headers["retry-after"] == "1"
+    go.set()
+    assert (await first).status_code == 201
+    later = await suite.upload(keyed(headers, "slow"), project, image)
+    assert (later.status_code, later.headers.get(REPLAYED)) == (201, "true")
+    assert later.json()["avatar"]["id"] == (await first).json()["avatar"]["id"]
+    await assert_charged(suite, user, headers, avatars=10, spent=100)
+
+
+async def test_a_claim_whose_attempt_looks_dead_is_taken_over_and_that_attempt_undoes_itself(suite, monkeypatch):
+    """After a minute a retry takes the key over; the first attempt, when it comes to commit, finds its claim
+    gone, releases its hold, removes its objects and answers the avatar the retry made."""
+    user, headers = suite.user()
+    project = await suite.project(headers)
+    reserved, go = hold_first_reserve(suite, monkeypatch)
+    image = jpeg(400, 300)
+    first = asyncio.create_task(suite.upload(keyed(headers, "stuck"), project, image))
+    await asyncio.wait_for(reserved.wait(), 10)
+    async with suite.avatars_app.state.db.unit_of_work() as session:
+        aged = text("UPDATE idempotency_keys SET created_at = now() - interval '61 seconds' WHERE key = :k")
+        assert (await session.execute(aged, {"k": user_scoped(user, "stuck")})).rowcount == 1
+    retry = await suite.upload(keyed(headers, "stuck"), project, image)
+    assert retry.status_code == 201 and REPLAYED not in retry.headers, retry.text
+    go.set()
+    late = await first
+    assert (late.status_code, late.headers.get(REPLAYED)) == (201, "true"), late.text
+    assert late.json()["avatar"]["id"] == retry.json()["avatar"]["id"]
     await assert_charged(suite, user, headers, avatars=1, spent=10)
+
+
+async def test_keys_of_users_whose_ids_share_a_prefix_never_meet(suite):
+    """'u:x' with key 'k' and 'u' with key 'x:k' once named the same record ("u:x:k")."""
+    base = f"user-{new_id()}"
+    first, second = auth(suite.settings, f"{base}:x"), auth(suite.settings, base)
+    body = {"name": "Secret plans", "description": "of the first user"}
+    created = await suite.api.post(f"{APP}/projects", json=body, headers=keyed(first, "k"))
+    assert created.status_code == 201
+    other = await suite.api.post(f"{APP}/projects", json=body, headers=keyed(second, "x:k"))
+    assert other.status_code == 201 and REPLAYED not in other.headers
+    assert other.json()["project"]["id"] != created.json()["project"]["id"]
 
 
 @pytest.mark.parametrize("key", ["", "x" * 201, "has space", "tab\tinside", "é-accent"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from avatars_samples import jpeg
 from sqlalchemy import text
 
+from lumiku_common.idempotency import user_scoped
 from lumiku_common.ids import new_id
 
 
@@ -23,7 +24,7 @@ async def test_a_key_past_its_week_is_pruned_and_its_retry_runs_again(suite):
     await aged(
         suite,
         "UPDATE idempotency_keys SET created_at = now() - interval '7 days 1 minute' WHERE key = :k",
-        k=f"{user}:long-ago",
+        k=user_scoped(user, "long-ago"),
     )
     await suite.avatars_app.state.workers.prune()
     again = await suite.upload(keyed, project, jpeg())

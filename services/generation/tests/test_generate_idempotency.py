@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from generation_support import APP, Suite
+from generation_support import APP, MODEL, Suite
 
 from lumiku_generation.workflows import GenerationWorkflows
 
@@ -81,26 +81,49 @@ async def test_a_refused_submit_leaves_its_key_free(suite: Suite) -> None:
     assert (await suite.balance(headers))["balance"] == 30
 
 
-async def test_concurrent_twins_submit_one_job_and_the_others_release_their_holds(suite: Suite, monkeypatch) -> None:
-    """Every twin is held after its holds are reserved, so all of them race for the key's claim."""
+async def test_a_retry_while_the_first_submit_runs_is_409_in_progress_and_reserves_nothing(
+    suite: Suite, monkeypatch
+) -> None:
     _, headers = suite.user()
     project = await suite.project(headers)
-    twins = 3
     credits = suite.generation_app.state.parts[GenerationWorkflows].credits
-    reserve, gate = credits.reserve, asyncio.Barrier(twins)
+    reserve, reserved, go = credits.reserve, asyncio.Event(), asyncio.Event()
 
-    async def reserve_together(request: Any) -> Any:
+    async def held(request: Any) -> Any:
+        first = not reserved.is_set()
         hold = await reserve(request)
-        await gate.wait()
+        if first:
+            reserved.set()
+            await asyncio.wait_for(go.wait(), 20)
         return hold
 
-    monkeypatch.setattr(credits, "reserve", reserve_together)
-    answers = await asyncio.gather(*(suite.generate(keyed(headers, "twin"), project) for _ in range(twins)))
-    assert [a.status_code for a in answers] == [201] * twins, [a.text for a in answers]
-    assert len({a.json()["generation"]["id"] for a in answers}) == 1
-    assert sorted(a.headers.get(REPLAYED, "") for a in answers) == [""] + ["true"] * (twins - 1)
+    monkeypatch.setattr(credits, "reserve", held)
+    first = asyncio.create_task(suite.generate(keyed(headers, "slow"), project))
+    await asyncio.wait_for(reserved.wait(), 10)
+    retry = await suite.generate(keyed(headers, "slow"), project)
+    assert (retry.status_code, retry.headers.get("retry-after")) == (409, "1"), retry.text
+    assert retry.json() == {"error": "A request with this Idempotency-Key is still in progress"}
+    go.set()
+    assert (await first).status_code == 201
+    later = await suite.generate(keyed(headers, "slow"), project)
+    assert (later.status_code, later.headers.get(REPLAYED)) == (201, "true")
     assert len(suite.fake.calls) == 1 and len(await jobs(suite, headers)) == 1
     assert (await suite.balance(headers))["balance"] == 85
+
+
+async def test_a_failed_generation_replays_its_failure_marked_as_a_replay(suite: Suite) -> None:
+    """The key names the job: its retry answers that job's 502 (nothing charged), marked, without asking the
+    provider again; another try takes another key."""
+    _, headers = suite.user()
+    project = await suite.project(headers)
+    suite.fake.script(MODEL, "text")
+    failed = await suite.generate(keyed(headers, "doomed"), project)
+    assert failed.status_code == 502 and REPLAYED not in failed.headers, failed.text
+    asked = len(suite.fake.calls)
+    retry = await suite.generate(keyed(headers, "doomed"), project)
+    assert (retry.status_code, retry.headers.get(REPLAYED)) == (502, "true")
+    assert retry.json() == failed.json() and len(suite.fake.calls) == asked
+    assert (await suite.balance(headers))["balance"] == 100
 
 
 @pytest.mark.parametrize("key", [b"", b"x" * 201, b"has space", b"\xc3\xa9"], ids=["empty", "long", "space", "utf8"])

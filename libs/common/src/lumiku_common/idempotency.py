@@ -1,19 +1,21 @@
 """Exactly-once operations, for every service that takes idempotency keys: a key is claimed by a UNIQUE
-insert in the operation's own transaction.
+insert, and a committed answer is replayed, never re-run: the same status and the same JSON value (not byte for
+byte: the answer is kept as jsonb, which orders an object's keys its own way). Another request under a used key
+is 409.
 
-The claim and the operation's effects commit together or not at all, so a failed attempt (402, 409, a
-crash) leaves the key free for a retry, and a committed one is replayed, never re-run: the same status and the
-same JSON value (not byte for byte: the answer is kept as jsonb, which orders an object's keys its own way). A
+An operation wholly inside one transaction runs in `Idempotency.once`: the claim and the operation's effects
+commit together or not at all, so a failed attempt (402, 409, a crash) leaves the key free for a retry, and a
 concurrent attempt with the same key waits on the first one's row lock, then replays or conflicts.
 
-A service adds the table to its own metadata (`idempotency_table(Base.metadata)`) and migrates it like any
-other of its tables, and prunes it (`key_retention`); `Idempotency(table).once(...)` runs an operation once per
-key.
+An operation with effects outside its transaction (objects stored, credits held over HTTP) `claim`s the key
+before any of them, in a transaction of its own, so that a retry arriving while it runs is told so
+(KeyInProgress, 409 with Retry-After) instead of paying again; its own transaction then `record`s the answer,
+and a failed attempt `release`s the claim. A claim whose attempt died is taken over after `takeover_after`;
+the attempt it was taken from, should it still come to commit, finds its claim gone (KeyTakenMeanwhile) and
+undoes itself, so one attempt at most ever commits.
 
-An operation with effects outside its transaction (objects stored, credits held over HTTP) cannot run inside
-`once`: it asks `recorded` for a committed answer before any such effect, and `record`s its own answer as the
-first statement of its transaction. When `record` finds the key taken by a concurrent attempt that committed
-first, the operation undoes its outside effects and answers what `recorded` now returns.
+A service adds the table to its own metadata (`idempotency_table(Base.metadata)`), migrates it like any other
+of its tables and prunes it (`key_retention`).
 """
 
 from __future__ import annotations
@@ -28,17 +30,22 @@ from typing import Annotated, Any
 from fastapi import Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, StringConstraints
-from sqlalchemy import Column, DateTime, MetaData, SmallInteger, String, Table, func, select, update
+from sqlalchemy import Column, DateTime, MetaData, Select, SmallInteger, String, Table, delete, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.auth import MAX_USER_ID_LENGTH
+from lumiku_common.db import Database, utcnow
 from lumiku_common.errors import Conflict
+from lumiku_common.ids import new_id
+from lumiku_common.logs import get_logger
 from lumiku_common.retention import Retention
 from lumiku_common.schemas import CleanStr
 from lumiku_common.settings import ServiceSettings
+
+log = get_logger(__name__)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_MAX_LENGTH = 200
@@ -61,10 +68,11 @@ IdempotencyKeyHeader = Annotated[
 
 # A public write's key is scoped to its caller, so one user's key never replays another user's answer.
 USER_SCOPED_KEY_LENGTH = MAX_USER_ID_LENGTH + 1 + KEY_MAX_LENGTH
+_SCOPE = "\x1f"  # in neither a user id nor a key (both printable): "<user><US><key>" names one pair only
 
 
 def user_scoped(user_id: str, key: str) -> str:
-    return f"{user_id}:{key}"
+    return f"{user_id}{_SCOPE}{key}"
 
 
 def key_retention(table: Table, settings: ServiceSettings) -> Retention:
@@ -83,6 +91,7 @@ def idempotency_table(metadata: MetaData, key_length: int = KEY_MAX_LENGTH) -> T
         Column("status_code", SmallInteger, nullable=True),
         Column("response", JSONB, nullable=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("claim", String(32), nullable=True),  # the attempt holding an unanswered key (`Idempotency.claim`)
     )
 
 
@@ -97,6 +106,13 @@ def replayed_headers(replayed: bool) -> dict[str, str] | None:
 
 class IdempotencyConflict(Conflict):
     message = "Idempotency key already used with a different request"
+
+
+class KeyInProgress(Conflict):
+    message = "A request with this Idempotency-Key is still in progress"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
 
 
 @dataclass(frozen=True)
@@ -116,7 +132,7 @@ def request_hash(operation: str, request: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One request under a key: what `recorded` and `record` compare a stored answer with."""
+    """One request under a key: what a stored answer is compared with."""
 
     key: str
     operation: str
@@ -127,18 +143,27 @@ class Attempt:
         return cls(key, operation, request_hash(operation, request))
 
 
+@dataclass(frozen=True)
+class Claim:
+    """An attempt's hold on its key, from `Idempotency.claim` until it records its answer or releases it."""
+
+    attempt: Attempt
+    token: str
+
+
 class KeyTakenMeanwhile(Exception):
-    """A concurrent attempt with the same key committed first: roll back, undo what was done outside the
+    """The claim was taken over (its attempt looked dead): roll back, undo what was done outside the
     transaction, and answer what `recorded` returns."""
 
-    def __init__(self, attempt: Attempt):
-        super().__init__(attempt.key)
-        self.attempt = attempt
+    def __init__(self, claim: Claim):
+        super().__init__(claim.attempt.key)
+        self.attempt = claim.attempt
 
 
 class Idempotency:
-    def __init__(self, table: Table):
+    def __init__(self, table: Table, takeover_after: timedelta = timedelta(minutes=1)):
         self.table = table
+        self.takeover_after = takeover_after
 
     async def once(
         self,
@@ -151,37 +176,75 @@ class Idempotency:
         action: Callable[[], Awaitable[BaseModel]],
     ) -> Outcome:
         attempt = Attempt.of(key, operation, request)
-        if await self._claim(session, attempt):
+        if await self._insert(session, attempt):
             body = (await action()).model_dump(mode="json")
             await session.execute(
                 update(self.table).where(self.table.c.key == key).values(status_code=status_code, response=body)
             )
             return Outcome(status_code, body)
-        return await self._replayed(session, attempt)
+        return _replay((await session.execute(self._row(attempt))).one(), attempt)
+
+    async def claim(self, db: Database, attempt: Attempt) -> Outcome | Claim:
+        """Before any effect outside the database: the answer of an attempt that finished (a replay), or this
+        attempt's claim, committed at once. KeyInProgress while another attempt holds the key,
+        IdempotencyConflict for a key used with another request."""
+        token = new_id()
+        async with db.unit_of_work() as session:
+            if await self._insert(session, attempt, claim=token):
+                return Claim(attempt, token)
+            stored = (await session.execute(self._row(attempt).with_for_update())).one()
+            if stored.request_hash != attempt.digest or stored.status_code is not None:
+                return _replay(stored, attempt)
+            if stored.created_at > utcnow() - self.takeover_after:
+                raise KeyInProgress()
+            log.warning("idempotency_claim_taken_over", operation=attempt.operation, claimedAt=stored.created_at)
+            await session.execute(
+                update(self.table).where(self.table.c.key == attempt.key).values(claim=token, created_at=func.now())
+            )
+        return Claim(attempt, token)
+
+    async def record(self, session: AsyncSession, claim: Claim, status_code: int, body: dict[str, Any]) -> None:
+        """In the operation's own transaction, before its other writes: the claim becomes the answer.
+        KeyTakenMeanwhile when the claim was taken over."""
+        t = self.table
+        result = await session.execute(
+            update(t)
+            .where(t.c.key == claim.attempt.key, t.c.claim == claim.token, t.c.status_code.is_(None))
+            .values(status_code=status_code, response=body, claim=None)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise KeyTakenMeanwhile(claim)
+
+    async def release(self, db: Database, claim: Claim) -> None:
+        """After a failed attempt, the key is free for a retry. Best effort: a claim left behind is taken over
+        after `takeover_after`."""
+        t = self.table
+        try:
+            async with db.unit_of_work() as session:
+                await session.execute(
+                    delete(t).where(t.c.key == claim.attempt.key, t.c.claim == claim.token, t.c.status_code.is_(None))
+                )
+        except Exception as exc:
+            log.warning("idempotency_release_failed", operation=claim.attempt.operation, error=repr(exc))
 
     async def recorded(self, session: AsyncSession, attempt: Attempt) -> Outcome | None:
-        """The committed answer to `attempt`'s key (None while it is unused); IdempotencyConflict if the key
-        answered another request."""
-        stored = (await session.execute(select(self.table).where(self.table.c.key == attempt.key))).first()
-        return None if stored is None else _replay(stored, attempt)
+        """The answer to `attempt`'s key, for the attempt that lost it: None if the key is free again,
+        KeyInProgress while another attempt holds it, IdempotencyConflict if it answered another request."""
+        stored = (await session.execute(self._row(attempt))).first()
+        if stored is None:
+            return None
+        if stored.request_hash == attempt.digest and stored.status_code is None:
+            raise KeyInProgress()
+        return _replay(stored, attempt)
 
-    async def record(self, session: AsyncSession, attempt: Attempt, status_code: int, body: dict[str, Any]) -> None:
-        """Claims the key with its answer, known in advance, in the operation's transaction: the first statement,
-        so concurrent attempts queue on the key before any other lock. KeyTakenMeanwhile when an attempt that
-        committed first holds it."""
-        if not await self._claim(session, attempt, status_code=status_code, response=body):
-            raise KeyTakenMeanwhile(attempt)
+    def _row(self, attempt: Attempt) -> Select[Any]:
+        return select(self.table).where(self.table.c.key == attempt.key)
 
-    async def _replayed(self, session: AsyncSession, attempt: Attempt) -> Outcome:
-        return _replay(
-            (await session.execute(select(self.table).where(self.table.c.key == attempt.key))).one(), attempt
-        )
-
-    async def _claim(self, session: AsyncSession, attempt: Attempt, **answer: Any) -> bool:
+    async def _insert(self, session: AsyncSession, attempt: Attempt, **columns: Any) -> bool:
         """True if this transaction now owns the key; waits while another uncommitted transaction owns it."""
         stmt = (
             pg_insert(self.table)
-            .values(key=attempt.key, operation=attempt.operation, request_hash=attempt.digest, **answer)
+            .values(key=attempt.key, operation=attempt.operation, request_hash=attempt.digest, **columns)
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(self.table.c.key)
         )

@@ -7,20 +7,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, delete, select
 
 from lumiku_common.db import Database, utcnow
+
+BATCH = 5000  # rows a transaction: a first prune after long growth never holds one long transaction
 
 
 @dataclass(frozen=True)
 class Retention:
-    table: Table
+    table: Table  # with a one-column primary key
     stamp: str  # the column of when the row was written
     keep: timedelta
 
     async def prune(self, db: Database) -> int:
-        """Deletes the rows older than `keep`; how many."""
-        older = self.table.c[self.stamp] < utcnow() - self.keep
-        async with db.unit_of_work() as session:
-            result = await session.execute(delete(self.table).where(older))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        """Deletes the rows older than `keep`, a batch at a time; how many."""
+        [key] = self.table.primary_key.columns
+        total = 0
+        while True:
+            older = select(key).where(self.table.c[self.stamp] < utcnow() - self.keep).limit(BATCH)
+            async with db.unit_of_work() as session:
+                deleted = (await session.execute(delete(self.table).where(key.in_(older)))).rowcount  # type: ignore[attr-defined]
+            total += deleted
+            if deleted < BATCH:
+                return total

@@ -124,7 +124,10 @@ class Workers:
             "inbox": await prune_inbox(db, timedelta(days=s.inbox_retention_days)),
         }
         for retained in self.spec.retained:
-            pruned[retained.table.name] = await retained.prune(db)
+            try:
+                pruned[retained.table.name] = await retained.prune(db)
+            except Exception as exc:  # one table's failure leaves the others pruned
+                log.warning("prune_failed", table=retained.table.name, error=repr(exc))
         if any(pruned.values()):
             log.info("pruned", **pruned)
 

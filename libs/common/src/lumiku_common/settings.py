@@ -54,7 +54,7 @@ class ServiceSettings(BaseSettings):
     outbox_retention_hours: float = 24
     inbox_retention_days: float = 14
     # A client's Idempotency-Key is answered from its record this long; a retry after that runs again.
-    idempotency_key_retention_days: float = 7
+    idempotency_key_retention_days: float = Field(7, ge=1)  # far past a claim's takeover (a minute)
     prune_interval_seconds: float = 600
     # NOTIFY at commit wakes relays in other processes at once, but PostgreSQL serialises notifying commits
     # cluster-wide. Unset: notify only when this process runs no relay of its own (RUN_WORKERS=false).

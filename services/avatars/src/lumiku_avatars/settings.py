@@ -1,3 +1,5 @@
+from pydantic import Field
+
 from lumiku_common.settings import ServiceSettings, StorageSettings
 
 
@@ -25,7 +27,7 @@ class AvatarsSettings(ServiceSettings, StorageSettings):
     save_preview_cost: int = 15  # the spec's savePreview credits
     credit_hold_ttl_seconds: int = 300  # an upload that dies without releasing frees its hold by then
     # Given-up images and deleted projects are remembered this long (see main.retained).
-    tombstone_retention_days: float = 14
+    tombstone_retention_days: float = Field(14, ge=1)
 
     object_purge_interval_seconds: float = 30.0  # safety net for deletions whose post-commit purge was missed
     orphan_sweep_interval_seconds: float = 3600.0

@@ -9,9 +9,9 @@ its hold. Objects are stored before the row commits and
 removed again if the commit does not happen; the credits are captured through the outbox in the avatar's own
 transaction and released if it never commits. A failure therefore leaves no row, no object and no charge.
 
-With an `Idempotency-Key`, a creation whose key has already answered is replayed before anything else (the same
-avatar, its URLs signed anew); the key is claimed with the avatar's commit, so a concurrent twin that loses the
-claim undoes its own hold and objects like any failed creation and answers the winner's avatar.
+With an `Idempotency-Key`, the key is claimed before anything else: a creation whose key has already answered is
+replayed (the same avatar, its URLs signed anew), a retry while the first attempt still runs is 409 with
+Retry-After, and the answer is recorded in the avatar's own transaction. A failed attempt frees its key.
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
 from lumiku_common.clients.projects import ProjectInfo, ProjectsClient
 from lumiku_common.db import Database
 from lumiku_common.errors import BadRequest
-from lumiku_common.idempotency import Attempt, Idempotency, IdempotencyConflict, KeyTakenMeanwhile, user_scoped
+from lumiku_common.idempotency import (
+    Attempt,
+    Claim,
+    Idempotency,
+    KeyInProgress,
+    KeyTakenMeanwhile,
+    Outcome,
+    user_scoped,
+)
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_common.metrics import UPLOAD_STAGE, timed
@@ -188,14 +196,35 @@ class AvatarWorkflows:
         origin: AvatarOrigin,
         key: str | None,
     ) -> Created:
-        attempt = None
-        if key is not None:
-            image_digest = (await asyncio.to_thread(hashlib.sha256, image)).hexdigest()
-            request = {"projectId": project_id, "attributes": attributes, "image": image_digest}
-            attempt = Attempt.of(user_scoped(user_id, key), origin.operation, request)
-            replayed = await self._replayed(user_id, attempt)
-            if replayed is not None:
-                return replayed
+        if key is None:
+            return Created(await self._make(user_id, project_id, image, name, attributes, origin, None))
+        image_digest = (await asyncio.to_thread(hashlib.sha256, image)).hexdigest()
+        request = {"projectId": project_id, "attributes": attributes, "image": image_digest}
+        claimed = await _keys.claim(self.db, Attempt.of(user_scoped(user_id, key), origin.operation, request))
+        if isinstance(claimed, Outcome):
+            return await self._replayed(user_id, claimed)
+        try:
+            return Created(await self._make(user_id, project_id, image, name, attributes, origin, claimed))
+        except KeyTakenMeanwhile as taken:  # this attempt was undone; the one that took its key over answers
+            async with self.db.unit_of_work() as session:
+                outcome = await _keys.recorded(session, taken.attempt)
+            if outcome is None:  # that one failed too: the key is free for the client's next retry
+                raise KeyInProgress() from None
+            return await self._replayed(user_id, outcome)
+        except BaseException:
+            await asyncio.shield(_keys.release(self.db, claimed))
+            raise
+
+    async def _make(
+        self,
+        user_id: str,
+        project_id: str,
+        image: bytes,
+        name: str,
+        attributes: dict[str, Any],
+        origin: AvatarOrigin,
+        claim: Claim | None,
+    ) -> Avatar:
         with timed(UPLOAD_STAGE, "project"):
             await self.projects.ensure_owned(user_id, project_id)
         # From the header alone: what is no acceptable image is refused before any money moves or pixel decodes.
@@ -225,32 +254,23 @@ class AvatarWorkflows:
                 )
             with timed(UPLOAD_STAGE, "commit"):
                 async with self.db.unit_of_work() as session:
-                    if attempt is not None:
-                        await _keys.record(session, attempt, 201, {"avatarId": avatar_id})
+                    if claim is not None:
+                        await _keys.record(session, claim, 201, {"avatarId": avatar_id})
                     avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
                     await service.create_avatar(session, avatar, hold.id, hold.expires_at)
-        except KeyTakenMeanwhile as taken:
-            await asyncio.shield(self._undo(avatar_id, list(keys), hold))
-            replayed = await self._replayed(user_id, taken.attempt)
-            if replayed is None:  # never: the claim found the key committed, and keys are kept
-                raise IdempotencyConflict() from None
-            return replayed
         except Exception as exc:
             if await asyncio.shield(self._undo(avatar_id, list(keys), hold)):
                 log.warning("upload_commit_unconfirmed_but_done", avatarId=avatar_id, error=repr(exc))
-                return Created(avatar)  # the commit happened, only its acknowledgement was lost: the upload succeeded
+                return avatar  # the commit happened, only its acknowledgement was lost: the upload succeeded
             raise
         except BaseException:  # cancelled (the client left): undo, but never report success
             await asyncio.shield(self._undo(avatar_id, list(keys), hold))
             raise
-        return Created(avatar)
+        return avatar
 
-    async def _replayed(self, user_id: str, attempt: Attempt) -> Created | None:
-        """The avatar an earlier request with this key created, as it is now; None while the key is unused."""
+    async def _replayed(self, user_id: str, outcome: Outcome) -> Created:
+        """The avatar an earlier request with this key created, as it is now (its media URLs signed anew)."""
         async with self.db.unit_of_work() as session:
-            outcome = await _keys.recorded(session, attempt)
-            if outcome is None:
-                return None
             avatar = await AvatarRepository(session).get(user_id, outcome.body["avatarId"])
         if avatar is None:
             raise service.KeyedAvatarDeleted()

@@ -87,7 +87,8 @@ async def generate(
     """Spec §3.2: `count` images (1-5) for 15 + 10 x (count - 1) credits, reserved up front and charged per
     image that becomes an avatar. Waits for the job (up to GENERATION_SYNC_WAIT_S) unless `Prefer: respond-async`;
     409 if it was canceled meanwhile, 502 if the provider gave no image (nothing charged). A retry with the
-    first request's `Idempotency-Key` answers that request's job, as it stands now, and reserves nothing."""
+    first request's `Idempotency-Key` answers that request's job as it stands now, failed or canceled included
+    (`Idempotent-Replayed: true`), and reserves nothing; another try needs another key."""
     submitted = await workflows.submit(user.id, project_id, body, idempotency_key)
     headers = replayed_headers(submitted.replayed)
     if _wants_async(prefer):
@@ -96,9 +97,9 @@ async def generate(
     if not outcome.finished:
         return _accepted(outcome.generation, headers)
     if outcome.generation.status == "canceled":
-        raise GenerationCanceled()
+        raise GenerationCanceled(headers=headers)
     if not outcome.avatars:
-        raise GenerationFailed(outcome.generation.error or "no image was produced")
+        raise GenerationFailed(outcome.generation.error or "no image was produced", headers)
     answer = GeneratedResponse(avatar=outcome.avatars[0], avatars=outcome.avatars, generation=outcome.generation)
     return JSONResponse(answer.model_dump(mode="json", by_alias=True), status_code=201, headers=headers)
 

@@ -4,8 +4,9 @@ work; service.py does every change to this service's database inside them.
 Submitting: the project must be the caller's; then the whole cost is reserved, one credit hold per image
 (15 for the first, 10 for each further variation); only then is the job committed, together with the command
 that sends it to the workers. A refusal (402) or any failure before that commit releases what was reserved and
-queues nothing. With an `Idempotency-Key`, a submit whose key already made a job answers that job (before any
-hold), and the key is claimed with the job's commit: a concurrent twin that loses releases its holds.
+queues nothing. With an `Idempotency-Key`, the key is claimed before any hold: a submit whose key already made a
+job answers that job as it stands (finished, failed or canceled), a retry while the first submit still runs is
+409 with Retry-After, and a submit that failed frees its key.
 
 Running (a worker, for a `generation.run` command): take the job's lease, then for each image not yet done:
 call the provider with the image's own seed (skipped when its bytes are already kept: a resumed job never asks
@@ -42,7 +43,15 @@ from lumiku_common.clients.credits import CreditsClient, Hold, ReserveRequest
 from lumiku_common.clients.projects import ProjectsClient
 from lumiku_common.db import Database, utcnow
 from lumiku_common.errors import AppError, Conflict, InsufficientCredits
-from lumiku_common.idempotency import Attempt, Idempotency, IdempotencyConflict, KeyTakenMeanwhile, user_scoped
+from lumiku_common.idempotency import (
+    Attempt,
+    Claim,
+    Idempotency,
+    KeyInProgress,
+    KeyTakenMeanwhile,
+    user_scoped,
+)
+from lumiku_common.idempotency import Outcome as Recorded
 from lumiku_common.ids import new_id
 from lumiku_common.logs import get_logger
 from lumiku_generation import service
@@ -67,8 +76,8 @@ class GenerationFailed(AppError):
 
     status_code = 502
 
-    def __init__(self, reason: str):
-        super().__init__(f"AI generation failed: {reason}")
+    def __init__(self, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(f"AI generation failed: {reason}", headers=headers)
 
 
 class GenerationCanceled(Conflict):
@@ -107,13 +116,25 @@ class GenerationWorkflows:
     # --- submitting ------------------------------------------------------------------------------------------
 
     async def submit(self, user_id: str, project_id: str, body: GenerateRequest, key: str | None = None) -> Submitted:
-        attempt = None
-        if key is not None:
-            request = {"projectId": project_id, "request": body.model_dump(mode="json")}
-            attempt = Attempt.of(user_scoped(user_id, key), "generate", request)
-            replayed = await self._replayed(user_id, attempt)
-            if replayed is not None:
-                return replayed
+        if key is None:
+            return Submitted(await self._submit(user_id, project_id, body, None))
+        request = {"projectId": project_id, "request": body.model_dump(mode="json")}
+        claimed = await _keys.claim(self.db, Attempt.of(user_scoped(user_id, key), "generate", request))
+        if isinstance(claimed, Recorded):
+            return await self._replayed(user_id, claimed)
+        try:
+            return Submitted(await self._submit(user_id, project_id, body, claimed))
+        except KeyTakenMeanwhile as taken:  # this attempt was undone; the one that took its key over answers
+            async with self.db.unit_of_work() as session:
+                outcome = await _keys.recorded(session, taken.attempt)
+            if outcome is None:  # that one failed too: the key is free for the client's next retry
+                raise KeyInProgress() from None
+            return await self._replayed(user_id, outcome)
+        except BaseException:
+            await asyncio.shield(_keys.release(self.db, claimed))
+            raise
+
+    async def _submit(self, user_id: str, project_id: str, body: GenerateRequest, claim: Claim | None) -> GenerationOut:
         s = self.settings
         count = body.count or 1
         await self.projects.ensure_owned(user_id, project_id)
@@ -158,16 +179,10 @@ class GenerationWorkflows:
         ]
         try:
             async with self.db.unit_of_work() as session:
-                if attempt is not None:
-                    await _keys.record(session, attempt, 201, {"generationId": job_id})
+                if claim is not None:
+                    await _keys.record(session, claim, 201, {"generationId": job_id})
                 await service.create(session, job, images)
                 summary = await service.out(session, job)
-        except KeyTakenMeanwhile as taken:
-            await asyncio.shield(self._release(holds, "generation submitted twice"))
-            replayed = await self._replayed(user_id, taken.attempt)
-            if replayed is None:  # never: the claim found the key committed, and keys are kept
-                raise IdempotencyConflict() from None
-            return replayed
         except BaseException as exc:
             committed = await asyncio.shield(self._committed(user_id, job_id))
             if committed is None:  # unknown: releasing could leave its avatars unpaid; the holds expire instead
@@ -177,17 +192,14 @@ class GenerationWorkflows:
                     raise
                 log.warning("generation_commit_unconfirmed_but_done", generationId=job_id, error=repr(exc))
                 async with self.db.unit_of_work() as session:
-                    return Submitted(await service.out(session, await service.get(session, user_id, job_id)))
+                    return await service.out(session, await service.get(session, user_id, job_id))
             await asyncio.shield(self._release(holds, "generation not submitted"))
             raise
-        return Submitted(summary)
+        return summary
 
-    async def _replayed(self, user_id: str, attempt: Attempt) -> Submitted | None:
-        """The job an earlier request with this key submitted, as it is now; None while the key is unused."""
+    async def _replayed(self, user_id: str, outcome: Recorded) -> Submitted:
+        """The job an earlier request with this key submitted, as it is now."""
         async with self.db.unit_of_work() as session:
-            outcome = await _keys.recorded(session, attempt)
-            if outcome is None:
-                return None
             job = await service.get(session, user_id, outcome.body["generationId"])  # jobs are kept
             return Submitted(await service.out(session, job), replayed=True)
 
