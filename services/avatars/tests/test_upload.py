@@ -218,6 +218,21 @@ async def test_declared_length_over_the_limit_is_refused_before_reading(suite):
     await suite.assert_untouched(user, headers)
 
 
+async def test_any_body_past_the_process_limit_is_413_before_its_route_runs(suite):
+    """Past avatars' MAX_REQUEST_BODY_BYTES (16 MiB) a body is refused before any route reads it, a JSON update
+    as much as an upload, in the words uploads use (only an image comes so large)."""
+    _, headers = suite.user()
+    avatar = await suite.created(headers, await suite.project(headers), jpeg())
+    size = suite.settings.max_request_body_bytes + 1
+    response = await suite.api.put(
+        f"/api/apps/avatar-creator/avatars/{avatar['id']}",
+        content=b'{"name": "' + b"x" * size + b'"}',
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert response.status_code == 413 and response.json() == {"error": "File too large (max 10MB)"}
+    assert (await suite.api.get(f"/api/apps/avatar-creator/avatars/{avatar['id']}", headers=headers)).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("fields", "path"),
     [({"name": ""}, ["name"]), ({"name": "x" * 101}, ["name"]), ({"gender": "robot"}, ["gender"])],

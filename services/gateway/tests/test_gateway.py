@@ -116,7 +116,7 @@ async def test_unknown_and_undeployed_paths_are_404():
 async def test_upstream_down_is_503():
     async with gateway({"projects": "http://127.0.0.1:9"}) as api:
         response = await api.get(f"{APP}/projects")
-    assert response.status_code == 503
+    assert (response.status_code, response.headers["retry-after"]) == (503, "5")
     assert response.json() == {"error": "Service unavailable", "service": "projects"}
 
 
@@ -158,7 +158,7 @@ async def test_suite_health_reports_each_service():
     async with gateway({"projects": "http://projects", "credits": "http://127.0.0.1:9"}, transports) as api:
         response = await api.get("/api/health", headers={"Authorization": ""})
     body = response.json()
-    assert response.status_code == 503
+    assert (response.status_code, response.headers["retry-after"]) == (503, "5")
     assert body["status"] == "degraded" and body["services"] == {"projects": "ok", "credits": "unavailable"}
     assert set(body) == {"status", "version", "uptime", "database", "timestamp", "services"}
 
@@ -526,7 +526,8 @@ async def test_cors_only_for_listed_origins_with_credentials():
         error = await api.get(f"{APP}/avatars", headers={"Origin": ORIGIN, "Authorization": ""})
     assert listed.headers.get_list("access-control-allow-origin") == [ORIGIN]
     assert listed.headers["access-control-allow-credentials"] == "true"
-    assert "retry-after" in listed.headers["access-control-expose-headers"].lower()
+    exposed = {h.strip().lower() for h in listed.headers["access-control-expose-headers"].split(",")}
+    assert {"retry-after", "location", "idempotent-replayed", "x-request-id"} <= exposed
     assert "access-control-allow-origin" not in unlisted.headers
     assert "access-control-allow-credentials" not in unlisted.headers
     assert "origin" in unlisted.headers["vary"].lower()
@@ -562,6 +563,7 @@ async def test_preflight_is_answered_by_the_gateway():
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert preflight.headers["access-control-allow-credentials"] == "true"
     assert "POST" in preflight.headers["access-control-allow-methods"]
-    assert {"authorization", "content-type"} <= {
+    # What the API reads: async generate (Prefer), resuming its stream (Last-Event-ID), retried writes.
+    assert {"authorization", "content-type", "prefer", "last-event-id", "idempotency-key"} <= {
         h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")
     }

@@ -1,7 +1,7 @@
 """Bounded request heads on every port (lumiku_common.http_server), against real uvicorn processes started
 with the suite's one command line: 431 for a header or header section too large, 414 for a request line too
-long, in the spec's error shape, and memory that stays flat while clients send 100 MB headers; and idle
-connections kept longer than clients keep them."""
+long, in the spec's error shape, and memory that stays flat while clients send 100 MB headers; 413 for a body
+over the process's limit, before it is read; and idle connections kept longer than clients keep them."""
 
 from __future__ import annotations
 
@@ -150,3 +150,50 @@ async def test_a_connection_idle_past_a_clients_keep_alive_still_answers(suite: 
     finally:
         for _, writer in connections:
             writer.close()
+
+
+PROJECTS = "/api/apps/avatar-creator/projects"
+BODY_TOO_LARGE = {"error": "Payload too large"}
+
+
+def post(path: str, *headers: bytes, body: bytes = b"") -> bytes:
+    return b"".join([f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode(), *headers, b"Connection: close\r\n\r\n", body])
+
+
+@pytest.mark.parametrize(("where", "limit"), [("gateway", 64 * 1024 * 1024), ("projects", 1024 * 1024)])
+async def test_a_body_declared_over_the_limit_is_413_before_it_is_sent(suite: RealSuite, where: str, limit: int):
+    """Only the head goes out: the answer comes although not one byte of the body does."""
+    process = suite.gateway if where == "gateway" else suite.services["projects"]
+    head = post(PROJECTS, b"Content-Type: application/json\r\n", f"Content-Length: {limit + 1}\r\n".encode())
+    response = await exchange(process.port, head)
+    assert (response.status, response.json()) == (413, BODY_TOO_LARGE)
+    assert response.header("cache-control") == ["no-store"] and response.header("x-request-id")
+
+
+async def test_a_chunked_body_past_the_limit_is_413_and_the_sender_is_cut_off(suite: RealSuite):
+    """No Content-Length: the projects service counts what arrives and answers once it passes 1 MiB, without
+    waiting for the 100 MB the client would go on sending."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", suite.services["projects"].port)
+    writer.write(post(PROJECTS, b"Content-Type: application/json\r\n", b"Transfer-Encoding: chunked\r\n"))
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024)
+    sent = 0
+    answer = asyncio.create_task(read_response(reader))
+    try:
+        while not answer.done() and sent < 100 * 1024 * 1024:
+            writer.write(chunk)
+            await writer.drain()
+            sent += 64 * 1024
+        response = await asyncio.wait_for(answer, 15)
+    except (ConnectionError, OSError):  # the server hung up while we were still writing
+        response = await asyncio.wait_for(answer, 15)
+    finally:
+        writer.close()
+    assert (response.status, response.json()) == (413, BODY_TOO_LARGE)
+    assert sent < 20 * 1024 * 1024
+
+
+async def test_a_body_under_the_limit_is_not_refused(suite: RealSuite):
+    body = b'{"name": "Small"}'
+    head = (b"Content-Type: application/json\r\n", f"Content-Length: {len(body)}\r\n".encode())
+    response = await exchange(suite.services["projects"].port, post(PROJECTS, *head, body=body))
+    assert response.status == 401  # read, parsed and answered: this request carries no token

@@ -3,6 +3,7 @@ keyset pages, the summary from rollups, and avatars' counter following usage.rec
 
 from __future__ import annotations
 
+import base64
 import re
 
 from usage_support import APP, Suite
@@ -127,6 +128,11 @@ async def test_history_pages_by_cursor_filters_and_keeps_the_whole_summary(suite
     assert "ref-7" not in [h["referenceId"] for h in window["history"]]
     for params in ({"limit": 501}, {"limit": 0}, {"cursor": "%%%"}, {"from": "yesterday"}):
         assert (await suite.history(alice, avatar_id, **params)).status_code == 400, params
+    # Cursors a client can forge: a time with no UTC (year 1 at +14:00), past the calendar, before 1970.
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1969-12-31T23:59:59+00:00"):
+        forged = base64.urlsafe_b64encode(f"{at}|x".encode()).decode().rstrip("=")
+        response = await suite.history(alice, avatar_id, cursor=forged)
+        assert (response.status_code, response.json()["error"]) == (400, "Validation error"), (at, response.text)
     await suite.counted(alice, avatar_id, 8)
 
 

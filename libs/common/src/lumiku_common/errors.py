@@ -96,6 +96,9 @@ class ServiceUnavailable(AppError):
         super().__init__(message, headers={"Retry-After": str(retry_after or self.retry_after)}, **extra)
 
 
+RETRY_LATER = {"Retry-After": str(ServiceUnavailable.retry_after)}  # the headers of a 503 built by hand
+
+
 # What a lost or unreachable dependency raises, as opposed to a bug: connection errors of the database driver
 # (raw or wrapped by SQLAlchemy), pool timeouts, and the OS failing a socket or a disk.
 _UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT}

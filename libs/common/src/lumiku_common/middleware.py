@@ -1,5 +1,9 @@
 """Request context for every service: request/correlation ids, trace context, one access log line, the
-response headers every answer carries, and a last-resort 500 in the spec's error shape (never a traceback).
+response headers every answer carries, the request body's size limit, and a last-resort 500 in the spec's
+error shape (never a traceback).
+
+A body over the process's MAX_REQUEST_BODY_BYTES is 413 before it is read: at once when its Content-Length
+says so, otherwise (chunked) as soon as the bytes received pass the limit.
 
 A path or query string that decodes to control characters (NUL above all), to bytes that are not UTF-8, or
 that holds a `%` not followed by two hex digits is refused here with 400, before any route sees it: such a
@@ -34,6 +38,8 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_PLAIN = re.compile(rb"[^\x20-\x24\x26-\x7e]")  # anything but printable ASCII without `%`
 _ID_HEADERS = frozenset({b"x-request-id", b"x-correlation-id", b"traceparent"})
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+TOO_LARGE = "Payload too large"
 # Added to every response that does not set its own (the gateway's /media sets its own caching): answers
 # are per user and must not be cached or sniffed into another content type.
 DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
@@ -70,18 +76,49 @@ def _with_defaults(status: int, headers: list[tuple[bytes, bytes]]) -> list[tupl
 
 
 def _ids(scope: Scope) -> dict[bytes, str]:
-    """The id headers the client sent (the first of each), those safe to log and pass on; one pass."""
+    """The id headers the client sent (the first of each), those safe to log and pass on, and the body's
+    framing headers; one pass."""
     found: dict[bytes, str] = {}
     for key, value in scope.get("headers", ()):
         if key in _ID_HEADERS and key not in found:
             text = value.decode("latin-1")
             found[key] = text if _SAFE_ID.match(text) else ""
+        elif key in _BODY_HEADERS:
+            found[key] = value.decode("latin-1")
     return found
 
 
+class _ChunkedLimit:
+    """A body without a Content-Length, counted as it arrives: past the limit, 413 is answered at once (unless
+    the app has answered already) and the app hears that the client left; what it answers then is dropped."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int, message: str):
+        self._receive, self._send, self._limit, self._message = receive, send, limit, message
+        self._received, self._app_started, self._refused = 0, False, False
+
+    async def receive(self) -> Message:
+        if self._refused:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        self._received += len(message.get("body", b""))
+        if self._received <= self._limit:
+            return message
+        self._refused = True
+        if not self._app_started:
+            await _send_json(self._send, 413, {"error": self._message})
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self._refused and not self._app_started:
+            return
+        self._app_started = True
+        await self._send(message)
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None, body_too_large: str = TOO_LARGE):
         self.app = app
+        self.max_body_bytes, self.body_too_large = max_body_bytes, body_too_large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,9 +129,15 @@ class RequestContextMiddleware:
         correlation_id = ids.get(b"x-correlation-id") or request_id
         traceparent = child_traceparent(ids.get(b"traceparent"))
         with bound((request_id_var, request_id), (correlation_id_var, correlation_id), (traceparent_var, traceparent)):
-            await self._handle(scope, receive, send, request_id, correlation_id)
+            await self._handle(scope, receive, send, request_id, correlation_id, ids)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str, correlation_id: str) -> None:
+    def _too_large(self, ids: dict[bytes, str]) -> bool:
+        length = ids.get(b"content-length", "")
+        return self.max_body_bytes is not None and length.isdigit() and int(length) > self.max_body_bytes
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, correlation_id: str, ids: dict[bytes, str]
+    ) -> None:
         started, status, response_started = time.perf_counter(), 500, False
 
         async def send_with_ids(message: Message) -> None:
@@ -108,11 +151,17 @@ class RequestContextMiddleware:
                 ]
             await send(message)
 
+        app_receive, app_send = receive, send_with_ids
+        if self.max_body_bytes is not None and b"transfer-encoding" in ids:
+            chunked = _ChunkedLimit(receive, send_with_ids, self.max_body_bytes, self.body_too_large)
+            app_receive, app_send = chunked.receive, chunked.send
         try:
             if refusal := _refusal(scope):
                 await _send_json(send_with_ids, 400, {"error": refusal})
+            elif self._too_large(ids):
+                await _send_json(send_with_ids, 413, {"error": self.body_too_large})
             else:
-                await self.app(scope, receive, send_with_ids)
+                await self.app(scope, app_receive, app_send)
         except Exception:
             log.exception("unhandled_error", method=scope["method"], path=scope["path"])
             if not response_started:

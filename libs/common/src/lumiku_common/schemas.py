@@ -110,8 +110,11 @@ LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+    return None if value is None else bounded_utc(value)
+
+
+def bounded_utc(value: datetime) -> datetime:
+    """`value` in UTC, if it is a time the database can compare with what it stores; ValueError otherwise."""
     # A naive time has no meaning against timestamptz; read it as UTC like every time on the wire.
     try:
         utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -27,7 +27,7 @@ from lumiku_common.logs import configure_logging, get_logger
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.consumer import BatchConsumer, BatchHandlers, Consumer, EventHandlers, prune_inbox
 from lumiku_common.messaging.outbox import OutboxRelay, pending, prune_published
-from lumiku_common.middleware import RequestContextMiddleware
+from lumiku_common.middleware import TOO_LARGE, RequestContextMiddleware
 from lumiku_common.migrations import upgrade
 from lumiku_common.openapi import without_fastapi_422
 from lumiku_common.periodic import periodic
@@ -68,6 +68,7 @@ class ServiceSpec:
     # that answer without FastAPI's routing (the gateway's pass-through).
     middleware: Sequence[Middleware] = ()
     retained: Sequence[Retention] = ()  # rows pruned once they are old enough (idempotency keys, tombstones)
+    body_too_large: str = TOO_LARGE  # the 413's message for a body over MAX_REQUEST_BODY_BYTES
 
 
 class Workers:
@@ -259,7 +260,9 @@ def create_service(spec: ServiceSpec) -> FastAPI:
     tracing.configure(settings.service_name)
     # Added after the pass-through steps so its span's traceparent is bound around them (calls they forward).
     tracing.instrument(app, settings.service_name)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_request_body_bytes, body_too_large=spec.body_too_large
+    )
     app.add_middleware(metrics.HttpMetricsMiddleware, service=settings.service_name)
     install_error_handlers(app)
     app.include_router(health_router(settings, spec.readiness or infrastructure_checks))

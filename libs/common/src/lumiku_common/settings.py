@@ -55,6 +55,8 @@ class ServiceSettings(BaseSettings):
     inbox_retention_days: float = 14
     # A client's Idempotency-Key is answered from its record this long; a retry after that runs again.
     idempotency_key_retention_days: float = Field(7, ge=1)  # far past a claim's takeover (a minute)
+    # A request body over this is 413 before it is read (the avatars service and the gateway take uploads).
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1024)
     prune_interval_seconds: float = 600
     # NOTIFY at commit wakes relays in other processes at once, but PostgreSQL serialises notifying commits
     # cluster-wide. Unset: notify only when this process runs no relay of its own (RUN_WORKERS=false).

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from lumiku_avatars import images
 from lumiku_avatars.endpoints import internal, router
+from lumiku_avatars.form import too_large
 from lumiku_avatars.handlers import project_handlers, usage_handlers
 from lumiku_avatars.models import Base, DeletedProject, GivenUpImage, idempotency_keys
 from lumiku_avatars.objects import ObjectJanitor
@@ -71,6 +72,7 @@ def create_app(
             consumers={"avatars.project-events": project_handlers(janitor), "avatars.usage-events": usage_handlers()},
             background=[janitor.purge_loop, janitor.sweep_loop],
             retained=retained(settings),
+            body_too_large=too_large(settings.max_upload_bytes).message,  # only an image comes so large
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku avatars",

@@ -1,4 +1,6 @@
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from lumiku_common.settings import ServiceSettings, StorageSettings
 
@@ -8,6 +10,8 @@ class AvatarsSettings(ServiceSettings, StorageSettings):
     database_name: str = "lumiku_avatars"
 
     max_upload_bytes: int = 10 * 1024 * 1024  # the spec's 10 MB, counted while the body streams in
+    # An upload's multipart body, or save-preview's base64 of one (4/3 of it), and their fields.
+    max_request_body_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # checked from the header, before any decoding
     max_image_side: int = 65_535  # JPEG's own limit; the decoded-bytes budget is what bounds memory
     # The most pixel memory one upload may hold at its peak, estimated from the header before decoding (decoder
@@ -32,3 +36,9 @@ class AvatarsSettings(ServiceSettings, StorageSettings):
     object_purge_interval_seconds: float = 30.0  # safety net for deletions whose post-commit purge was missed
     orphan_sweep_interval_seconds: float = 3600.0
     orphan_grace_seconds: float = 3600.0  # objects younger than this may belong to an upload still committing
+
+    @model_validator(mode="after")
+    def _an_upload_fits_the_body_limit(self) -> Self:
+        if self.max_request_body_bytes < self.max_upload_bytes * 4 // 3 + 64 * 1024:
+            raise ValueError("MAX_REQUEST_BODY_BYTES must hold save-preview's base64 of MAX_UPLOAD_BYTES (4/3 of it)")
+        return self

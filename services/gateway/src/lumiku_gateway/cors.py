@@ -14,9 +14,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lumiku_common.middleware import DEFAULT_HEADERS
 
 METHODS = b"GET, POST, PUT, PATCH, DELETE"
-ALLOWED_HEADERS = b"Authorization, Content-Type, Idempotency-Key, X-Request-Id, X-Correlation-Id, Traceparent"
-# Beyond the CORS-safelisted response headers, what a browser client needs to read.
-EXPOSED_HEADERS = b"Retry-After, Idempotent-Replayed, X-Request-Id, X-Correlation-Id, X-Composition-Degraded"
+# What the API reads: Prefer (respond-async generate) and Last-Event-ID (resuming the generation stream) too.
+ALLOWED_HEADERS = (
+    b"Authorization, Content-Type, Idempotency-Key, Prefer, Last-Event-ID, X-Request-Id, X-Correlation-Id, Traceparent"
+)
+# Beyond the CORS-safelisted response headers, what a browser client needs to read (Location: a 202's generation).
+EXPOSED_HEADERS = b"Location, Retry-After, Idempotent-Replayed, X-Request-Id, X-Correlation-Id, X-Composition-Degraded"
 MAX_AGE = b"600"
 
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from lumiku_common.auth import ServiceTokens
 from lumiku_common.clients.avatars import AvatarsClient
-from lumiku_common.errors import NotFound
+from lumiku_common.errors import RETRY_LATER, NotFound
 from lumiku_common.internal import InternalClient
 from lumiku_common.media import MediaSigner
 from lumiku_common.messaging import asyncapi
@@ -52,7 +52,7 @@ def _router(settings: GatewaySettings) -> APIRouter:
             "timestamp": iso_utc(datetime.now(UTC)),
             "services": services,
         }
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        return JSONResponse(body) if healthy else JSONResponse(body, 503, RETRY_LATER)
 
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi(suite_openapi: OpenAPIDep) -> dict[str, Any]:

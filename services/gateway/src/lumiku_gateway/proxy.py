@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from lumiku_common.context import context_headers
-from lumiku_common.errors import error_response
+from lumiku_common.errors import RETRY_LATER, error_response
 from lumiku_common.logs import get_logger
 from lumiku_gateway.upstreams import Upstream
 
@@ -143,12 +143,12 @@ async def forward(upstream: Upstream, request: Request, *, whole: bool = False) 
     body = await _body(request) if has_body else None
     try:
         answer = await upstream.exchange.exchange(request.method, url, headers, body, upstream.timeout)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):  # never reached: the client may retry
+        log.warning("upstream_unavailable", service=service, path=request.url.path)
+        return error_response(503, {"error": "Service unavailable", "service": service}, RETRY_LATER)
     except httpx.TimeoutException:
         log.warning("upstream_timeout", service=service, path=request.url.path)
         return error_response(504, {"error": "Upstream service timed out", "service": service})
-    except httpx.ConnectError:
-        log.warning("upstream_unavailable", service=service, path=request.url.path)
-        return error_response(503, {"error": "Service unavailable", "service": service})
     except httpx.TransportError as exc:
         log.warning("upstream_failed", service=service, path=request.url.path, error=repr(exc))
         return error_response(502, {"error": "Bad gateway", "service": service})

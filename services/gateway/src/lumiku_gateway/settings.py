@@ -6,6 +6,9 @@ from lumiku_common.settings import ServiceSettings, StorageSettings
 class GatewaySettings(ServiceSettings, StorageSettings):  # storage: the /media route streams images
     service_name: str = "gateway"
     gateway_port: int = 8080
+    # Above what avatars takes (16 MiB), so an oversized upload gets avatars' own answer; bodies this large
+    # stream through the gateway without being held.
+    max_request_body_bytes: int = 64 * 1024 * 1024
     # AI generation answers slowly: above generation's GENERATION_SYNC_WAIT_S (120), so its 202 arrives first.
     upstream_timeout: float = 150.0
     upstream_connect_timeout: float = 3.0

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from lumiku_common.messaging.events import AppName, Metadata, Reference, Slug
-from lumiku_common.schemas import CamelModel, CleanStr, QueryTime, RequestModel, UtcDatetime
+from lumiku_common.schemas import CamelModel, CleanStr, QueryTime, RequestModel, UtcDatetime, bounded_utc
 
 AvatarId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
 MAX_PAGE = 500
@@ -65,7 +65,8 @@ class Cursor(BaseModel):
             moment = datetime.fromisoformat(at)
             if moment.tzinfo is None or not row_id:
                 raise ValueError
-            return cls(created_at=moment, id=row_id)
+            # A time at the calendar's edge (year 1 at +14:00) has no UTC: the database would fail on it.
+            return cls(created_at=bounded_utc(moment), id=row_id)
         except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise ValueError("Invalid cursor") from exc
 
