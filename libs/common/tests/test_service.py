@@ -6,7 +6,7 @@ import gc
 import json
 
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from lumiku_common.service import ServiceSpec, create_service
 from lumiku_common.settings import ServiceSettings
@@ -93,3 +93,34 @@ async def test_ready_is_503_and_names_the_database_while_it_is_unreachable(setti
             assert (await client.get("/ready")).status_code == 200
     finally:
         await proxy.stop()
+
+
+def echo_length_service(limit: int):
+    router = APIRouter()
+
+    @router.post("/echo")
+    async def echo(request: Request) -> dict:
+        return {"length": len(await request.body())}
+
+    async def always_ready(_):
+        return {"self": "ok"}
+
+    settings = settings_for_tests(ServiceSettings, service_name="echo", max_request_body_bytes=limit)
+    return create_service(ServiceSpec(settings=settings, routers=[router], stateless=True, readiness=always_ready))
+
+
+async def test_a_body_over_the_limit_is_413_declared_or_chunked_and_the_route_never_runs():
+    async def chunks(size: int):
+        for _ in range(size // 1024):
+            yield b"x" * 1024
+
+    async with running(echo_length_service(4096)) as client:
+        fits = await client.post("/echo", content=b"x" * 4096)
+        declared = await client.post("/echo", content=b"x" * 4097)
+        chunked_fits = await client.post("/echo", content=chunks(4096))
+        chunked = await client.post("/echo", content=chunks(8192))
+    assert (fits.status_code, fits.json()) == (200, {"length": 4096})
+    assert (chunked_fits.status_code, chunked_fits.json()) == (200, {"length": 4096})
+    for refused in (declared, chunked):
+        assert (refused.status_code, refused.json()) == (413, {"error": "Payload too large"})
+        assert refused.headers["cache-control"] == "no-store" and refused.headers["x-request-id"]

@@ -114,6 +114,10 @@ class _ChunkedLimit:
         self._app_started = True
         await self._send(message)
 
+    @property
+    def refused(self) -> bool:
+        return self._refused
+
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int | None = None, body_too_large: str = TOO_LARGE):
@@ -151,7 +155,7 @@ class RequestContextMiddleware:
                 ]
             await send(message)
 
-        app_receive, app_send = receive, send_with_ids
+        app_receive, app_send, chunked = receive, send_with_ids, None
         if self.max_body_bytes is not None and b"transfer-encoding" in ids:
             chunked = _ChunkedLimit(receive, send_with_ids, self.max_body_bytes, self.body_too_large)
             app_receive, app_send = chunked.receive, chunked.send
@@ -163,6 +167,8 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, app_receive, app_send)
         except Exception:
+            if chunked is not None and chunked.refused:
+                return  # the app failing on the disconnect it was told of, after the 413 went out
             log.exception("unhandled_error", method=scope["method"], path=scope["path"])
             if not response_started:
                 await _send_json(send_with_ids, 500, {"error": "Internal server error", "requestId": request_id})
