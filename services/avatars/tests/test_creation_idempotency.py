@@ -15,7 +15,7 @@ from test_save_preview import data_url
 
 from lumiku_common.idempotency import user_scoped
 from lumiku_common.ids import new_id
-from lumiku_devtools.testing import auth
+from lumiku_devtools.testing import HeldFirstCall, auth
 
 APP = "/api/apps/avatar-creator"
 REPLAYED = "Idempotent-Replayed"
@@ -156,36 +156,19 @@ async def test_the_key_of_a_deleted_avatar_is_409(suite):
     await assert_charged(suite, user, headers, avatars=0, spent=10)
 
 
-def hold_first_reserve(suite, monkeypatch) -> tuple[asyncio.Event, asyncio.Event]:
-    """The first credit reservation from now on waits, once made, until `go` is set; the others pass."""
-    credits, reserve = suite.workflows.credits, suite.workflows.credits.reserve
-    reserved, go = asyncio.Event(), asyncio.Event()
-
-    async def held(request):
-        first = not reserved.is_set()
-        hold = await reserve(request)
-        if first:
-            reserved.set()
-            await asyncio.wait_for(go.wait(), 20)
-        return hold
-
-    monkeypatch.setattr(credits, "reserve", held)
-    return reserved, go
-
-
 async def test_a_retry_while_the_first_attempt_runs_is_409_in_progress_and_pays_nothing(suite, monkeypatch):
     user, headers = suite.user()
     project = await suite.project(headers)
     for _ in range(9):  # 10 credits left: a second charge would be 402
         assert (await suite.upload(headers, project, jpeg())).status_code == 201
-    reserved, go = hold_first_reserve(suite, monkeypatch)
+    held = HeldFirstCall(suite.workflows.credits, "reserve", monkeypatch)
     image = jpeg(400, 300)
     first = asyncio.create_task(suite.upload(keyed(headers, "slow"), project, image))
-    await asyncio.wait_for(reserved.wait(), 10)
+    await asyncio.wait_for(held.reached.wait(), 10)
     retry = await suite.upload(keyed(headers, "slow"), project, image)
     assert (retry.status_code, retry.json()) == (409, IN_PROGRESS)
     assert retry.headers["retry-after"] == "1"
-    go.set()
+    held.go.set()
     assert (await first).status_code == 201
     later = await suite.upload(keyed(headers, "slow"), project, image)
     assert (later.status_code, later.headers.get(REPLAYED)) == (201, "true")
@@ -198,16 +181,16 @@ async def test_a_claim_whose_attempt_looks_dead_is_taken_over_and_that_attempt_u
     gone, releases its hold, removes its objects and answers the avatar the retry made."""
     user, headers = suite.user()
     project = await suite.project(headers)
-    reserved, go = hold_first_reserve(suite, monkeypatch)
+    held = HeldFirstCall(suite.workflows.credits, "reserve", monkeypatch)
     image = jpeg(400, 300)
     first = asyncio.create_task(suite.upload(keyed(headers, "stuck"), project, image))
-    await asyncio.wait_for(reserved.wait(), 10)
+    await asyncio.wait_for(held.reached.wait(), 10)
     async with suite.avatars_app.state.db.unit_of_work() as session:
         aged = text("UPDATE idempotency_keys SET created_at = now() - interval '61 seconds' WHERE key = :k")
         assert (await session.execute(aged, {"k": user_scoped(user, "stuck")})).rowcount == 1
     retry = await suite.upload(keyed(headers, "stuck"), project, image)
     assert retry.status_code == 201 and REPLAYED not in retry.headers, retry.text
-    go.set()
+    held.go.set()
     late = await first
     assert (late.status_code, late.headers.get(REPLAYED)) == (201, "true"), late.text
     assert late.json()["avatar"]["id"] == retry.json()["avatar"]["id"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from generation_support import APP, MODEL, Suite
 
+from lumiku_devtools.testing import HeldFirstCall
 from lumiku_generation.workflows import GenerationWorkflows
 
 REPLAYED = "Idempotent-Replayed"
@@ -86,24 +87,13 @@ async def test_a_retry_while_the_first_submit_runs_is_409_in_progress_and_reserv
 ) -> None:
     _, headers = suite.user()
     project = await suite.project(headers)
-    credits = suite.generation_app.state.parts[GenerationWorkflows].credits
-    reserve, reserved, go = credits.reserve, asyncio.Event(), asyncio.Event()
-
-    async def held(request: Any) -> Any:
-        first = not reserved.is_set()
-        hold = await reserve(request)
-        if first:
-            reserved.set()
-            await asyncio.wait_for(go.wait(), 20)
-        return hold
-
-    monkeypatch.setattr(credits, "reserve", held)
+    held = HeldFirstCall(suite.generation_app.state.parts[GenerationWorkflows].credits, "reserve", monkeypatch)
     first = asyncio.create_task(suite.generate(keyed(headers, "slow"), project))
-    await asyncio.wait_for(reserved.wait(), 10)
+    await asyncio.wait_for(held.reached.wait(), 10)
     retry = await suite.generate(keyed(headers, "slow"), project)
     assert (retry.status_code, retry.headers.get("retry-after")) == (409, "1"), retry.text
     assert retry.json() == {"error": "A request with this Idempotency-Key is still in progress"}
-    go.set()
+    held.go.set()
     assert (await first).status_code == 201
     later = await suite.generate(keyed(headers, "slow"), project)
     assert (later.status_code, later.headers.get(REPLAYED)) == (201, "true")

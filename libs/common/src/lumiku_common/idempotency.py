@@ -20,12 +20,13 @@ of its tables and prunes it (`key_retention`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header
 from fastapi.responses import JSONResponse
@@ -46,6 +47,7 @@ from lumiku_common.schemas import CleanStr
 from lumiku_common.settings import ServiceSettings
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_MAX_LENGTH = 200
@@ -153,11 +155,7 @@ class Claim:
 
 class KeyTakenMeanwhile(Exception):
     """The claim was taken over (its attempt looked dead): roll back, undo what was done outside the
-    transaction, and answer what `recorded` returns."""
-
-    def __init__(self, claim: Claim):
-        super().__init__(claim.attempt.key)
-        self.attempt = claim.attempt
+    transaction, and answer what `recorded` returns (`guarded` does)."""
 
 
 class Idempotency:
@@ -213,7 +211,7 @@ class Idempotency:
             .values(status_code=status_code, response=body, claim=None)
         )
         if not result.rowcount:  # type: ignore[attr-defined]
-            raise KeyTakenMeanwhile(claim)
+            raise KeyTakenMeanwhile(claim.attempt.key)
 
     async def release(self, db: Database, claim: Claim) -> None:
         """After a failed attempt, the key is free for a retry. Best effort: a claim left behind is taken over
@@ -226,6 +224,31 @@ class Idempotency:
                 )
         except Exception as exc:
             log.warning("idempotency_release_failed", operation=claim.attempt.operation, error=repr(exc))
+
+    async def guarded(
+        self,
+        db: Database,
+        attempt: Attempt,
+        run: Callable[[Claim], Awaitable[T]],
+        replay: Callable[[Outcome], Awaitable[T]],
+    ) -> T:
+        """`run` once per key, for an operation with effects outside its transaction: `run` records its answer
+        (`record`) in that transaction and undoes its outside effects when it fails; `replay` turns a stored
+        answer into the result, for a retry and for an attempt whose claim was taken over."""
+        claimed = await self.claim(db, attempt)
+        if isinstance(claimed, Outcome):
+            return await replay(claimed)
+        try:
+            return await run(claimed)
+        except KeyTakenMeanwhile:  # this attempt was undone; the one that took its key over answers
+            async with db.unit_of_work() as session:
+                outcome = await self.recorded(session, attempt)
+            if outcome is None:  # that one failed too: the key is free for the client's next retry
+                raise KeyInProgress() from None
+            return await replay(outcome)
+        except BaseException:
+            await asyncio.shield(self.release(db, claimed))
+            raise
 
     async def recorded(self, session: AsyncSession, attempt: Attempt) -> Outcome | None:
         """The answer to `attempt`'s key, for the attempt that lost it: None if the key is free again,

@@ -127,6 +127,25 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+class HeldFirstCall:
+    """`target.name`'s next call, once it has returned, waits for `go` before handing its result back; the
+    calls after it pass. `reached` is set when the held call got its result: the moment to act in between."""
+
+    def __init__(self, target: Any, name: str, monkeypatch: Any):
+        self.reached, self.go = asyncio.Event(), asyncio.Event()
+        call = getattr(target, name)
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            first = not self.reached.is_set()
+            result = await call(*args, **kwargs)
+            if first:
+                self.reached.set()
+                await asyncio.wait_for(self.go.wait(), 20)
+            return result
+
+        monkeypatch.setattr(target, name, held)
+
+
 def token_for(settings: ServiceSettings, user_id: str, role: Role = "user", email: str | None = None) -> str:
     return mint_user_token(settings.jwt_secret, user_id, email or f"{user_id}@example.com", role)
 

@@ -43,8 +43,6 @@ from lumiku_common.idempotency import (
     Attempt,
     Claim,
     Idempotency,
-    KeyInProgress,
-    KeyTakenMeanwhile,
     Outcome,
     user_scoped,
 )
@@ -200,20 +198,15 @@ class AvatarWorkflows:
             return Created(await self._make(user_id, project_id, image, name, attributes, origin, None))
         image_digest = (await asyncio.to_thread(hashlib.sha256, image)).hexdigest()
         request = {"projectId": project_id, "attributes": attributes, "image": image_digest}
-        claimed = await _keys.claim(self.db, Attempt.of(user_scoped(user_id, key), origin.operation, request))
-        if isinstance(claimed, Outcome):
-            return await self._replayed(user_id, claimed)
-        try:
-            return Created(await self._make(user_id, project_id, image, name, attributes, origin, claimed))
-        except KeyTakenMeanwhile as taken:  # this attempt was undone; the one that took its key over answers
-            async with self.db.unit_of_work() as session:
-                outcome = await _keys.recorded(session, taken.attempt)
-            if outcome is None:  # that one failed too: the key is free for the client's next retry
-                raise KeyInProgress() from None
+
+        async def make(claim: Claim) -> Created:
+            return Created(await self._make(user_id, project_id, image, name, attributes, origin, claim))
+
+        async def replay(outcome: Outcome) -> Created:
             return await self._replayed(user_id, outcome)
-        except BaseException:
-            await asyncio.shield(_keys.release(self.db, claimed))
-            raise
+
+        attempt = Attempt.of(user_scoped(user_id, key), origin.operation, request)
+        return await _keys.guarded(self.db, attempt, make, replay)
 
     async def _make(
         self,

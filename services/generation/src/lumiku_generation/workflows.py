@@ -47,8 +47,6 @@ from lumiku_common.idempotency import (
     Attempt,
     Claim,
     Idempotency,
-    KeyInProgress,
-    KeyTakenMeanwhile,
     user_scoped,
 )
 from lumiku_common.idempotency import Outcome as Recorded
@@ -119,20 +117,14 @@ class GenerationWorkflows:
         if key is None:
             return Submitted(await self._submit(user_id, project_id, body, None))
         request = {"projectId": project_id, "request": body.model_dump(mode="json")}
-        claimed = await _keys.claim(self.db, Attempt.of(user_scoped(user_id, key), "generate", request))
-        if isinstance(claimed, Recorded):
-            return await self._replayed(user_id, claimed)
-        try:
-            return Submitted(await self._submit(user_id, project_id, body, claimed))
-        except KeyTakenMeanwhile as taken:  # this attempt was undone; the one that took its key over answers
-            async with self.db.unit_of_work() as session:
-                outcome = await _keys.recorded(session, taken.attempt)
-            if outcome is None:  # that one failed too: the key is free for the client's next retry
-                raise KeyInProgress() from None
+
+        async def submit(claim: Claim) -> Submitted:
+            return Submitted(await self._submit(user_id, project_id, body, claim))
+
+        async def replay(outcome: Recorded) -> Submitted:
             return await self._replayed(user_id, outcome)
-        except BaseException:
-            await asyncio.shield(_keys.release(self.db, claimed))
-            raise
+
+        return await _keys.guarded(self.db, Attempt.of(user_scoped(user_id, key), "generate", request), submit, replay)
 
     async def _submit(self, user_id: str, project_id: str, body: GenerateRequest, claim: Claim | None) -> GenerationOut:
         s = self.settings
