@@ -189,6 +189,64 @@ async def test_a_commit_whose_reply_is_lost_keeps_the_paid_avatar(suite, monkeyp
     assert (await suite.api.get(avatar["baseImageUrl"])).status_code == 200
 
 
+class DelaysCommit(LosesCommitReply):
+    """Once armed, breaks the client's link as it sends the next COMMIT, and hands that COMMIT to PostgreSQL
+    only `delay` seconds later: the client's undo runs while its transaction is still open, then it commits."""
+
+    delay = 1.0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                if self.armed and b"COMMIT" in data:
+                    self.armed, self.swallowed = False, self.swallowed + 1
+                    writer.transport.abort()
+                    await asyncio.sleep(self.delay)
+                up_writer.write(data)
+                await up_writer.drain()
+            await asyncio.sleep(self.delay + 1)  # the late COMMIT's answer is read before the link goes
+            up_writer.close()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                if not writer.transport.is_closing():
+                    writer.write(data)
+            writer.close()
+
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(upstream(), downstream())
+
+
+async def test_a_commit_still_landing_when_its_link_broke_is_waited_for_and_kept(suite, monkeypatch, caplog):
+    """The undo must not decide before that COMMIT has: it waits for the project's lock, which the open
+    transaction holds. Deciding at once would release the hold and delete the objects of an avatar that then
+    commits: unpaid, and without its images."""
+    user, headers = suite.user()
+    project = await suite.project(headers)
+    url = suite.settings.database_url
+    host, port = re.search(r"@([^:/]+):(\d+)/", url).groups()  # type: ignore[union-attr]
+    proxy = DelaysCommit(host, int(port))
+    local = await proxy.start()
+    db = Database(url.replace(f"@{host}:{port}/", f"@127.0.0.1:{local}/"), "avatars")
+    monkeypatch.setattr(suite.workflows, "db", db)
+    try:
+        async with db.sessions() as session:
+            await session.execute(text("SELECT 1"))
+        proxy.armed = True
+        response = await suite.upload(headers, project, jpeg())
+    finally:
+        await db.dispose()
+        await proxy.stop()
+    assert proxy.swallowed == 1
+    assert response.status_code == 201, response.text
+    assert logged(caplog, "upload_commit_unconfirmed_but_done")
+    assert await suite.rows(user) == 1 and len(await suite.objects(user)) == 2
+    balance = await suite.balance(headers)
+    assert (balance["balance"], balance["held"]) == (90, 0)
+
+
 # --- releasing the hold fails: it expires, and nothing can charge it afterwards -----------------------
 
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from asyncpg import Record
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
 
 from lumiku_avatars import images, service
 from lumiku_avatars.form import ImageRequired, UploadForm, too_large
@@ -54,6 +55,7 @@ from lumiku_common.storage import DeleteFailed, Storage
 
 log = get_logger(__name__)
 _keys = Idempotency(idempotency_keys)
+_WAIT_FOR_LOCKS = text("SET LOCAL lock_timeout = '10s'")
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class AvatarWorkflows:
                 )
                 await service.create_avatar(session, avatar, request.hold_id, request.capture_by, generated=True)
         except BaseException:
-            await asyncio.shield(self._undo_objects(request.avatar_id, list(keys)))
+            await asyncio.shield(self._undo_objects(request.avatar_id, request.project_id, list(keys)))
             # A concurrent retry of the same image may have committed first: that avatar is the answer.
             existing = await self._generated(request.user_id, request.avatar_id)
             if existing is not None:
@@ -161,11 +163,10 @@ class AvatarWorkflows:
             height=original.height,
         )
 
-    async def _undo_objects(self, avatar_id: str, keys: list[str]) -> None:
+    async def _undo_objects(self, avatar_id: str, project_id: str, keys: list[str]) -> None:
         try:
-            async with self.db.unit_of_work() as session:
-                if await AvatarRepository(session).exists(avatar_id):
-                    return
+            if await self._committed(avatar_id, project_id):
+                return
             await self.storage.delete(keys)
         except Exception as exc:
             log.warning("generated_undo_objects_failed", avatarId=avatar_id, error=repr(exc))
@@ -252,12 +253,12 @@ class AvatarWorkflows:
                     avatar = _avatar(avatar_id, user_id, project_id, attributes, origin.source_type, keys, original)
                     await service.create_avatar(session, avatar, hold.id, hold.expires_at)
         except Exception as exc:
-            if await asyncio.shield(self._undo(avatar_id, list(keys), hold)):
+            if await asyncio.shield(self._undo(avatar_id, project_id, list(keys), hold)):
                 log.warning("upload_commit_unconfirmed_but_done", avatarId=avatar_id, error=repr(exc))
                 return avatar  # the commit happened, only its acknowledgement was lost: the upload succeeded
             raise
         except BaseException:  # cancelled (the client left): undo, but never report success
-            await asyncio.shield(self._undo(avatar_id, list(keys), hold))
+            await asyncio.shield(self._undo(avatar_id, project_id, list(keys), hold))
             raise
         return avatar
 
@@ -269,13 +270,22 @@ class AvatarWorkflows:
             raise service.KeyedAvatarDeleted()
         return Created(avatar, replayed=True)
 
-    async def _undo(self, avatar_id: str, keys: list[str], hold: Hold) -> bool:
+    async def _committed(self, avatar_id: str, project_id: str) -> bool:
+        """Whether the avatar's row exists, once any transaction still inserting into its project has ended: a
+        COMMIT whose link broke may still be landing (it holds the project's lock until it does). Raises after
+        10 s of waiting: the outcome is then unknown, and the caller leaves everything to the safety nets."""
+        async with self.db.unit_of_work() as session:
+            repository = AvatarRepository(session)
+            await session.execute(_WAIT_FOR_LOCKS)
+            await repository.lock_project(project_id)
+            return await repository.exists(avatar_id)
+
+    async def _undo(self, avatar_id: str, project_id: str, keys: list[str], hold: Hold) -> bool:
         """True if the avatar did commit (nothing to undo). Best effort otherwise; what it cannot do, the purge or
         the orphan sweeper (objects) and the hold's expiry (credits) will."""
         try:
-            async with self.db.unit_of_work() as session:
-                if await AvatarRepository(session).exists(avatar_id):
-                    return True  # kept: it is paid for by the capture committed with it
+            if await self._committed(avatar_id, project_id):
+                return True  # kept: it is paid for by the capture committed with it
         except Exception as exc:
             # Whether it committed is unknown: deleting could break a kept avatar and releasing leave it unpaid.
             # Both nets are safe here: the sweeper spares referenced objects, and the hold expires unless captured.
