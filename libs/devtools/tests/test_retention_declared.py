@@ -26,7 +26,7 @@ WEEK, FORTNIGHT = timedelta(days=7), timedelta(days=14)
     ("create_app", "settings", "retained"),
     [
         (projects_app, ProjectsSettings, {"idempotency_keys": WEEK}),
-        (generation_app, GenerationSettings, {"idempotency_keys": WEEK}),
+        (generation_app, GenerationSettings, {"idempotency_keys": WEEK, "deleted_projects": FORTNIGHT}),
         (usage_app, UsageSettings, {"idempotency_keys": WEEK}),
         (
             avatars_app,

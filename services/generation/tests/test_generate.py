@@ -280,15 +280,33 @@ async def test_a_duplicate_job_message_never_calls_the_provider_again(suite: Sui
     assert (await suite.balance(headers))["balance"] == 75
 
 
-async def test_deleting_the_project_cancels_its_jobs_and_releases(suite: Suite) -> None:
+async def gone(suite: Suite, headers: dict[str, str], job_id: str) -> bool:
+    return (await suite.api.get(f"{APP}/generations/{job_id}", headers=headers)).status_code == 404
+
+
+async def test_deleting_the_project_cancels_its_jobs_releases_and_forgets_them(suite: Suite) -> None:
+    """Original defect #13: a deleted project's generations stayed. A running job is canceled, its holds are
+    released, and once settled it is deleted (images and events with it), from the list too."""
     user_id, headers = suite.user()
     project_id = await suite.project(headers)
     suite.fake.delay = 1.0
     job_id = (await suite.generate(headers, project_id, count=3, prefer_async=True)).json()["generation"]["id"]
     await eventually(lambda: asyncio.sleep(0, len(suite.fake.calls) >= 1))
     assert (await suite.api.delete(f"{APP}/projects/{project_id}", headers=headers)).status_code == 200
-    job = await suite.finished(headers, job_id)
-    assert job["status"] == "canceled"
+    await eventually(lambda: gone(suite, headers, job_id), what="the canceled job deleted", timeout=20)
     await asyncio.sleep(1.5)
     assert await suite.avatars(user_id) == []
     assert (await suite.balance(headers))["balance"] == 100
+    assert (await suite.api.get(f"{APP}/generations", headers=headers)).json()["generations"] == []
+
+
+async def test_a_deleted_projects_finished_jobs_are_forgotten_and_other_projects_kept(suite: Suite) -> None:
+    _, headers = suite.user()
+    doomed, kept = await suite.project(headers), await suite.project(headers)
+    finished = (await suite.generate(headers, doomed)).json()["generation"]["id"]
+    other = (await suite.generate(headers, kept)).json()["generation"]["id"]
+    assert (await suite.api.delete(f"{APP}/projects/{doomed}", headers=headers)).status_code == 200
+    await eventually(lambda: gone(suite, headers, finished), what="the finished job deleted", timeout=20)
+    listed = (await suite.api.get(f"{APP}/generations", headers=headers)).json()["generations"]
+    assert [g["id"] for g in listed] == [other]
+    assert (await suite.balance(headers))["balance"] == 70  # what was charged stays charged

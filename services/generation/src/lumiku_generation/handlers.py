@@ -42,6 +42,6 @@ def project_handlers(settings: GenerationSettings) -> EventHandlers:
 
     @handlers.on(ProjectDeleted)
     async def _project_deleted(session: AsyncSession, event: ProjectDeleted, _: Envelope) -> None:
-        await service.cancel_project(session, settings, event.project_id)
+        await service.forget_project(session, settings, event.project_id)
 
     return handlers

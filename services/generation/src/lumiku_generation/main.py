@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,10 +14,11 @@ from lumiku_common.clients.projects import ProjectsClient
 from lumiku_common.idempotency import key_retention
 from lumiku_common.internal import InternalClient
 from lumiku_common.periodic import periodic
+from lumiku_common.retention import Retention
 from lumiku_common.service import ServiceSpec, create_service, database_for
 from lumiku_generation.endpoints import router
 from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE, job_handlers, project_handlers
-from lumiku_generation.models import ACTIVE, idempotency_keys
+from lumiku_generation.models import ACTIVE, Base, DeletedProject, idempotency_keys
 from lumiku_generation.provider import Provider, provider_from
 from lumiku_generation.repository import GenerationRepository
 from lumiku_generation.settings import GenerationSettings
@@ -33,6 +35,7 @@ def create_app(
     settings choose (tests)."""
     settings = settings or GenerationSettings()
     transports = transports or {}
+    tombstones = timedelta(days=settings.tombstone_retention_days)
     tokens = ServiceTokens(settings.service_token_secret, settings.service_name)
 
     def client(name: str, timeout: float = 10.0) -> InternalClient:
@@ -76,7 +79,10 @@ def create_app(
             migrations=Path(__file__).parent / "migrations",
             consumers={JOBS_QUEUE: job_handlers(workflows), PROJECTS_QUEUE: project_handlers(settings)},
             background=[sweep, job_gauges],
-            retained=[key_retention(idempotency_keys, settings)],
+            retained=[
+                key_retention(idempotency_keys, settings),
+                Retention(Base.metadata.tables[DeletedProject.__tablename__], "deleted_at", tombstones),
+            ],
             on_startup=[startup],
             on_shutdown=[shutdown],
             title="Lumiku generation",

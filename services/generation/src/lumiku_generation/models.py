@@ -99,5 +99,14 @@ class GenerationEvent(Base):
     __table_args__ = (Index("ux_generation_events_seq", "generation_id", "seq", unique=True),)
 
 
+class DeletedProject(Base):
+    """Projects whose `project.deleted` was handled: their jobs are deleted once their money is settled."""
+
+    __tablename__ = "deleted_projects"
+
+    project_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
 # The `Idempotency-Key`s of submitted generations, per user; each answer names its job.
 idempotency_keys = idempotency_table(Base.metadata, key_length=USER_SCOPED_KEY_LENGTH)

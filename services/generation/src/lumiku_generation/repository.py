@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common.db import lock_name
-from lumiku_generation.models import ACTIVE, TERMINAL, Generation, GenerationEvent, GenerationImage
+from lumiku_generation.models import ACTIVE, TERMINAL, DeletedProject, Generation, GenerationEvent, GenerationImage
 
 NOTIFY_CHANNEL = "lumiku_generation"
 
@@ -174,6 +175,21 @@ class GenerationRepository:
             .returning(Generation.id)
         )
         return result.first() is not None
+
+    async def mark_project_deleted(self, project_id: str) -> None:
+        await self.session.execute(pg_insert(DeletedProject).values(project_id=project_id).on_conflict_do_nothing())
+
+    async def forget_settled_of_deleted_projects(self, project_id: str | None = None) -> int:
+        """Deletes the settled jobs of deleted projects (of one, or of all), their images and events with them."""
+        deleted = select(DeletedProject.project_id)
+        if project_id is not None:
+            deleted = deleted.where(DeletedProject.project_id == project_id)
+        result = await self.session.execute(
+            delete(Generation).where(
+                Generation.settled, Generation.status.in_(TERMINAL), Generation.project_id.in_(deleted)
+            )
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def active_in_project(self, project_id: str) -> list[Generation]:
         result = await self.session.execute(

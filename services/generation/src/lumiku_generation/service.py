@@ -247,13 +247,22 @@ async def settle(session: AsyncSession, settings: GenerationSettings, job: Gener
     return True
 
 
-async def cancel_project(session: AsyncSession, settings: GenerationSettings, project_id: str) -> int:
-    """`project.deleted`: its queued and running jobs are canceled and their holds released (a job with an image
-    whose outcome is unknown is settled by the sweep, which asks avatars)."""
-    jobs = await GenerationRepository(session).active_in_project(project_id)
+async def forget_project(session: AsyncSession, settings: GenerationSettings, project_id: str) -> int:
+    """`project.deleted`: its queued and running jobs are canceled and their holds released, then every job of
+    it whose money is settled is deleted with its images and events. A job with an image whose outcome is
+    unknown is settled by the sweep (which asks avatars), and deleted then (`forget_settled`)."""
+    repo = GenerationRepository(session)
+    await repo.mark_project_deleted(project_id)
+    jobs = await repo.active_in_project(project_id)
     for job in jobs:
         await terminate(session, settings, job, "canceled", "Project deleted")
+    await repo.forget_settled_of_deleted_projects(project_id)
     return len(jobs)
+
+
+async def forget_settled(session: AsyncSession) -> int:
+    """The jobs of deleted projects that have been settled since their project went."""
+    return await GenerationRepository(session).forget_settled_of_deleted_projects()
 
 
 async def redispatch_stalled(session: AsyncSession, settings: GenerationSettings, now: datetime) -> int:

@@ -1,6 +1,6 @@
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from lumiku_common.settings import ServiceSettings
 
@@ -10,6 +10,9 @@ ProviderName = Literal["auto", "huggingface", "placeholder"]
 class GenerationSettings(ServiceSettings):
     service_name: str = "generation"
     database_name: str = "lumiku_generation"
+    # Deleted projects are remembered this long: their jobs still settling are deleted once settled (within the
+    # jobs' deadlines, far shorter).
+    tombstone_retention_days: float = Field(14, ge=1)
 
     # The AI provider (spec §4.1). "auto": Hugging Face when a token is set, else (development only) the local
     # placeholder that draws an image from the prompt and seed, so `make dev` works offline.

@@ -403,6 +403,8 @@ class GenerationWorkflows:
                     continue
                 await self._resolve_storing(session, job)
                 await service.settle(session, self.settings, job)
+        async with self.db.unit_of_work() as session:
+            await service.forget_settled(session)
         return moved >= 100
 
 
