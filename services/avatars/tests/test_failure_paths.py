@@ -162,14 +162,13 @@ class LosesCommitReply:
             self.server.close()
 
 
-async def test_a_commit_whose_reply_is_lost_keeps_the_paid_avatar(suite, monkeypatch, caplog):
+async def upload_through(suite, monkeypatch, proxy: LosesCommitReply) -> tuple[str, dict[str, str], httpx.Response]:
+    """An upload whose database link runs through `proxy`, armed for the avatar's COMMIT."""
     user, headers = suite.user()
     project = await suite.project(headers)
     url = suite.settings.database_url
-    host, port = re.search(r"@([^:/]+):(\d+)/", url).groups()  # type: ignore[union-attr]
-    proxy = LosesCommitReply(host, int(port))
     local = await proxy.start()
-    db = Database(url.replace(f"@{host}:{port}/", f"@127.0.0.1:{local}/"), "avatars")
+    db = Database(url.replace(f"@{proxy.host}:{proxy.port}/", f"@127.0.0.1:{local}/"), "avatars")
     monkeypatch.setattr(suite.workflows, "db", db)
     try:
         async with db.sessions() as session:  # a pooled connection, so the next COMMIT is the avatar's
@@ -180,6 +179,16 @@ async def test_a_commit_whose_reply_is_lost_keeps_the_paid_avatar(suite, monkeyp
         await db.dispose()
         await proxy.stop()
     assert proxy.swallowed == 1
+    return user, headers, response
+
+
+def database_address(suite) -> tuple[str, int]:
+    host, port = re.search(r"@([^:/]+):(\d+)/", suite.settings.database_url).groups()  # type: ignore[union-attr]
+    return host, int(port)
+
+
+async def test_a_commit_whose_reply_is_lost_keeps_the_paid_avatar(suite, monkeypatch, caplog):
+    user, headers, response = await upload_through(suite, monkeypatch, LosesCommitReply(*database_address(suite)))
     assert response.status_code == 201, response.text
     assert logged(caplog, "upload_commit_unconfirmed_but_done")
     assert await suite.rows(user) == 1 and len(await suite.objects(user)) == 2
@@ -223,23 +232,7 @@ async def test_a_commit_still_landing_when_its_link_broke_is_waited_for_and_kept
     """The undo must not decide before that COMMIT has: it waits for the project's lock, which the open
     transaction holds. Deciding at once would release the hold and delete the objects of an avatar that then
     commits: unpaid, and without its images."""
-    user, headers = suite.user()
-    project = await suite.project(headers)
-    url = suite.settings.database_url
-    host, port = re.search(r"@([^:/]+):(\d+)/", url).groups()  # type: ignore[union-attr]
-    proxy = DelaysCommit(host, int(port))
-    local = await proxy.start()
-    db = Database(url.replace(f"@{host}:{port}/", f"@127.0.0.1:{local}/"), "avatars")
-    monkeypatch.setattr(suite.workflows, "db", db)
-    try:
-        async with db.sessions() as session:
-            await session.execute(text("SELECT 1"))
-        proxy.armed = True
-        response = await suite.upload(headers, project, jpeg())
-    finally:
-        await db.dispose()
-        await proxy.stop()
-    assert proxy.swallowed == 1
+    user, headers, response = await upload_through(suite, monkeypatch, DelaysCommit(*database_address(suite)))
     assert response.status_code == 201, response.text
     assert logged(caplog, "upload_commit_unconfirmed_but_done")
     assert await suite.rows(user) == 1 and len(await suite.objects(user)) == 2

@@ -157,6 +157,7 @@ async def _run_suite(
     async with (
         EventSpy(amqp_url, exchange, "avatar.created") as created,
         EventSpy(amqp_url, exchange, "avatar.deleted") as deleted,
+        EventSpy(amqp_url, exchange, "generation.finished") as finished,
         snapshot.engines(suite.settings) as engines,
         Load(f"http://127.0.0.1:{suite.gateway.port}", gateway_settings, config.users, config.seed) as load,
     ):
@@ -173,7 +174,7 @@ async def _run_suite(
         await asyncio.gather(load.run(stop), schedule(), watch_database_room(engines["credits"], chaos.windows, stop))
         elapsed = time.monotonic() - began
         sources = snapshot.Sources(
-            suite.settings, suite.envs["avatars"]["STORAGE_PATH"], load.record, created, deleted, engines
+            suite.settings, suite.envs["avatars"]["STORAGE_PATH"], load.record, created, deleted, finished, engines
         )
         report.drain = await _drain(sources, config.drain_seconds)
         state = await snapshot.take(sources)

@@ -33,6 +33,7 @@ class Sources:
     record: Record
     created: EventSpy  # avatar.created, all run long
     deleted: EventSpy  # avatar.deleted
+    finished: EventSpy  # generation.finished: which job made which avatars, kept after a project's jobs go
     engines: dict[str, AsyncEngine]  # one connection per database, taken before the load (see `engines`)
 
 
@@ -53,6 +54,17 @@ async def engines(settings: dict[str, ServiceSettings]) -> AsyncIterator[dict[st
     finally:
         for engine in opened.values():
             await engine.dispose()
+
+
+async def _generated_by(sources: Sources) -> dict[str, str]:
+    """Generated avatar -> its job: from the jobs' rows, and from `generation.finished` for the jobs a deleted
+    project took with it."""
+    made = {
+        avatar: e["data"]["generationId"]
+        for e in sources.finished.of_type("generation.finished")
+        for avatar in e["data"]["avatarIds"]
+    }
+    return made | dict(await _rows(sources, "generation", "SELECT id, generation_id FROM generation_images"))
 
 
 async def _rows(sources: Sources, service: str, sql: str) -> list[Any]:
@@ -178,7 +190,7 @@ async def take(sources: Sources) -> Snapshot:
         announced=announced,
         deleted={e["data"]["avatarId"] for e in sources.deleted.of_type("avatar.deleted")},
         avatars=await _avatar_rows(sources),
-        generated_by=dict(await _rows(sources, "generation", "SELECT id, generation_id FROM generation_images")),
+        generated_by=await _generated_by(sources),
         holds_overdue=[r[0] for r in overdue],
         holds_active=await _scalar(sources, credits, "SELECT count(*) FROM holds WHERE status = 'active'")
         - len(overdue),
