@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Table, delete, select
+from sqlalchemy.orm import DeclarativeBase
 
 from lumiku_common.db import Database, utcnow
 
@@ -19,6 +20,11 @@ class Retention:
     table: Table  # with a one-column primary key
     stamp: str  # the column of when the row was written
     keep: timedelta
+
+    @classmethod
+    def of_model(cls, model: type[DeclarativeBase], stamp: str, keep: timedelta) -> Retention:
+        """For an ORM model's table (its `__table__` is typed as any FROM clause, not as the table it is)."""
+        return cls(model.metadata.tables[model.__tablename__], stamp, keep)
 
     async def prune(self, db: Database) -> int:
         """Deletes the rows older than `keep`, a batch at a time; how many."""

@@ -10,7 +10,7 @@ from lumiku_avatars import images
 from lumiku_avatars.endpoints import internal, router
 from lumiku_avatars.form import too_large
 from lumiku_avatars.handlers import project_handlers, usage_handlers
-from lumiku_avatars.models import Base, DeletedProject, GivenUpImage, idempotency_keys
+from lumiku_avatars.models import DeletedProject, GivenUpImage, idempotency_keys
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_avatars.workflows import AvatarWorkflows
@@ -31,8 +31,8 @@ def retained(settings: AvatarsSettings) -> list[Retention]:
     tombstones = timedelta(days=settings.tombstone_retention_days)
     return [
         key_retention(idempotency_keys, settings),
-        Retention(Base.metadata.tables[GivenUpImage.__tablename__], "given_up_at", tombstones),
-        Retention(Base.metadata.tables[DeletedProject.__tablename__], "deleted_at", tombstones),
+        Retention.of_model(GivenUpImage, "given_up_at", tombstones),
+        Retention.of_model(DeletedProject, "deleted_at", tombstones),
     ]
 
 

@@ -18,7 +18,7 @@ from lumiku_common.retention import Retention
 from lumiku_common.service import ServiceSpec, create_service, database_for
 from lumiku_generation.endpoints import router
 from lumiku_generation.handlers import JOBS_QUEUE, PROJECTS_QUEUE, job_handlers, project_handlers
-from lumiku_generation.models import ACTIVE, Base, DeletedProject, idempotency_keys
+from lumiku_generation.models import ACTIVE, DeletedProject, idempotency_keys
 from lumiku_generation.provider import Provider, provider_from
 from lumiku_generation.repository import GenerationRepository
 from lumiku_generation.settings import GenerationSettings
@@ -81,7 +81,7 @@ def create_app(
             background=[sweep, job_gauges],
             retained=[
                 key_retention(idempotency_keys, settings),
-                Retention(Base.metadata.tables[DeletedProject.__tablename__], "deleted_at", tombstones),
+                Retention.of_model(DeletedProject, "deleted_at", tombstones),
             ],
             on_startup=[startup],
             on_shutdown=[shutdown],
