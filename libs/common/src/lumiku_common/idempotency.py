@@ -158,6 +158,10 @@ class KeyTakenMeanwhile(Exception):
     transaction, and answer what `recorded` returns (`guarded` does)."""
 
 
+# How often a claim meets a key that is released before it can be read, before answering "in progress".
+_CLAIM_TRIES = 3
+
+
 class Idempotency:
     def __init__(self, table: Table, takeover_after: timedelta = timedelta(minutes=1)):
         self.table = table
@@ -187,19 +191,23 @@ class Idempotency:
         attempt's claim, committed at once. KeyInProgress while another attempt holds the key,
         IdempotencyConflict for a key used with another request."""
         token = new_id()
-        async with db.unit_of_work() as session:
-            if await self._insert(session, attempt, claim=token):
-                return Claim(attempt, token)
-            stored = (await session.execute(self._row(attempt).with_for_update())).one()
-            if stored.request_hash != attempt.digest or stored.status_code is not None:
-                return _replay(stored, attempt)
-            if stored.created_at > utcnow() - self.takeover_after:
-                raise KeyInProgress()
-            log.warning("idempotency_claim_taken_over", operation=attempt.operation, claimedAt=stored.created_at)
-            await session.execute(
-                update(self.table).where(self.table.c.key == attempt.key).values(claim=token, created_at=func.now())
-            )
-        return Claim(attempt, token)
+        for _ in range(_CLAIM_TRIES):
+            async with db.unit_of_work() as session:
+                if await self._insert(session, attempt, claim=token):
+                    return Claim(attempt, token)
+                stored = (await session.execute(self._row(attempt).with_for_update())).first()
+                if stored is None:  # released (its attempt failed) since the insert met it: claim it again
+                    continue
+                if stored.request_hash != attempt.digest or stored.status_code is not None:
+                    return _replay(stored, attempt)
+                if stored.created_at > utcnow() - self.takeover_after:
+                    raise KeyInProgress()
+                log.warning("idempotency_claim_taken_over", operation=attempt.operation, claimedAt=stored.created_at)
+                await session.execute(
+                    update(self.table).where(self.table.c.key == attempt.key).values(claim=token, created_at=func.now())
+                )
+            return Claim(attempt, token)
+        raise KeyInProgress()  # claimed and released again each time: other attempts are busy with this key
 
     async def record(self, session: AsyncSession, claim: Claim, status_code: int, body: dict[str, Any]) -> None:
         """In the operation's own transaction, before its other writes: the claim becomes the answer.
