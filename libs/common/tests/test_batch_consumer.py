@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
 from sqlalchemy import func, insert, select
 
 from lumiku_common.db import Database, utcnow
-from lumiku_common.messaging.broker import Broker
+from lumiku_common.messaging.broker import DLX_NAME, Broker
 from lumiku_common.messaging.consumer import BatchConsumer, BatchHandlers, Defer, Delivery, Poison
 from lumiku_common.messaging.events import Envelope, ProjectDeleted
 from lumiku_devtools.testing import delete_queues, eventually, publish_raw, read_dlq
@@ -185,3 +186,60 @@ async def test_an_outage_outlasting_the_retries_dead_letters_nothing(db, broker,
     await eventually(lambda: _count_is(db, 5), timeout=30)
     assert await effect_ids(db) == [f"out{n}" for n in range(5)]
     assert await ready_messages(settings, consumer.dlq_name) == 0
+
+
+async def test_a_dead_letter_the_broker_refuses_strands_no_message_of_its_batch(db, broker, settings, make_consumer):
+    """The broker refuses the publish that dead-letters a poison message (a nack: here a full queue bound to the
+    DLQ's key; in production a confirm timeout or a quorum without a majority) while the consumer's own channel
+    is fine. The other messages of that batch must still be handled once: a later batch's `multiple` ack covers
+    every older delivery tag, so a message left unsettled by the failed batch would be acked without ever being
+    handled (lost), and the poison message must go back to be dead-lettered once the broker takes it."""
+    handlers = BatchHandlers(batch_size=50, linger_seconds=0.3)
+
+    @handlers.before(ProjectDeleted)
+    async def check(deliveries: list[Delivery]) -> dict[str, Exception]:
+        return {d.envelope.id: Poison("forged") for d in deliveries if d.envelope.id == "bad"}
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+
+    refused: list[BaseException] = []
+    publish = broker.publish
+
+    async def spied(*args, **kwargs):  # only watches: the refusal is the real broker's
+        try:
+            return await publish(*args, **kwargs)
+        except Exception as exc:
+            refused.append(exc)
+            raise
+
+    broker.publish = spied  # type: ignore[method-assign]
+    consumer = await make_consumer(handlers, broker)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dlx = await channel.declare_exchange(DLX_NAME, aio_pika.ExchangeType.DIRECT, durable=True)
+        full = await channel.declare_queue(
+            f"{consumer.name}.refusing", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        await full.bind(dlx, routing_key=consumer.name)
+        try:
+            await publish_raw(settings, "project.deleted", envelope("p-bad", "bad"))
+            for n in range(10):
+                await publish_raw(settings, "project.deleted", envelope(f"p{n}", f"first-{n:02}"))
+            await eventually(lambda: _at_least(refused, 1), timeout=20)
+        finally:
+            await full.delete(if_unused=False, if_empty=False)
+    for n in range(10):  # a later batch, acked with one `multiple` ack
+        await publish_raw(settings, "project.deleted", envelope(f"q{n}", f"later-{n:02}"))
+    expected = sorted([f"first-{n:02}" for n in range(10)] + [f"later-{n:02}" for n in range(10)])
+    await eventually(lambda: _ids_are(db, expected), timeout=20)
+    dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
+    assert "forged" in str(dead.headers["x-dead-letter-reason"])
+    await asyncio.sleep(0.5)
+    assert await effect_ids(db) == expected  # each once
+
+
+async def _ids_are(db: Database, expected: list[str]) -> bool:
+    return await effect_ids(db) == expected

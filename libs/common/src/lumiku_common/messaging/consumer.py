@@ -311,7 +311,16 @@ class Consumer:
             "x-dead-letter-reason": reason[:1000],
             "x-original-queue": self.name,
         }
-        await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
+        try:
+            await self.broker.publish(message.body, self.name, message.message_id or "", headers, exchange=DLX_NAME)
+        except Exception as exc:
+            # Never leave it unsettled: a batch consumer's next `multiple` ack would ack it unhandled, and a
+            # single consumer would hold it until its channel closes. Back to the queue, to be decided again (the
+            # queue's delivery limit dead-letters it broker-side if the DLQ keeps refusing).
+            log.warning("event_dead_letter_failed", queue=self.name, messageId=message.message_id, error=repr(exc))
+            await asyncio.sleep(self.retry_delay)
+            await message.nack(requeue=True)
+            return
         await message.ack()
         metrics.consumed(self.name, "dead_lettered")
 
