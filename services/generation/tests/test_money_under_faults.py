@@ -14,9 +14,12 @@ import pytest
 from generation_support import APP, MODEL, Suite
 from sqlalchemy import text
 
+from lumiku_avatars.workflows import AvatarWorkflows
 from lumiku_common.clients.avatars import GeneratedAvatarRequest, ImageRefused
+from lumiku_common.errors import ServiceUnavailable
 from lumiku_common.ids import new_id
-from lumiku_devtools.testing import eventually
+from lumiku_common.storage import StorageUnavailable
+from lumiku_devtools.testing import HeldFirstCall, eventually
 from lumiku_generation import service
 from lumiku_generation.drawing import draw_png
 from lumiku_generation.repository import GenerationRepository
@@ -53,11 +56,68 @@ async def test_a_cancel_does_not_release_the_hold_of_an_avatar_whose_creation_is
     ignore (the hold released)."""
     user_id, headers = suite.user()
     project_id = await suite.project(headers)
+    job_id, request = await _stored_by_a_vanished_worker(suite, user_id, headers, project_id)
+    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
+    assert canceled.status_code == 200, canceled.text
+    # ... and now avatars finishes the dead worker's request (idempotent on the image id: it is the first).
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    with pytest.raises(ImageRefused):  # the cancel gave the image up: the late create makes nothing
+        await flows.avatars.create_generated(request)
+    assert canceled.json()["generation"]["refunded"] == 15
+    assert await suite.avatars(user_id) == []
+    assert (await suite.balance(headers))["balance"] == 100
+    assert await flows.avatars.settle_generated(user_id, project_id, request.avatar_id) is None  # still given up
+
+
+async def test_a_failed_retry_of_an_image_in_flight_leaves_the_objects_of_the_avatar_it_raced(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's create_generated request is slow at avatars (the decode budget) and its client gives up
+    (504 after 10 s); the job's next run asks again for the same image while the first request still runs. The
+    retry fails (the store refuses a write: throttling) and undoes its objects; the first request then commits
+    and pays. That avatar must keep its images: both requests wrote their objects under the same keys (the image's
+    id), so the retry's undo deleted the objects of the avatar that was about to commit, and was then paid for."""
+    user_id, headers = suite.user()
+    project_id = await suite.project(headers)
+    job_id, request = await _stored_by_a_vanished_worker(suite, user_id, headers, project_id)
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    storage = suite.avatars_app.state.parts[AvatarWorkflows].storage
+    stored = HeldFirstCall(storage, "put", monkeypatch)  # the first request: its objects written, not committed
+    first = asyncio.create_task(flows.avatars.create_generated(request))
+    await asyncio.wait_for(stored.reached.wait(), 20)
+    writing = storage.put
+
+    async def refused(key: str, data: bytes) -> Any:
+        raise StorageUnavailable()
+
+    monkeypatch.setattr(storage, "put", refused)
+    with pytest.raises(ServiceUnavailable):  # the retry fails and undoes what it wrote
+        await flows.avatars.create_generated(request)
+    monkeypatch.setattr(storage, "put", writing)
+    stored.go.set()
+    made = await first
+    assert made.created
+    async with suite.avatars_app.state.db.unit_of_work() as session:
+        keys = (
+            await session.execute(
+                text("SELECT base_image_key, thumbnail_key FROM avatars WHERE id = :id"), {"id": request.avatar_id}
+            )
+        ).one()
+    assert [key for key in keys if await storage.head(key) is None] == []  # the paid avatar has its images
+    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
+    assert canceled.json()["generation"]["charged"] == 15  # settled with avatars: the image became that avatar
+    assert (await suite.balance(headers))["balance"] == 85
+
+
+async def _stored_by_a_vanished_worker(
+    suite: Suite, user_id: str, headers: dict[str, str], project_id: str
+) -> tuple[str, GeneratedAvatarRequest]:
+    """A job of one image whose worker died storing it (hold 0 assigned, its lease still looking alive), and the
+    create_generated request that worker had sent to avatars."""
     suite.fake.delay = 1.0
     job_id = (await suite.generate(headers, project_id, count=1, prefer_async=True)).json()["generation"]["id"]
     await eventually(lambda: asyncio.sleep(0, len(suite.fake.calls) >= 1))
     png = draw_png("in flight", 1, suite.settings.generation_width, suite.settings.generation_height)
-    # The worker died storing the image: hold 0 assigned, its create_generated request sent to avatars.
     async with suite.generation_app.state.db.unit_of_work() as session:
         await session.execute(
             text(
@@ -82,10 +142,6 @@ async def test_a_cancel_does_not_release_the_hold_of_an_avatar_whose_creation_is
                 {"id": job_id},
             )
         ).one()
-    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
-    assert canceled.status_code == 200, canceled.text
-    # ... and now avatars finishes the dead worker's request (idempotent on the image id: it is the first).
-    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
     request = GeneratedAvatarRequest.model_validate(
         {
             "avatarId": row.id,
@@ -98,12 +154,7 @@ async def test_a_cancel_does_not_release_the_hold_of_an_avatar_whose_creation_is
             "imageBase64": base64.b64encode(png).decode(),
         }
     )
-    with pytest.raises(ImageRefused):  # the cancel gave the image up: the late create makes nothing
-        await flows.avatars.create_generated(request)
-    assert canceled.json()["generation"]["refunded"] == 15
-    assert await suite.avatars(user_id) == []
-    assert (await suite.balance(headers))["balance"] == 100
-    assert await flows.avatars.settle_generated(user_id, project_id, row.id) is None  # asked again: still given up
+    return job_id, request
 
 
 async def test_settling_an_image_that_became_an_avatar_answers_with_that_avatar(suite: Suite) -> None:

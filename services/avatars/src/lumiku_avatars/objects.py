@@ -32,10 +32,11 @@ PREFIX = "avatars/"
 _BATCH = 500
 
 
-def object_keys(user_id: str, avatar_id: str, original_ext: str, thumbnail_ext: str) -> tuple[str, str]:
-    """Server-made keys: a digest of the user id (ids may hold any character) and the avatar's own new id."""
+def object_keys(user_id: str, attempt_id: str, original_ext: str, thumbnail_ext: str) -> tuple[str, str]:
+    """Server-made keys: a digest of the user id (ids may hold any character) and a new id of the attempt that
+    writes them (an upload's avatar id), so no two attempts ever share an object."""
     owner = hashlib.sha256(user_id.encode()).hexdigest()[:24]
-    base = f"{PREFIX}{owner}/{avatar_id}"
+    base = f"{PREFIX}{owner}/{attempt_id}"
     return f"{base}/original{original_ext}", f"{base}/thumbnail{thumbnail_ext}"
 
 

@@ -118,7 +118,9 @@ class AvatarWorkflows:
         keys: tuple[str, ...] = ()
         try:
             original, thumbnail = await images.process(image, self.limits, self.decodes, cost)
-            keys = object_keys(request.user_id, request.avatar_id, original.extension, thumbnail.extension)
+            # Named by this attempt, not by the image: a retry of the image running alongside (its caller gave up
+            # waiting) must never write or undo the objects of the attempt that commits.
+            keys = object_keys(request.user_id, new_id(), original.extension, thumbnail.extension)
             await asyncio.gather(self.storage.put(keys[0], original.data), self.storage.put(keys[1], thumbnail.data))
             async with self.db.unit_of_work() as session:
                 avatar = _avatar(
