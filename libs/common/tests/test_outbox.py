@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 
 from lumiku_common.db import Database
 from lumiku_common.messaging.broker import Broker
-from lumiku_common.messaging.events import ProjectCreated, ProjectDeleted
+from lumiku_common.messaging.events import CaptureCredits, ProjectCreated, ProjectDeleted
 from lumiku_common.messaging.outbox import OutboxRelay, add_event
 from lumiku_common.messaging.tables import outbox
 from lumiku_devtools.testing import EventSpy, TcpProxy, eventually
@@ -154,6 +154,31 @@ async def test_a_nacked_row_of_a_batch_stays_pending_while_the_rest_are_marked(d
     assert await pending(db) == 0
     counts = Counter(e["id"] for e in spy.of_type("project.created"))
     assert set(counts) == set(ids) and max(counts.values()) == 1
+
+
+async def test_a_command_no_queue_receives_stays_pending_until_its_consumers_queue_exists(db, broker, settings):
+    """A command is work someone must do: `credits.capture` is the charge of an avatar that exists. Published before
+    its consumer ever declared its queue (a fresh deployment whose credits worker is not up yet, a queue an operator
+    deleted and the worker has not declared again), the broker returns it as unroutable. Confirmed and marked
+    published like an event nobody reads, it was gone for good and the avatar never paid. It stays pending and is
+    sent once the queue exists; events nobody reads are still confirmed and marked (their rows around it)."""
+    before = await stage(db, 2, "before")
+    async with db.unit_of_work() as session:
+        command = CaptureCredits(hold_id="h-1", idempotency_key="capture:h-1")
+        capture = (await add_event(session, command, user_id="u", subject="h-1")).id
+    after = await stage(db, 2, "after")
+    relay = OutboxRelay(db, broker, batch_size=50)
+    with pytest.raises(Exception, match="unroutable"):
+        await relay.publish_pending()
+    async with db.sessions() as session:
+        rows = {r.event_id: r for r in await session.execute(select(outbox.c.event_id, outbox.c.published_at))}
+    assert rows[capture].published_at is None  # still to be sent
+    assert all(rows[i].published_at is not None for i in before + after)
+    async with EventSpy(settings.amqp_url, settings.events_exchange, "credits.capture") as spy:  # its queue now
+        assert await relay.publish_pending() == 1
+        [received] = await spy.wait_for("credits.capture")
+    assert received["id"] == capture and received["data"]["holdId"] == "h-1"
+    assert await pending(db) == 0
 
 
 async def test_two_relays_publish_each_event_exactly_once(db, settings):

@@ -14,7 +14,7 @@ import aio_pika
 import aiormq
 import pamqp.frame
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
-from aiormq.abc import ChannelFrame
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
@@ -28,12 +28,18 @@ DLX_NAME = "lumiku.dlx"
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A message for the events exchange: persistent JSON, routed by `routing_key`."""
+    """A message for the events exchange: persistent JSON, routed by `routing_key`. `must_route`: returned by the
+    broker as unroutable (no queue bound to its key), it counts as not published (`Unroutable`)."""
 
     body: bytes
     routing_key: str
     message_id: str
     headers: dict[str, Any]
+    must_route: bool = False
+
+
+class Unroutable(Exception):
+    """The broker confirmed the message but no queue took it."""
 
 
 UNROUTABLE_LOG_SECONDS = 60.0
@@ -114,7 +120,7 @@ class Broker:
         channel = cast(aiormq.Channel, await asyncio.wait_for(self._channel.get_underlay_channel(), timeout))
         confirms = await _send(channel, self.exchange_name, messages)
         await asyncio.wait(confirms, timeout=timeout)
-        return [_outcome(confirm, timeout) for confirm in confirms]
+        return [_outcome(confirm, timeout, m) for confirm, m in zip(confirms, messages, strict=True)]
 
     def _on_return(self, _: Any, message: Any) -> None:
         # An event nobody subscribes to yet is not an error, but it should be visible: counted, and logged once
@@ -182,10 +188,15 @@ def _forget(channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Futur
         del channel.message_id_delivery_tag[message_id]
 
 
-def _outcome(confirm: asyncio.Future[Any], timeout: float) -> BaseException | None:
+def _outcome(confirm: asyncio.Future[Any], timeout: float, message: Outgoing) -> BaseException | None:
     if not confirm.done():
         confirm.cancel()  # a late confirm is then ignored by aiormq; the message counts as not published
         return TimeoutError(f"no publisher confirm within {timeout} s")
     if confirm.cancelled():
         return asyncio.CancelledError()
-    return confirm.exception()
+    if (error := confirm.exception()) is not None:
+        return error
+    # aiormq resolves a returned message's confirm with the message itself (a Basic.Return precedes its ack).
+    if message.must_route and isinstance(confirm.result(), DeliveredMessage):
+        return Unroutable(f"{message.routing_key} {message.message_id} is unroutable: no queue takes it yet")
+    return None

@@ -19,6 +19,9 @@ from lumiku_common.schemas import CamelModel, UtcDatetime
 class Event(CamelModel):
     type: ClassVar[str]
     version: ClassVar[int] = 1
+    # A command is work its consumer must do (a charge, a job to run): published while no queue takes it, it is not
+    # sent but retried (see OutboxRelay), where an event nobody reads yet is confirmed and dropped.
+    command: ClassVar[bool] = False
 
 
 class Envelope(CamelModel):
@@ -189,6 +192,7 @@ class CreditsBalanceLow(Event):
 
 class CaptureCredits(Event):
     type = "credits.capture"
+    command = True
     hold_id: str
     amount: StrictInt | None = None  # None: capture the whole hold; "15" or true is a broken sender
     idempotency_key: str
@@ -196,6 +200,7 @@ class CaptureCredits(Event):
 
 class ReleaseCredits(Event):
     type = "credits.release"
+    command = True
     hold_id: str
     reason: str
     idempotency_key: str
@@ -212,6 +217,7 @@ class RunGeneration(Event):
     expired; a copy for a job that is running elsewhere or finished changes nothing."""
 
     type = "generation.run"
+    command = True
     generation_id: str
 
 
@@ -255,6 +261,9 @@ EVENT_TYPES: dict[tuple[str, int], type[Event]] = {
         GenerationFinished,
     )
 }
+
+# The routing keys of commands (`Event.command`).
+COMMAND_TYPES = frozenset(cls.type for cls in EVENT_TYPES.values() if cls.command)
 
 
 def envelope_for(

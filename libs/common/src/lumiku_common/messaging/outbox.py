@@ -24,7 +24,7 @@ from lumiku_common.context import causation_id_var, child_traceparent, correlati
 from lumiku_common.db import Database, DriverWork, Query, utcnow
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.broker import Broker, Outgoing
-from lumiku_common.messaging.events import Envelope, Event, envelope_for
+from lumiku_common.messaging.events import COMMAND_TYPES, Envelope, Event, envelope_for
 from lumiku_common.messaging.tables import outbox
 
 log = get_logger(__name__)
@@ -239,6 +239,8 @@ class OutboxRelay:
                     spans.enter_context(
                         tracing.publishing(row["routing_key"], json.loads(row["headers"]), self.service)
                     ),
+                    # A command no queue takes yet stays pending (its consumer declares the queue when it starts).
+                    must_route=row["routing_key"] in COMMAND_TYPES,
                 )
                 for row in rows
             ]
