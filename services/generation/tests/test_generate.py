@@ -6,11 +6,14 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+import pytest
 from generation_support import APP, FALLBACK, MODEL, Suite
+from sqlalchemy import text
 
 from lumiku_common.messaging.events import RunGeneration, envelope_for
-from lumiku_devtools.testing import eventually, publish_raw
+from lumiku_devtools.testing import HeldFirstCall, eventually, publish_raw
 from lumiku_generation.prompts import NEGATIVE_PROMPT, enhance
+from lumiku_generation.workflows import GenerationWorkflows
 
 
 async def test_count_one_is_charged_15_and_returns_the_avatar(suite: Suite) -> None:
@@ -298,6 +301,41 @@ async def test_deleting_the_project_cancels_its_jobs_releases_and_forgets_them(s
     assert await suite.avatars(user_id) == []
     assert (await suite.balance(headers))["balance"] == 100
     assert (await suite.api.get(f"{APP}/generations", headers=headers)).json()["generations"] == []
+
+
+async def test_a_job_submitted_while_its_project_is_deleted_is_refused_and_never_runs(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Projects said the project is the caller's; before the job committed, the project was deleted and this
+    service handled `project.deleted` (canceling the project's jobs, none yet). A job committed after that cascade
+    ran anyway in a project that no longer exists: the provider paid for nothing, and its avatar made and charged
+    whenever avatars had not handled the deletion yet (then deleted with the project). It is refused like a
+    project that is gone (404), its holds released, nothing asked of the provider."""
+    user_id, headers = suite.user()
+    project_id = await suite.project(headers)
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    checked = HeldFirstCall(flows.projects, "ensure_owned", monkeypatch)
+    submitting = asyncio.create_task(suite.generate(headers, project_id, count=2, prefer_async=True))
+    await asyncio.wait_for(checked.reached.wait(), 20)
+    assert (await suite.api.delete(f"{APP}/projects/{project_id}", headers=headers)).status_code == 200
+    await eventually(lambda: _tombstoned(suite, project_id), what="generation handled project.deleted")
+    checked.go.set()
+    response = await submitting
+    assert response.status_code == 404, response.text
+    assert response.json() == {"error": "Project not found"}
+    await asyncio.sleep(1.0)
+    assert suite.fake.calls == []
+    assert (await suite.api.get(f"{APP}/generations", headers=headers)).json()["generations"] == []
+    assert await suite.avatars(user_id) == []
+    assert (await suite.balance(headers))["balance"] == 100
+
+
+async def _tombstoned(suite: Suite, project_id: str) -> bool:
+    async with suite.generation_app.state.db.sessions() as session:
+        found = await session.scalar(
+            text("SELECT count(*) FROM deleted_projects WHERE project_id = :p"), {"p": project_id}
+        )
+    return bool(found)
 
 
 async def test_a_deleted_projects_finished_jobs_are_forgotten_and_other_projects_kept(suite: Suite) -> None:

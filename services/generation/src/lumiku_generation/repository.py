@@ -112,6 +112,16 @@ class GenerationRepository:
         whether that transaction committed waits for its outcome instead of reading too early."""
         await lock_name(self.session, f"generation:{job_id}")
 
+    async def lock_project(self, project_id: str) -> None:
+        """Serialises job creation in a project with that project's `project.deleted` (transaction-scoped)."""
+        await lock_name(self.session, f"generation-project:{project_id}")
+
+    async def project_deleted(self, project_id: str) -> bool:
+        found = await self.session.scalar(
+            select(DeletedProject.project_id).where(DeletedProject.project_id == project_id)
+        )
+        return found is not None
+
     async def lock_user(self, user_id: str) -> None:
         """Serialises the per-user concurrency decisions of one user (transaction-scoped)."""
         await lock_name(self.session, f"generation-user:{user_id}")

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lumiku_common import metrics
 from lumiku_common.clients.credits import release_command
+from lumiku_common.clients.projects import ProjectNotFound
 from lumiku_common.db import utcnow
 from lumiku_common.errors import NotFound
 from lumiku_common.messaging.events import GenerationFinished, RunGeneration
@@ -70,9 +71,13 @@ async def _dispatch(session: AsyncSession, job: Generation) -> None:
 
 
 async def create(session: AsyncSession, job: Generation, images: list[GenerationImage]) -> None:
-    """The job, its images, its first stream event and the command that sends it to the workers, at once."""
+    """The job, its images, its first stream event and the command that sends it to the workers, at once. Refused
+    (ProjectNotFound) once its project's deletion was handled here: the cascade has run and would not see it."""
     repo = GenerationRepository(session)
     await repo.lock_submission(job.id)
+    await repo.lock_project(job.project_id)
+    if await repo.project_deleted(job.project_id):
+        raise ProjectNotFound()
     await repo.add(job, images)
     await _status_event(session, job)
     await _dispatch(session, job)
@@ -252,6 +257,7 @@ async def forget_project(session: AsyncSession, settings: GenerationSettings, pr
     it whose money is settled is deleted with its images and events. A job with an image whose outcome is
     unknown is settled by the sweep (which asks avatars), and deleted then (`forget_settled`)."""
     repo = GenerationRepository(session)
+    await repo.lock_project(project_id)  # a job being created in it either committed before, or is refused after
     await repo.mark_project_deleted(project_id)
     jobs = await repo.active_in_project(project_id)
     for job in jobs:
