@@ -109,6 +109,38 @@ async def test_a_failed_retry_of_an_image_in_flight_leaves_the_objects_of_the_av
     assert (await suite.balance(headers))["balance"] == 85
 
 
+async def test_a_retry_that_loses_the_race_for_an_image_leaves_no_objects_behind(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests for the same image at avatars (as above), the retry committing first: the first one's insert
+    then conflicts and it answers the avatar the retry made. The objects it wrote are referenced by no avatar and
+    are removed by its undo (the avatar's own are kept): nothing is left for the orphan sweeper an hour later."""
+    user_id, headers = suite.user()
+    project_id = await suite.project(headers)
+    job_id, request = await _stored_by_a_vanished_worker(suite, user_id, headers, project_id)
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    storage = suite.avatars_app.state.parts[AvatarWorkflows].storage
+    stored = HeldFirstCall(storage, "put", monkeypatch)
+    first = asyncio.create_task(flows.avatars.create_generated(request))
+    await asyncio.wait_for(stored.reached.wait(), 20)
+    retried = await flows.avatars.create_generated(request)  # commits while the first one waits
+    assert retried.created
+    stored.go.set()
+    raced = await first
+    assert not raced.created and raced.avatar["id"] == request.avatar_id
+    async with suite.avatars_app.state.db.unit_of_work() as session:
+        keys = (
+            await session.execute(
+                text("SELECT base_image_key, thumbnail_key FROM avatars WHERE id = :id"), {"id": request.avatar_id}
+            )
+        ).one()
+    prefix = keys[0].rsplit("/", 2)[0] + "/"  # the user's objects
+    assert sorted([info.key async for info in storage.list(prefix)]) == sorted(keys)
+    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
+    assert canceled.json()["generation"]["charged"] == 15
+    assert (await suite.balance(headers))["balance"] == 85
+
+
 async def _stored_by_a_vanished_worker(
     suite: Suite, user_id: str, headers: dict[str, str], project_id: str
 ) -> tuple[str, GeneratedAvatarRequest]:

@@ -166,10 +166,16 @@ class AvatarWorkflows:
         )
 
     async def _undo_objects(self, avatar_id: str, project_id: str, keys: list[str]) -> None:
+        """Removes this attempt's objects unless its own commit landed (they are the avatar's then); another
+        attempt's avatar never references them."""
         try:
-            if await self._committed(avatar_id, project_id):
-                return
-            await self.storage.delete(keys)
+            async with self.db.unit_of_work() as session:
+                repository = AvatarRepository(session)
+                await session.execute(_WAIT_FOR_LOCKS)
+                await repository.lock_project(project_id)  # a COMMIT still landing holds it: wait for its outcome
+                referenced = await repository.referenced_keys(keys) if keys else set()
+            if unreferenced := [k for k in keys if k not in referenced]:
+                await self.storage.delete(unreferenced)
         except Exception as exc:
             log.warning("generated_undo_objects_failed", avatarId=avatar_id, error=repr(exc))
 
