@@ -7,11 +7,13 @@ import asyncio
 from collections import Counter
 from contextlib import suppress
 
+import aio_pika
 import pytest
 from aio_pika.exceptions import DeliveryError
 from sqlalchemy import func, select, text
 
 from lumiku_common.db import Database
+from lumiku_common.ids import new_id
 from lumiku_common.messaging.broker import Broker
 from lumiku_common.messaging.events import CaptureCredits, ProjectCreated, ProjectDeleted
 from lumiku_common.messaging.outbox import OutboxRelay, add_event
@@ -156,7 +158,7 @@ async def test_a_nacked_row_of_a_batch_stays_pending_while_the_rest_are_marked(d
     assert set(counts) == set(ids) and max(counts.values()) == 1
 
 
-async def test_a_command_no_queue_receives_stays_pending_until_its_consumers_queue_exists(db, broker, settings):
+async def test_a_command_no_queue_receives_stays_pending_until_its_consumers_queue_exists(db, settings):
     """A command is work someone must do: `credits.capture` is the charge of an avatar that exists. Published before
     its consumer ever declared its queue (a fresh deployment whose credits worker is not up yet, a queue an operator
     deleted and the worker has not declared again), the broker returns it as unroutable. Confirmed and marked
@@ -167,18 +169,27 @@ async def test_a_command_no_queue_receives_stays_pending_until_its_consumers_que
         command = CaptureCredits(hold_id="h-1", idempotency_key="capture:h-1")
         capture = (await add_event(session, command, user_id="u", subject="h-1")).id
     after = await stage(db, 2, "after")
-    relay = OutboxRelay(db, broker, batch_size=50)
-    with pytest.raises(Exception, match="unroutable"):
-        await relay.publish_pending()
-    async with db.sessions() as session:
-        rows = {r.event_id: r for r in await session.execute(select(outbox.c.event_id, outbox.c.published_at))}
-    assert rows[capture].published_at is None  # still to be sent
-    assert all(rows[i].published_at is not None for i in before + after)
-    async with EventSpy(settings.amqp_url, settings.events_exchange, "credits.capture") as spy:  # its queue now
-        assert await relay.publish_pending() == 1
-        [received] = await spy.wait_for("credits.capture")
-    assert received["id"] == capture and received["data"]["holdId"] == "h-1"
-    assert await pending(db) == 0
+    # An exchange of its own: on the shared one, other tests' credits consumers bind `credits.capture`.
+    exchange = f"{settings.events_exchange}.{new_id()}"
+    broker = Broker(settings.amqp_url, exchange)
+    await broker.connect()
+    try:
+        relay = OutboxRelay(db, broker, batch_size=50)
+        with pytest.raises(Exception, match="unroutable"):
+            await relay.publish_pending()
+        async with db.sessions() as session:
+            rows = {r.event_id: r for r in await session.execute(select(outbox.c.event_id, outbox.c.published_at))}
+        assert rows[capture].published_at is None  # still to be sent
+        assert all(rows[i].published_at is not None for i in before + after)
+        async with EventSpy(settings.amqp_url, exchange, "credits.capture") as spy:  # its queue now
+            assert await relay.publish_pending() == 1
+            [received] = await spy.wait_for("credits.capture")
+        assert received["id"] == capture and received["data"]["holdId"] == "h-1"
+        assert await pending(db) == 0
+    finally:
+        await broker.close()
+        async with await aio_pika.connect(settings.amqp_url) as connection:
+            await (await connection.channel()).exchange_delete(exchange)
 
 
 async def test_two_relays_publish_each_event_exactly_once(db, settings):
