@@ -31,7 +31,12 @@ WEEK, FORTNIGHT = timedelta(days=7), timedelta(days=14)
         (
             avatars_app,
             AvatarsSettings,
-            {"idempotency_keys": WEEK, "given_up_images": FORTNIGHT, "deleted_projects": FORTNIGHT},
+            {
+                "idempotency_keys": WEEK,
+                "given_up_images": FORTNIGHT,
+                "deleted_projects": FORTNIGHT,
+                "deleted_generated_avatars": FORTNIGHT,
+            },
         ),
         (credits_app, CreditsSettings, {}),
     ],

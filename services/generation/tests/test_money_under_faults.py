@@ -189,6 +189,69 @@ async def _stored_by_a_vanished_worker(
     return job_id, request
 
 
+async def _made_then_deleted(suite: Suite) -> tuple[str, dict[str, str], str, GeneratedAvatarRequest]:
+    """A job whose worker made the image's avatar and vanished before it heard so; the user then deleted the
+    avatar. The job's money still says hold 0 is in use."""
+    user_id, headers = suite.user()
+    project_id = await suite.project(headers)
+    job_id, request = await _stored_by_a_vanished_worker(suite, user_id, headers, project_id)
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    assert (await flows.avatars.create_generated(request)).created
+    deleted = await suite.api.delete(f"{APP}/avatars/{request.avatar_id}", headers=headers)
+    assert deleted.status_code == 200, deleted.text
+    return job_id, headers, user_id, request
+
+
+async def test_a_retried_create_of_an_avatar_deleted_since_does_not_bring_it_back(suite: Suite) -> None:
+    """The retry answers the avatar as it was (its job records it made and paid): it made it again before, with
+    the same id, undoing the user's deletion of an avatar whose uses the usage service then refused."""
+    job_id, headers, user_id, request = await _made_then_deleted(suite)
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    retried = await flows.avatars.create_generated(request)
+    assert not retried.created and retried.avatar["id"] == request.avatar_id
+    assert await suite.avatars(user_id) == []
+    missing = await suite.api.get(f"{APP}/avatars/{request.avatar_id}", headers=headers)
+    assert missing.status_code == 404
+    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
+    assert (canceled.json()["generation"]["charged"], canceled.json()["generation"]["refunded"]) == (15, 0)
+    assert (await suite.balance(headers))["balance"] == 85
+
+
+async def test_a_create_in_flight_while_its_twin_made_the_avatar_and_it_was_deleted_makes_nothing(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request is still writing its objects when its retry makes the avatar and the user deletes it:
+    the first one's insert then meets no avatar of that id, and must still not make it again."""
+    user_id, headers = suite.user()
+    project_id = await suite.project(headers)
+    job_id, request = await _stored_by_a_vanished_worker(suite, user_id, headers, project_id)
+    flows: GenerationWorkflows = suite.generation_app.state.parts[GenerationWorkflows]
+    stored = HeldFirstCall(suite.avatars_app.state.parts[AvatarWorkflows].storage, "put", monkeypatch)
+    first = asyncio.create_task(flows.avatars.create_generated(request))
+    await asyncio.wait_for(stored.reached.wait(), 20)
+    assert (await flows.avatars.create_generated(request)).created
+    deleted = await suite.api.delete(f"{APP}/avatars/{request.avatar_id}", headers=headers)
+    assert deleted.status_code == 200, deleted.text
+    stored.go.set()
+    raced = await first
+    assert not raced.created and raced.avatar["id"] == request.avatar_id
+    assert await suite.avatars(user_id) == []
+    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
+    assert canceled.json()["generation"]["charged"] == 15
+    assert (await suite.balance(headers))["balance"] == 85
+
+
+async def test_settling_an_image_whose_avatar_was_deleted_since_counts_it_made_and_paid(suite: Suite) -> None:
+    """A cancel settles the image with avatars: the avatar was made (and its hold captured), so the job says
+    charged 15, as the ledger does. It said refunded 15 before, the avatar being gone."""
+    job_id, headers, user_id, _ = await _made_then_deleted(suite)
+    canceled = await suite.api.post(f"{APP}/generations/{job_id}/cancel", headers=headers)
+    assert canceled.status_code == 200, canceled.text
+    assert (canceled.json()["generation"]["charged"], canceled.json()["generation"]["refunded"]) == (15, 0)
+    assert (await suite.balance(headers))["balance"] == 85
+    assert await suite.avatars(user_id) == []
+
+
 async def test_settling_an_image_that_became_an_avatar_answers_with_that_avatar(suite: Suite) -> None:
     user_id, headers = suite.user()
     project_id = await suite.project(headers)

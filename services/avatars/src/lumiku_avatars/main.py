@@ -10,7 +10,7 @@ from lumiku_avatars import images
 from lumiku_avatars.endpoints import internal, router
 from lumiku_avatars.form import too_large
 from lumiku_avatars.handlers import project_handlers, usage_handlers
-from lumiku_avatars.models import DeletedProject, GivenUpImage, idempotency_keys
+from lumiku_avatars.models import DeletedGeneratedAvatar, DeletedProject, GivenUpImage, idempotency_keys
 from lumiku_avatars.objects import ObjectJanitor
 from lumiku_avatars.settings import AvatarsSettings
 from lumiku_avatars.workflows import AvatarWorkflows
@@ -26,13 +26,14 @@ from lumiku_common.storage import storage_from
 
 
 def retained(settings: AvatarsSettings) -> list[Retention]:
-    """Idempotency keys, and the tombstones that refuse a creation still in flight: kept far longer than any
+    """Idempotency keys, and the tombstones that answer a creation still in flight: kept far longer than any
     credit hold such a creation could still capture can live (credits' CREDITS_MAX_HOLD_TTL_SECONDS)."""
     tombstones = timedelta(days=settings.tombstone_retention_days)
     return [
         key_retention(idempotency_keys, settings),
         Retention.of_model(GivenUpImage, "given_up_at", tombstones),
         Retention.of_model(DeletedProject, "deleted_at", tombstones),
+        Retention.of_model(DeletedGeneratedAvatar, "deleted_at", tombstones),
     ]
 
 

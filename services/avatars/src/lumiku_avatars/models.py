@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lumiku_common.db import TimestampMixin, new_metadata, utcnow
@@ -83,6 +85,19 @@ class GivenUpImage(Base):
 
     image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     given_up_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class DeletedGeneratedAvatar(Base):
+    """AI avatars deleted since they were made, as they were. A generation image becomes an avatar once: a late
+    retry of its create (a worker that never heard the answer) or the settling of its job must find it made and
+    paid for, not make it again nor count its hold as unused."""
+
+    __tablename__ = "deleted_generated_avatars"
+
+    avatar_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    avatar: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # its row, as `Avatar.columns` gives it
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
 
 class DeletedProject(Base):

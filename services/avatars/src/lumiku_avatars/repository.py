@@ -3,15 +3,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
+import pydantic_core
 from asyncpg import Record
-from sqlalchemy import ARRAY, ColumnElement, String, Table, any_, bindparam, delete, func, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    DateTime,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from lumiku_avatars.models import Avatar, CountedUsage, DeletedProject, GivenUpImage, ObjectDeletion
+from lumiku_avatars.models import (
+    Avatar,
+    CountedUsage,
+    DeletedGeneratedAvatar,
+    DeletedProject,
+    GivenUpImage,
+    ObjectDeletion,
+)
 from lumiku_avatars.schemas import AvatarFilters
 from lumiku_common.db import Database, Query, lock_name
 
@@ -60,6 +81,18 @@ def _conditions(user_id: str, filters: AvatarFilters) -> list[ColumnElement[bool
     return conditions
 
 
+_COLUMNS = cast(Table, Avatar.__table__).columns
+_DATETIMES = frozenset(c.key for c in _COLUMNS if isinstance(c.type, DateTime))
+
+
+def _snapshot(avatar: Avatar) -> dict[str, Any]:
+    return cast(dict[str, Any], pydantic_core.to_jsonable_python({c.key: getattr(avatar, c.key) for c in _COLUMNS}))
+
+
+def _revived(snapshot: dict[str, Any]) -> Avatar:
+    return Avatar(**{k: datetime.fromisoformat(v) if k in _DATETIMES and v else v for k, v in snapshot.items()})
+
+
 class AvatarRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
@@ -103,6 +136,24 @@ class AvatarRepository:
 
     async def give_up_image(self, image_id: str) -> None:
         await self.session.execute(insert(GivenUpImage).values(image_id=image_id).on_conflict_do_nothing())
+
+    async def remember_deleted_generated(self, avatars: Sequence[Avatar]) -> None:
+        rows = [
+            {"avatar_id": a.id, "user_id": a.user_id, "avatar": _snapshot(a)}
+            for a in avatars
+            if a.source_type == "ai_generated"
+        ]
+        if rows:
+            await self.session.execute(insert(DeletedGeneratedAvatar).on_conflict_do_nothing(), rows)
+
+    async def deleted_generated(self, user_id: str, avatar_id: str) -> Avatar | None:
+        """The AI avatar as it was when it was deleted (`remember_deleted_generated`), not attached to the session."""
+        snapshot = await self.session.scalar(
+            select(DeletedGeneratedAvatar.avatar).where(
+                DeletedGeneratedAvatar.avatar_id == avatar_id, DeletedGeneratedAvatar.user_id == user_id
+            )
+        )
+        return None if snapshot is None else _revived(snapshot)
 
     async def mark_project_deleted(self, project_id: str) -> None:
         await self.session.execute(insert(DeletedProject).values(project_id=project_id).on_conflict_do_nothing())

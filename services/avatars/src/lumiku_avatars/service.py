@@ -52,6 +52,10 @@ class ImageWasGivenUp(Gone):
     message = ImageGivenUp.message  # what the generation service's client raises for this 410
 
 
+class GeneratedAvatarDeleted(Conflict):
+    message = "The avatar of this generation image was made and has been deleted since"
+
+
 class KeyedAvatarDeleted(Conflict):
     message = "Idempotency key already used for an avatar that has since been deleted"
 
@@ -78,6 +82,8 @@ async def create_avatar(
         raise ProjectNotFound()
     if generated and await repository.image_given_up(avatar.id):
         raise ImageWasGivenUp()
+    if generated and await repository.deleted_generated(avatar.user_id, avatar.id) is not None:
+        raise GeneratedAvatarDeleted()  # made by a twin of this attempt, then deleted: that avatar is the answer
     if capture_by is not None and utcnow() >= capture_by - CAPTURE_MARGIN:
         raise HoldLapsed()
     await repository.add(avatar)
@@ -99,7 +105,7 @@ async def settle_generated(session: AsyncSession, user_id: str, project_id: str,
     after it. Its job may release the image's hold then."""
     repository = AvatarRepository(session)
     await repository.lock_project(project_id)
-    avatar = await repository.get(user_id, image_id)
+    avatar = await repository.get(user_id, image_id) or await repository.deleted_generated(user_id, image_id)
     if avatar is None:
         await repository.give_up_image(image_id)
     return avatar
@@ -124,6 +130,7 @@ async def update_avatar(session: AsyncSession, user_id: str, avatar_id: str, dat
 async def _schedule_removal_and_announce(
     session: AsyncSession, janitor: ObjectJanitor, avatars: Sequence[Avatar]
 ) -> None:
+    await AvatarRepository(session).remember_deleted_generated(avatars)
     await janitor.schedule(session, [k for a in avatars for k in _keys(a)])
     for avatar in avatars:
         await add_event(

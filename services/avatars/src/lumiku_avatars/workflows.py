@@ -150,8 +150,10 @@ class AvatarWorkflows:
         return avatar
 
     async def _generated(self, user_id: str, image_id: str) -> Avatar | None:
+        """The avatar made of this image, also when it has been deleted since (as it was then)."""
         async with self.db.unit_of_work() as session:
-            return await AvatarRepository(session).get(user_id, image_id)
+            repository = AvatarRepository(session)
+            return await repository.get(user_id, image_id) or await repository.deleted_generated(user_id, image_id)
 
     async def preview_image(self, data: str) -> PreviewImage:
         """An AI preview through the upload pipeline, nothing stored: the client sees what save-preview keeps."""
