@@ -8,6 +8,7 @@ the same for every answer; errors answer in the spec's shape, as FastAPI's error
 
 from __future__ import annotations
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,13 +19,26 @@ from lumiku_common.logs import get_logger
 from lumiku_common.metrics import ROUTE_LABEL_KEY
 from lumiku_gateway.composition import ProjectComposer
 from lumiku_gateway.limits import RateLimiter
-from lumiku_gateway.proxy import forward
+from lumiku_gateway.proxy import forward, resolved_path
 from lumiku_gateway.routes import Route, match
 from lumiku_gateway.upstreams import Upstream, Upstreams
 
 log = get_logger(__name__)
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def _resolve(scope: Scope) -> bool:
+    """Gives the scope the path a service would be sent: routes, rate limits and composition must judge that path,
+    not the client's (`/api/credits/../../metrics` is forwarded as `/metrics`). False for a path no URL holds."""
+    raw_path: bytes | None = scope.get("raw_path")
+    try:
+        resolved = resolved_path(raw_path) if raw_path else None
+    except (httpx.InvalidURL, UnicodeDecodeError):
+        return False
+    if resolved is not None:
+        scope["raw_path"], scope["path"] = resolved
+    return True
 
 
 class PassThrough:
@@ -41,6 +55,9 @@ class PassThrough:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = upstream = None
+        if scope["type"] == "http" and scope["method"] in METHODS and not _resolve(scope):
+            await error_response(400, {"error": "Invalid request path"})(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] in METHODS and scope["path"].startswith("/api/"):
             route = match(scope["path"])
             upstream = self.upstreams.get(route.service) if route else None

@@ -81,6 +81,15 @@ def _url(upstream: Upstream, target: bytes) -> str:
     return str(upstream.base_url.copy_with(raw_path=target))
 
 
+def resolved_path(raw_path: bytes) -> tuple[bytes, str] | None:
+    """The raw and decoded path a service is sent for `raw_path` when it differs from it: dot segments resolved,
+    as the forwarded URL resolves them (see `_url`); None when nothing changes. Raises httpx.InvalidURL."""
+    if not _DOT_SEGMENT.search(raw_path):
+        return None
+    url = httpx.URL("http://upstream").copy_with(raw_path=raw_path)
+    return url.raw_path, url.path
+
+
 def request_headers(request: Request, allowed: frozenset[bytes] = _FORWARDED) -> list[tuple[str, str]]:
     """The client's `allowed` headers, values trimmed (a stray space is harmless, and the outgoing client
     refuses it), then this request's ids and the client's address."""
