@@ -63,7 +63,8 @@ class Cursor(BaseModel):
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             at, _, row_id = raw.partition("|")
             moment = datetime.fromisoformat(at)
-            if moment.tzinfo is None or not row_id:
+            # The id goes into the keyset comparison as text: PostgreSQL refuses NUL there (a 500).
+            if moment.tzinfo is None or not row_id or not row_id.isprintable():
                 raise ValueError
             # A time at the calendar's edge (year 1 at +14:00) has no UTC: the database would fail on it.
             return cls(created_at=bounded_utc(moment), id=row_id)
