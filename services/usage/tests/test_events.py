@@ -134,3 +134,18 @@ async def test_an_event_before_its_avatar_created_is_recorded_once_the_owner_is_
 class _Unreachable(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("avatars is down")
+
+
+async def test_a_nul_in_one_events_avatar_id_dead_letters_only_that_event(suite: Suite) -> None:
+    """The ownership check runs for a whole batch at once: an `avatarId` PostgreSQL cannot compare (NUL) failed
+    it for every event of the batch, and each was retried until dead-lettered with the poison one."""
+    user_id, alice = suite.user()
+    avatar_id = await suite.avatar(alice)
+    bodies = [used_envelope(user_id, avatar_id, referenceId=f"r{n}") for n in range(20)]
+    bodies.insert(7, used_envelope(user_id, "a\x00b", referenceId="nul"))
+    await asyncio.gather(*(suite.publish_used(b) for b in bodies))
+    message = await read_dlq(suite.settings.amqp_url, dlq(suite))
+    assert message.body == bodies[7], message.body
+    assert "poison" in str(message.headers["x-dead-letter-reason"]), message.headers
+    await suite.counted(alice, avatar_id, 20)
+    assert await suite.rows(avatar_id) == 20

@@ -10,10 +10,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, StringConstraints
+from pydantic import AfterValidator, Field, StrictInt, StringConstraints, field_validator
 
 from lumiku_common.ids import new_id
-from lumiku_common.schemas import CamelModel, UtcDatetime
+from lumiku_common.schemas import CamelModel, UtcDatetime, contains_nul
 
 
 class Event(CamelModel):
@@ -131,6 +131,15 @@ class AvatarUsed(Event):
     reference_type: Reference | None = None
     metadata: Metadata = None
     used_at: UtcDatetime | None = None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_nul(cls, value: Any) -> Any:
+        # Published by other apps, so checked as a request body is: a NUL fails PostgreSQL's text and jsonb, and
+        # the ownership check of a whole batch with it (every event of the batch then retried to the DLQ).
+        if contains_nul(value):
+            raise ValueError("String must not contain NUL characters")
+        return value
 
 
 class UsageRecorded(Event):
