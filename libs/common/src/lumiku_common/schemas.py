@@ -37,6 +37,17 @@ UtcDatetime = Annotated[datetime, PlainSerializer(iso_utc, return_type=str)]
 CleanStr = Annotated[str, StringConstraints(strip_whitespace=True)]
 
 
+def _no_control_characters(value: str) -> str:
+    if any(c < " " or c == "\x7f" for c in value):
+        raise ValueError("String must not contain control characters")
+    return value
+
+
+# An id that goes into another service's URL path: that service refuses control characters in a path (400), which
+# its client cannot tell from a failure. Refused here, an id no record can have is a 400 (or a poison event).
+NoControlStr = Annotated[str, AfterValidator(_no_control_characters)]
+
+
 def contains_nul(value: Any) -> bool:
     """PostgreSQL text and jsonb cannot hold NUL: inputs that carry one anywhere are refused, not inserted."""
     if isinstance(value, str):

@@ -1,0 +1,35 @@
+"""Avatar ids a client (or a sibling app on the broker) can send that no avatar can have: control characters, a
+lone UTF-16 surrogate. Each is a 4xx (or, on the broker, that event dead-lettered), never a 5xx or a stall."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from usage_support import APP, Suite, used_envelope
+
+from lumiku_devtools.testing import read_dlq
+from lumiku_usage.handlers import AVATAR_USED
+
+BODY = {"appId": "pose-generator", "appName": "Pose Generator", "action": "generate_pose"}
+
+
+@pytest.mark.parametrize("avatar_id", ["a\x01b", "\x1b[2J", "x\x7f", "\ud800", "a\udfffb"])
+async def test_track_usage_of_an_impossible_avatar_id_is_4xx(suite: Suite, avatar_id: str) -> None:
+    _, alice = suite.user()
+    body = json.dumps({**BODY, "avatarId": avatar_id})  # as bytes: httpx refuses to encode a lone surrogate
+    response = await suite.api.post(
+        f"{APP}/track-usage", content=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, (avatar_id, response.status_code, response.text)
+
+
+async def test_an_avatar_used_event_with_a_control_character_in_its_avatar_id_is_dead_lettered(suite: Suite) -> None:
+    """Such an id went to avatars' owner lookup, which refuses it (400), read as "avatars unavailable": the event
+    was deferred, never dead-lettered, holding a prefetch slot for good (enough of them stop the queue)."""
+    user_id, _ = suite.user()
+    body = used_envelope(user_id, "a\x01b")
+    await suite.publish_used(body)
+    message = await read_dlq(suite.settings.amqp_url, f"{suite.settings.queue_prefix}{AVATAR_USED}.dlq")
+    assert message.body == body
+    assert "poison" in str(message.headers["x-dead-letter-reason"]), message.headers
