@@ -33,3 +33,28 @@ async def test_an_avatar_used_event_with_a_control_character_in_its_avatar_id_is
     message = await read_dlq(suite.settings.amqp_url, f"{suite.settings.queue_prefix}{AVATAR_USED}.dlq")
     assert message.body == body
     assert "poison" in str(message.headers["x-dead-letter-reason"]), message.headers
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+async def test_metadata_with_nan_or_infinity_is_400_and_records_nothing(suite: Suite, number: str) -> None:
+    """Python's JSON reader takes NaN and Infinity (and 1e999 as infinity); PostgreSQL's jsonb refuses them: the
+    use's insert failed and answered 500."""
+    _, alice = suite.user()
+    avatar_id = await suite.avatar(alice)
+    body = json.dumps({**BODY, "avatarId": avatar_id, "metadata": {"score": 0}}).replace("0}", f"{number}}}")
+    response = await suite.api.post(
+        f"{APP}/track-usage", content=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    assert (response.status_code, response.json()["error"]) == (400, "Validation error"), response.text
+    assert await suite.rows(avatar_id) == 0
+
+
+async def test_an_avatar_used_event_with_nan_in_its_metadata_is_dead_lettered_at_once(suite: Suite) -> None:
+    user_id, alice = suite.user()
+    avatar_id = await suite.avatar(alice)
+    body = used_envelope(user_id, avatar_id, metadata={"score": 0}).replace(b'"score":0', b'"score":NaN')
+    await suite.publish_used(body)
+    message = await read_dlq(suite.settings.amqp_url, f"{suite.settings.queue_prefix}{AVATAR_USED}.dlq")
+    assert message.body == body
+    assert "poison" in str(message.headers["x-dead-letter-reason"]), message.headers
+    assert await suite.rows(avatar_id) == 0

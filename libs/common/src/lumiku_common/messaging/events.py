@@ -108,9 +108,14 @@ MAX_METADATA_BYTES = 8 * 1024
 
 
 def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) > (
-        MAX_METADATA_BYTES
-    ):
+    if value is None:
+        return value
+    try:
+        # NaN and ±Infinity (Python's JSON reader takes them, 1e999 too) are no JSON: PostgreSQL's jsonb refuses them.
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError("metadata must be plain JSON (no NaN or Infinity)") from exc
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return value
 
