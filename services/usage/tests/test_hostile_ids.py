@@ -58,3 +58,24 @@ async def test_an_avatar_used_event_with_nan_in_its_metadata_is_dead_lettered_at
     assert message.body == body
     assert "poison" in str(message.headers["x-dead-letter-reason"]), message.headers
     assert await suite.rows(avatar_id) == 0
+
+
+@pytest.mark.parametrize("depth", [33, 500])
+async def test_metadata_nested_too_deep_is_400_and_records_nothing(suite: Suite, depth: int) -> None:
+    """500 levels (Python's JSON reader takes ~1000) overflowed the NUL check's recursion, and past ~250 pydantic
+    cannot serialize the answer: both were a 500."""
+    _, alice = suite.user()
+    avatar_id = await suite.avatar(alice)
+    metadata = '{"a":' * depth + "1" + "}" * depth
+    body = json.dumps({**BODY, "avatarId": avatar_id, "metadata": None}).replace("null", metadata)
+    response = await suite.api.post(
+        f"{APP}/track-usage", content=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    assert (response.status_code, response.json()["error"]) == (400, "Validation error"), response.text
+    assert await suite.rows(avatar_id) == 0
+    nested = '{"a":' * 32 + "1" + "}" * 32  # 32 levels, the most that is kept
+    body = json.dumps({**BODY, "avatarId": avatar_id, "metadata": None}).replace("null", nested)
+    response = await suite.api.post(
+        f"{APP}/track-usage", content=body, headers={**alice, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 201, response.text

@@ -49,13 +49,19 @@ NoControlStr = Annotated[str, AfterValidator(_no_control_characters)]
 
 
 def contains_nul(value: Any) -> bool:
-    """PostgreSQL text and jsonb cannot hold NUL: inputs that carry one anywhere are refused, not inserted."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(contains_nul(v) for v in value)
+    """PostgreSQL text and jsonb cannot hold NUL: inputs that carry one anywhere are refused, not inserted.
+    Walked without recursion: a client's JSON may nest deeper than Python's recursion limit allows."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
     return False
 
 

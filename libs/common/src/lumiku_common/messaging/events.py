@@ -105,11 +105,27 @@ Slug = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^
 AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 MAX_METADATA_BYTES = 8 * 1024
+MAX_METADATA_DEPTH = 32  # nested objects and arrays; pydantic's serializer gives up far deeper (a 500 once stored)
+
+
+def _depth(value: Any) -> int:
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            if deepest > MAX_METADATA_DEPTH:
+                return deepest
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return value
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata must nest at most {MAX_METADATA_DEPTH} levels")
     try:
         # NaN and ±Infinity (Python's JSON reader takes them, 1e999 too) are no JSON: PostgreSQL's jsonb refuses them.
         encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
