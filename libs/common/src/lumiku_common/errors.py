@@ -259,8 +259,9 @@ def validation_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
 
 
 def _jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    # Inputs may hold bytes or other non-JSON values; keep only what the body can carry.
-    return json.loads(json.dumps(list(errors), default=str))
+    # Inputs may hold bytes or other non-JSON values; keep only what the body can carry. NaN and ±Infinity (a
+    # client's JSON may hold them: Python's reader takes them) come back as the strings "NaN", "Infinity", ...
+    return json.loads(json.dumps(list(errors), default=str), parse_constant=str)
 
 
 # Starlette's phrases are Title Case; ours read like the spec's ("Project not found").
