@@ -6,6 +6,7 @@ Any test fails if a service logged an unhandled error meanwhile (the no_unhandle
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,6 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
             stack = contextlib.ExitStack()
             stack.enter_context(infra_selection.start_containers(choices))
             config.stash[CONTAINERS] = stack
+        _remove_stale_test_queues()
+
+
+def _remove_stale_test_queues() -> None:
+    from lumiku_common.settings import ServiceSettings
+    from lumiku_devtools.testing import remove_stale_test_queues
+
+    amqp_url = os.environ.get("AMQP_URL", ServiceSettings.model_fields["amqp_url"].default)
+    with contextlib.suppress(Exception):  # hygiene only: a broker that cannot be tidied still runs the tests
+        asyncio.run(remove_stale_test_queues(amqp_url))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
@@ -166,6 +170,48 @@ async def delete_queues(settings: ServiceSettings, *names: str) -> None:
                     channel = await connection.channel()
         with contextlib.suppress(Exception):
             await channel.exchange_delete(settings.events_exchange)
+
+
+# A test run's queues are named `test.<pid>-<hex>.…` (RUN_ID).
+_RUN_QUEUE = re.compile(r"^test\.(\d+)-[0-9a-f]{6}\.")
+
+
+def stale_test_queues(names: Iterable[str]) -> list[str]:
+    """The queues of test runs whose process is gone: a run killed before its teardown, or a queue a suite did
+    not delete. Quorum queues left behind add up over runs until the broker stops answering."""
+    return [name for name in names if (found := _RUN_QUEUE.match(name)) and not _alive(int(found[1]))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def remove_stale_test_queues(amqp_url: str) -> int:
+    """Deletes `stale_test_queues` of a broker on this machine (AMQP cannot list queues: rabbitmqctl does);
+    nothing elsewhere or without rabbitmqctl. Returns how many went."""
+    if shutil.which("rabbitmqctl") is None or urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return 0
+    command = ["rabbitmqctl", "-q", "list_queues", "name", "--no-table-headers"]
+    try:
+        listed = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    stale = stale_test_queues(listed.stdout.split()) if listed.returncode == 0 else []
+    if stale:
+        async with await aio_pika.connect(amqp_url) as connection:
+            channel = await connection.channel()
+            for name in stale:
+                try:
+                    await channel.queue_delete(name)
+                except aio_pika.exceptions.AMQPError:
+                    channel = await connection.channel()  # a failed delete closes the channel
+    return len(stale)
 
 
 @contextlib.asynccontextmanager
