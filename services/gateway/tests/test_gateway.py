@@ -20,6 +20,7 @@ from lumiku_devtools.testing import RUN_ID, auth, free_port, running, settings_f
 from lumiku_gateway.main import create_app
 from lumiku_gateway.routes import match
 from lumiku_gateway.settings import GatewaySettings
+from lumiku_gateway.upstreams import READINESS_FRESH_SECONDS
 
 APP = "/api/apps/avatar-creator"
 
@@ -567,3 +568,26 @@ async def test_preflight_is_answered_by_the_gateway():
     assert {"authorization", "content-type", "prefer", "last-event-id", "idempotency-key"} <= {
         h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")
     }
+
+
+async def test_suite_health_asks_each_service_at_most_once_a_second():
+    """`/api/health` needs no token: however often it is asked, each gateway process asks the services at most
+    once a second, and whoever asks meanwhile shares that answer (a flood of health checks must not become five
+    readiness checks, each with its database round trip, per request)."""
+    asked = Counter[str]()
+    app = FastAPI()
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        asked["ready"] += 1
+        await asyncio.sleep(0.05)
+        return {"status": "ready"}
+
+    async with gateway({"projects": "http://projects"}, {"projects": httpx.ASGITransport(app=app)}) as api:
+        answers = await asyncio.gather(*(api.get("/api/health") for _ in range(20)))
+        answers.append(await api.get("/api/health"))
+        assert asked["ready"] == 1
+        await asyncio.sleep(READINESS_FRESH_SECONDS)
+        answers.append(await api.get("/api/health"))
+    assert asked["ready"] == 2
+    assert all(a.status_code == 200 and a.json()["services"] == {"projects": "ok"} for a in answers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -11,6 +12,10 @@ import httpx
 
 from lumiku_common.http_transport import Exchange, Http1Transport, lean
 from lumiku_gateway.settings import GatewaySettings
+
+# `/api/health` is public and each answer asks every service: the services are asked at most this often per
+# gateway process, and all who ask meanwhile share that answer.
+READINESS_FRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,19 @@ class Upstreams:
             origin = str(base.copy_with(raw_path=b"", fragment=None))
             self.upstreams[name] = Upstream(name, base, origin, transport, lean(transport), timeout.as_dict(), client)
         self.clients = {name: u.client for name, u in self.upstreams.items()}
+        self._readiness: tuple[float, asyncio.Future[dict[str, str]]] | None = None
 
     def get(self, service: str) -> Upstream | None:
         return self.upstreams.get(service)
 
     async def readiness(self) -> dict[str, str]:
+        """Each service's readiness ("ok", "not_ready", "unavailable"), at most READINESS_FRESH_SECONDS old."""
+        now = time.monotonic()
+        if self._readiness is None or now - self._readiness[0] >= READINESS_FRESH_SECONDS:
+            self._readiness = (now, asyncio.ensure_future(self._ask_readiness()))
+        return dict(await asyncio.shield(self._readiness[1]))  # one asker leaving does not cancel the others'
+
+    async def _ask_readiness(self) -> dict[str, str]:
         async def check(client: httpx.AsyncClient) -> str:
             try:
                 response = await client.get("/ready", timeout=2.0)
