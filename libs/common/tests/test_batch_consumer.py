@@ -243,3 +243,33 @@ async def test_a_dead_letter_the_broker_refuses_strands_no_message_of_its_batch(
 
 async def _ids_are(db: Database, expected: list[str]) -> bool:
     return await effect_ids(db) == expected
+
+
+async def test_a_check_that_fails_for_its_group_checks_each_event_alone(db, broker, settings, make_consumer):
+    """A batch's check of one event type fails as a whole because of one event in it (as a NUL in an id failed
+    the whole ownership query): each event is then checked alone, so the others go on at once and only that
+    event uses up its deliveries, where the whole group was retried to the DLQ with it."""
+    handlers = BatchHandlers(batch_size=50, linger_seconds=0.2)
+    checked: list[int] = []
+
+    @handlers.before(ProjectDeleted)
+    async def check(deliveries: list[Delivery]) -> dict[str, Exception]:
+        checked.append(len(deliveries))
+        if any(d.event.project_id == "breaks-the-check" for d in deliveries):
+            raise ValueError("the check of this group failed")
+        return {}
+
+    @handlers.on(ProjectDeleted)
+    async def on_deleted(session, deliveries: list[Delivery]) -> None:
+        await session.execute(insert(effects).values([{"event_id": d.envelope.id} for d in deliveries]))
+
+    consumer = await make_consumer(handlers, broker)
+    for n in range(10):
+        project = "breaks-the-check" if n == 4 else f"p{n}"
+        await publish_raw(settings, "project.deleted", envelope(project, f"e{n:02}"))
+    await eventually(lambda: _count_is(db, 9))
+    dead = await read_dlq(settings.amqp_url, consumer.dlq_name)
+    assert "the check of this group failed" in str(dead.headers["x-dead-letter-reason"])
+    await asyncio.sleep(0.3)
+    assert await effect_ids(db) == [f"e{n:02}" for n in range(10) if n != 4]
+    assert max(checked) > 1  # they did come as a group

@@ -517,6 +517,7 @@ class BatchConsumer(Consumer):
     async def _prepared(self, deliveries: list[Delivery], attempt: int = 0) -> list[Delivery]:
         """The deliveries that go on to the transaction; the others are dead-lettered, deferred or retried."""
         rejected: dict[str, Exception] = {}
+        alone: list[Delivery] = []
         for event_type, preparer in self.batch.preparers.items():
             group = [d for d in deliveries if d.envelope.type == event_type]
             if not group:
@@ -524,11 +525,19 @@ class BatchConsumer(Consumer):
             try:
                 rejected.update(await preparer(group))
             except Exception as exc:
+                if len(group) > 1 and not is_outage(exc):
+                    alone.extend(group)  # one bad event must not use up its group's deliveries: each checked alone
+                    continue
                 rejected.update(dict.fromkeys((d.envelope.id for d in group), exc))
+        passed_alone = {id(d) for single in alone for d in await self._prepared([single], attempt)}
+        checked_alone = {id(d) for d in alone}
         ready = []
-        for delivery in deliveries:
+        for delivery in deliveries:  # in their order: a handler may rely on it across event types
             fate = rejected.get(delivery.envelope.id)
-            if fate is None:
+            if id(delivery) in checked_alone:
+                if id(delivery) in passed_alone:  # otherwise its own check settled it
+                    ready.append(delivery)
+            elif fate is None:
                 ready.append(delivery)
             elif isinstance(fate, Poison):
                 await self._dead_letter(delivery.message, f"poison: {fate}")
