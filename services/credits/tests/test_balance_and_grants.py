@@ -118,6 +118,8 @@ async def test_non_admin_grant_is_403_and_changes_nothing(credits, db):
         ({"type": "usage"}, "invalid_enum_value"),
         ({"type": "refund"}, "invalid_enum_value"),
         ({"userId": ""}, "too_small"),
+        ({"userId": "a\x01b"}, "custom"),  # no token names such a user
+        ({"userId": "a\nb"}, "custom"),
         ({"description": ""}, "too_small"),
         ({"description": "x\x00y"}, "custom"),
         ({"idempotencyKey": "k" * 201}, "too_big"),

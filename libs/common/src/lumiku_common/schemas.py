@@ -43,9 +43,11 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
-# An id that goes into another service's URL path: that service refuses control characters in a path (400), which
-# its client cannot tell from a failure. Refused here, an id no record can have is a 400 (or a poison event).
-NoControlStr = Annotated[str, AfterValidator(_no_control_characters)]
+# For an id that goes into another service's URL path: that service refuses control characters in a path (400),
+# which its client cannot tell from a failure. Refused here, an id no record can have is a 400 (or a poison event).
+# After the string's own constraints (`Annotated[str, StringConstraints(...), NoControl]`), so they keep their
+# own error codes and stripping.
+NoControl = AfterValidator(_no_control_characters)
 
 
 def contains_nul(value: Any) -> bool:

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from lumiku_common.messaging.events import AppName, Metadata, Reference, Slug
-from lumiku_common.schemas import CamelModel, NoControlStr, QueryTime, RequestModel, UtcDatetime, bounded_utc
+from lumiku_common.schemas import CamelModel, CleanStr, NoControl, QueryTime, RequestModel, UtcDatetime, bounded_utc
 
-AvatarId = Annotated[NoControlStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+AvatarId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=64), NoControl]
 MAX_PAGE = 500
 DEFAULT_PAGE = 100  # the spec's "last 100"
 

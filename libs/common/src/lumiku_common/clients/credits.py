@@ -28,7 +28,7 @@ from lumiku_common.internal import BadGateway, InternalClient, InternalResponse,
 from lumiku_common.logs import get_logger
 from lumiku_common.messaging.events import CaptureCredits, ReleaseCredits
 from lumiku_common.messaging.outbox import add_event
-from lumiku_common.schemas import CamelModel, CleanStr, RequestModel, UtcDatetime
+from lumiku_common.schemas import CamelModel, CleanStr, NoControl, RequestModel, UtcDatetime
 
 # --- the contract: one definition, used by the credits service and by this client ----------------------
 
@@ -36,7 +36,8 @@ MAX_AMOUNT = 1_000_000  # per operation; the ledger's CHECK enforces it too
 
 # Strict: `true`, `15.0` and `"15"` are not amounts of money.
 Amount = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT)]
-UserId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=128)]
+# As a token names users (printable): a grant to any other id would make a wallet nobody can use.
+UserId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=128), NoControl]
 RefId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
 RefType = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
 Description = Annotated[CleanStr, StringConstraints(max_length=500)]

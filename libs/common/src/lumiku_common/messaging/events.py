@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictInt, StringConstraints, field_validator
 
 from lumiku_common.ids import new_id
-from lumiku_common.schemas import CamelModel, NoControlStr, UtcDatetime, contains_nul
+from lumiku_common.schemas import CamelModel, NoControl, UtcDatetime, contains_nul
 
 
 class Event(CamelModel):
@@ -144,7 +144,7 @@ class AvatarUsed(Event):
     envelope's `userId` is the avatar's owner and its `id` the dedup key."""
 
     type = "avatar.used"
-    avatar_id: Annotated[NoControlStr, StringConstraints(min_length=1, max_length=64)]
+    avatar_id: Annotated[str, StringConstraints(min_length=1, max_length=64), NoControl]
     app_id: Slug
     app_name: AppName | None = None
     action: Slug
