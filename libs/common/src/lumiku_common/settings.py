@@ -107,6 +107,9 @@ class ServiceSettings(BaseSettings):
                     f"{name.upper()} must be set to a secret of at least {MIN_SECRET_LENGTH} characters "
                     f"outside development (ENVIRONMENT={self.environment})"
                 )
+        if len({self.jwt_secret, self.service_token_secret, self.media_url_secret}) < 3:
+            # One secret for two purposes: a user's token would pass as a service's, or sign media URLs.
+            raise ValueError("JWT_SECRET, SERVICE_TOKEN_SECRET and MEDIA_URL_SECRET must differ outside development")
         return self
 
 

@@ -34,6 +34,22 @@ def test_settings_refuse_dev_or_short_secrets_outside_development(environment):
     assert ok.jwt_secret == "x" * 40
 
 
+@pytest.mark.parametrize(
+    "secrets",
+    [("x" * 40, "x" * 40, "z" * 40), ("x" * 40, "y" * 40, "x" * 40), ("x" * 40, "y" * 40, "y" * 40)],
+    ids=["jwt=service", "jwt=media", "service=media"],
+)
+def test_settings_refuse_one_secret_for_two_purposes_outside_development(secrets):
+    jwt_secret, service_token_secret, media_url_secret = secrets
+    with pytest.raises(ValidationError, match="must differ"):
+        ServiceSettings(
+            environment="production",
+            jwt_secret=jwt_secret,
+            service_token_secret=service_token_secret,
+            media_url_secret=media_url_secret,
+        )
+
+
 def test_settings_allow_dev_secret_in_development():
     assert ServiceSettings(environment="development").jwt_secret == DEV_JWT_SECRET
 

@@ -11,7 +11,7 @@ from lumiku_generation.prompts import NEGATIVE_PROMPT, enhance
 from lumiku_generation.provider import PlaceholderProvider, image_request, is_image, provider_from
 from lumiku_generation.settings import GenerationSettings
 
-SECRETS = {k: "s" * 40 for k in ("jwt_secret", "service_token_secret", "media_url_secret")}
+SECRETS = {k: k * 4 for k in ("jwt_secret", "service_token_secret", "media_url_secret")}  # >= 32, all different
 
 
 @pytest.mark.parametrize("environment", ["staging", "production"])
