@@ -84,13 +84,8 @@ def json_response(model: BaseModel, status_code: int = 200, headers: Mapping[str
     return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
 
 
-class RequestModel(CamelModel):
-    """Request bodies reject unknown keys so a misspelt field is an error, not silently dropped.
-
-    `null` for an optional field means "absent" (the spec's hotfix case): optional fields default to None.
-    """
-
-    model_config = ConfigDict(extra="forbid")
+class NulFreeModel(CamelModel):
+    """Input from outside: NUL in any field, at any depth, is refused (PostgreSQL's text and jsonb cannot hold it)."""
 
     @field_validator("*", mode="after")
     @classmethod
@@ -98,6 +93,15 @@ class RequestModel(CamelModel):
         if contains_nul(value):
             raise ValueError("String must not contain NUL characters")
         return value
+
+
+class RequestModel(NulFreeModel):
+    """Request bodies reject unknown keys so a misspelt field is an error, not silently dropped.
+
+    `null` for an optional field means "absent" (the spec's hotfix case): optional fields default to None.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Pagination(CamelModel):

@@ -10,10 +10,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StrictInt, StringConstraints
 
 from lumiku_common.ids import new_id
-from lumiku_common.schemas import CamelModel, NoControl, UtcDatetime, contains_nul
+from lumiku_common.schemas import CamelModel, NoControl, NulFreeModel, UtcDatetime
 
 
 class Event(CamelModel):
@@ -139,7 +139,7 @@ def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)]
 
 
-class AvatarUsed(Event):
+class AvatarUsed(Event, NulFreeModel):  # published by other apps: checked as a request body is
     """Published by the sibling apps (Pose Generator, Poster Editor) straight to `lumiku.events`; the
     envelope's `userId` is the avatar's owner and its `id` the dedup key."""
 
@@ -152,15 +152,6 @@ class AvatarUsed(Event):
     reference_type: Reference | None = None
     metadata: Metadata = None
     used_at: UtcDatetime | None = None
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _refuse_nul(cls, value: Any) -> Any:
-        # Published by other apps, so checked as a request body is: a NUL fails PostgreSQL's text and jsonb, and
-        # the ownership check of a whole batch with it (every event of the batch then retried to the DLQ).
-        if contains_nul(value):
-            raise ValueError("String must not contain NUL characters")
-        return value
 
 
 class UsageRecorded(Event):
