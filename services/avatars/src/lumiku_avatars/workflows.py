@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -171,10 +173,7 @@ class AvatarWorkflows:
         """Removes this attempt's objects unless its own commit landed (they are the avatar's then); another
         attempt's avatar never references them."""
         try:
-            async with self.db.unit_of_work() as session:
-                repository = AvatarRepository(session)
-                await session.execute(_WAIT_FOR_LOCKS)
-                await repository.lock_project(project_id)  # a COMMIT still landing holds it: wait for its outcome
+            async with self._after_inserts(project_id) as repository:
                 referenced = await repository.referenced_keys(keys) if keys else set()
             if unreferenced := [k for k in keys if k not in referenced]:
                 await self.storage.delete(unreferenced)
@@ -281,14 +280,20 @@ class AvatarWorkflows:
         return Created(avatar, replayed=True)
 
     async def _committed(self, avatar_id: str, project_id: str) -> bool:
-        """Whether the avatar's row exists, once any transaction still inserting into its project has ended: a
-        COMMIT whose link broke may still be landing (it holds the project's lock until it does). Raises after
-        10 s of waiting: the outcome is then unknown, and the caller leaves everything to the safety nets."""
+        """Whether the avatar's row exists (`_after_inserts`). Raises after 10 s of waiting: the outcome is then
+        unknown, and the caller leaves everything to the safety nets."""
+        async with self._after_inserts(project_id) as repository:
+            return await repository.exists(avatar_id)
+
+    @contextlib.asynccontextmanager
+    async def _after_inserts(self, project_id: str) -> AsyncIterator[AvatarRepository]:
+        """Reads once any transaction still inserting into the project has ended: a COMMIT whose link broke may
+        still be landing, and it holds the project's lock until it does."""
         async with self.db.unit_of_work() as session:
             repository = AvatarRepository(session)
             await session.execute(_WAIT_FOR_LOCKS)
             await repository.lock_project(project_id)
-            return await repository.exists(avatar_id)
+            yield repository
 
     async def _undo(self, avatar_id: str, project_id: str, keys: list[str], hold: Hold) -> bool:
         """True if the avatar did commit (nothing to undo). Best effort otherwise; what it cannot do, the purge or
